@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Usage: bash hw5.sh <food_dir> <out_dir>     explain your checkpoint on a Food-11 folder
+#        bash hw5.sh                          the bundled demo: sample set + sample checkpoint
+# No interaction. Writes every report figure, its .npz arrays, manifest.json and report.pdf.
+set -euo pipefail
+
+# The one place your checkpoint's location is configured: a Google Drive link or file id
+# (uploaded with "anyone with the link"). $HW5_CHECKPOINT (a local file) wins over it.
+CHECKPOINT_URL="${HW5_CHECKPOINT_URL:-}"
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  if [ -x "$here/.venv/bin/python" ]; then py="$here/.venv/bin/python"; else py="python3"; fi
+fi
+
+if [ "$#" -eq 0 ]; then
+  exec "$py" "$here/hw5.py" report
+fi
+if [ "$#" -ne 2 ]; then
+  echo "usage: bash hw5.sh <food_dir> <out_dir>   (or no arguments for the bundled demo)" >&2
+  exit 2
+fi
+exec "$py" "$here/hw5.py" report "$1" "$2" --checkpoint-url "$CHECKPOINT_URL"

@@ -1,0 +1,189 @@
+"""Sorted file lists, image loading and the exact preprocessing a checkpoint was trained with."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SPLITS = ("training", "validation", "testing")
+_LABELLED = re.compile(r"^(\d+)_\d+$")  # Food-11: <label>_<n>.jpg
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels become the model's input: resize, scale to [0,1], order channels, normalize.
+
+    ``channel_order`` matters: the HW3 sample code read images with cv2 (BGR), the HW5 sample code
+    with PIL (RGB). A checkpoint explained in the wrong order still runs, but every map is wrong.
+    """
+
+    size: tuple[int, int] = (128, 128)  # (H, W)
+    channels: int = 3
+    channel_order: str = "bgr"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("rgb", "bgr"):
+            raise UserError(f"channel order must be 'rgb' or 'bgr', not {self.channel_order!r}")
+        if self.channels not in (1, 3):
+            raise UserError(f"input channels must be 1 or 3, not {self.channels}")
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if v is not None and len(v) not in (1, self.channels):
+                raise UserError(f"--{name} needs 1 or {self.channels} values, got {len(v)}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise UserError("--std values must be positive")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        for k in ("mean", "std"):
+            d[k] = None if d[k] is None else list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        def tup(v: Sequence[float] | None) -> tuple[float, ...] | None:
+            return None if v is None else tuple(float(a) for a in v)
+
+        return cls(
+            size=tuple(int(a) for a in d.get("size", (128, 128))),  # type: ignore[arg-type]
+            channels=int(d.get("channels", 3)),
+            channel_order=str(d.get("channel_order", "bgr")),
+            mean=tup(d.get("mean")),
+            std=tup(d.get("std")),
+        )
+
+    def _stats(self) -> tuple[Tensor, Tensor]:
+        mean = torch.tensor(self.mean or (0.0,), dtype=torch.float32)
+        std = torch.tensor(self.std or (1.0,), dtype=torch.float32)
+        return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+    def normalize(self, pixels: Tensor) -> Tensor:
+        """[N,C,H,W] display-order pixels in [0,1] (RGB or gray) -> model input."""
+        if self.channels == 3 and self.channel_order == "bgr":
+            pixels = pixels.flip(1)
+        mean, std = self._stats()
+        return (pixels - mean) / std
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Model input [N,C,H,W] -> pixels in display order (RGB or gray), clipped to [0,1]."""
+        mean, std = self._stats()
+        pixels = x.detach().cpu() * std + mean
+        if self.channels == 3 and self.channel_order == "bgr":
+            pixels = pixels.flip(1)
+        return pixels.clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images in sorted order with their labels (None where the file name carries none)."""
+
+    root: Path
+    paths: tuple[Path, ...]
+    labels: tuple[int | None, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image file directly in ``folder``, sorted by name (os.listdir order is arbitrary)."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder of images")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def label_of(path: Path) -> int | None:
+    """Food-11 names files ``<label>_<n>.jpg``; testing files carry no label."""
+    m = _LABELLED.match(path.stem)
+    return int(m.group(1)) if m else None
+
+
+def find_split(root: Path, preferred: Sequence[str] = ("validation", "training", "testing")) -> Path:
+    """The Food-11 split to explain: the first of ``preferred`` present, or ``root`` itself."""
+    if not root.exists():
+        raise UserError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; give the Food-11 root or one of its splits")
+    for name in preferred:
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def load_split(folder: Path) -> ImageSet:
+    """A Food-11 split (or any flat folder of images) as a sorted ImageSet."""
+    paths = list_images(folder)
+    if not paths:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return ImageSet(folder, tuple(paths), tuple(label_of(p) for p in paths))
+
+
+def read_image(path: Path, channels: int = 3) -> Image.Image:
+    """Open any common image as 8-bit RGB (or L): grayscale is repeated, alpha is dropped as
+    cv2.imread does, 16-bit is scaled down rather than clipped."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if arr.max() > 255 else 255.0
+                im = Image.fromarray((arr / top * 255).round().astype(np.uint8), "L")
+            if im.mode == "P":
+                im = im.convert("RGBA")
+            return im.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"cannot read image {path}: {err}") from None
+
+
+def load_pixels(paths: Sequence[Path], pre: Preprocess) -> Tensor:
+    """Read and resize images -> [N,C,H,W] float pixels in [0,1], display channel order."""
+    h, w = pre.size
+    arrays = []
+    for p in paths:
+        im = read_image(p, pre.channels).resize((w, h), Image.Resampling.BILINEAR)
+        a = np.asarray(im, dtype=np.float32) / 255.0
+        arrays.append(a[:, :, None] if a.ndim == 2 else a)
+    batch = torch.from_numpy(np.stack(arrays))  # (N, H, W, C)
+    return batch.permute(0, 3, 1, 2).contiguous()
+
+
+def load_inputs(paths: Sequence[Path], pre: Preprocess) -> Tensor:
+    """Images -> the model's input tensor [N,C,H,W], exactly as the checkpoint was trained."""
+    return pre.normalize(load_pixels(paths, pre))
+
+
+def read_classes(text: str | None, count: int) -> list[str]:
+    """Class names from a comma list; numbered names when none are given."""
+    if not text:
+        return [str(i) for i in range(count)]
+    names = [c.strip() for c in text.split(",")]
+    if len(names) != count:
+        raise UserError(f"--classes names {len(names)} classes but the model has {count} outputs")
+    return names
+
+
+FOOD11_CLASSES = (
+    "Bread",
+    "Dairy product",
+    "Dessert",
+    "Egg",
+    "Fried food",
+    "Meat",
+    "Noodles/Pasta",
+    "Rice",
+    "Seafood",
+    "Soup",
+    "Vegetable/Fruit",
+)

@@ -1,0 +1,171 @@
+"""Safe checkpoint loading and layer lookup (by the course's index into ``model.cnn`` or by name)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model import Classifier
+
+from .data import Preprocess
+from .errors import UserError
+from .outputs import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+_CONV_KEY = re.compile(r"^cnn\.(\d+)\.weight$")
+_FC_KEY = re.compile(r"^fc\.(\d+)\.weight$")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module
+    classes: tuple[str, ...] | None  # names stored in the checkpoint, if any
+    preprocess: Preprocess | None  # preprocessing stored in the checkpoint, if any
+    architecture: dict  # how to rebuild it: Classifier keyword arguments
+    sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: Path, *, trust_pickle: bool = False) -> object:
+    """``torch.load`` with ``weights_only=True`` unless the user opted into unpickling."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        if not trust_pickle and "weights_only" in str(err):
+            raise UserError(
+                f"{path} is a pickled object, not plain weights; unpickling runs code from the "
+                "file, so it is off by default: rerun with --trust-pickle only if you trust it"
+            ) from None
+        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+    except ModuleNotFoundError as err:
+        hint = " (pip install torchvision)" if err.name and "torchvision" in err.name else ""
+        raise UserError(
+            f"checkpoint {path} needs the module {err.name!r}, which is not installed{hint}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+def state_dict_of(obj: object) -> dict[str, torch.Tensor]:
+    """A bare state_dict, or the course's ``{"model_state_dict": ...}``."""
+    if isinstance(obj, dict) and isinstance(obj.get("model_state_dict"), dict):
+        obj = obj["model_state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(
+            "checkpoint is neither a state_dict nor a dict with 'model_state_dict'; "
+            "save it with torch.save(model.state_dict(), path)"
+        )
+    # torch.compile and DataParallel prefix every key; strip the known prefixes.
+    return {re.sub(r"^(_orig_mod\.|module\.)+", "", k): v for k, v in obj.items()}
+
+
+def infer_classifier_args(state: dict[str, torch.Tensor]) -> dict:
+    """Rebuild ``Classifier`` keyword arguments from tensor shapes, so narrower or wider HW3-style
+    variants load without extra flags. Unknown layouts fall back to the HW3 defaults and are then
+    reported key by key by ``load_state_dict``."""
+    convs = sorted((int(m.group(1)), v) for k, v in state.items() if (m := _CONV_KEY.match(k)))
+    convs = [(i, w) for i, w in convs if w.dim() == 4]
+    fcs = sorted((int(m.group(1)), v) for k, v in state.items() if (m := _FC_KEY.match(k)))
+    if not convs or not fcs:
+        return {}
+    widths = [w.shape[0] for _, w in convs]
+    flat = fcs[0][1].shape[1]
+    side = max(1, round((flat / widths[-1]) ** 0.5))
+    return {
+        "widths": widths,
+        "hidden": [w.shape[0] for _, w in fcs[:-1]],
+        "num_classes": int(fcs[-1][1].shape[0]),
+        "in_channels": int(convs[0][1].shape[1]),
+        "input_size": int(side * 2 ** len(widths)),
+    }
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict(strict=True)`` with every mismatch named in one line."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if own[k].shape != state[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+            if items:
+                more = f" (+{len(items) - 6} more)" if len(items) > 6 else ""
+                parts.append(f"{label}: {', '.join(items[:6])}{more}")
+        raise UserError(
+            f"checkpoint does not fit {type(model).__name__}: " + "; ".join(parts)
+            + " - pass the model definition it was trained with"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_classifier(path: Path, *, trust_pickle: bool = False) -> LoadedModel:
+    """Load a checkpoint into the HW3 ``Classifier`` (or a whole pickled model, if trusted)."""
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    digest = file_sha256(path)
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj.eval(), None, None, {"pickled": type(obj).__name__}, digest)
+    meta = obj.get("hw5", {}) if isinstance(obj, dict) else {}
+    state = state_dict_of(obj)
+    args = meta.get("architecture") or infer_classifier_args(state)
+    model = Classifier(**args)
+    load_into(model, state)
+    pre = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else None
+    classes = tuple(meta["classes"]) if "classes" in meta else None
+    return LoadedModel(model.eval(), classes, pre, dict(args), digest)
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, architecture: dict, preprocess: Preprocess, classes: list[str]
+) -> None:
+    """The course's ``{"model_state_dict": ...}`` plus what hw5 needs to explain it correctly."""
+    buf = io.BytesIO()
+    payload = {
+        "model_state_dict": model.state_dict(),
+        "hw5": {
+            "architecture": architecture,
+            "preprocess": preprocess.to_dict(),
+            "classes": list(classes),
+        },
+    }
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def resolve_layer(model: nn.Module, spec: str) -> tuple[str, nn.Module]:
+    """A layer by module name (``cnn.15``, ``features.10``), by the course's ``cnn[15]``, or by a
+    bare index into the model's first ``nn.Sequential`` (``15`` means ``model.cnn[15]``)."""
+    spec = spec.strip()
+    modules = dict(model.named_modules())
+    name = re.sub(r"\[(\d+)\]", r".\1", spec)
+    if name.isdigit():
+        seq = next((n for n, m in model.named_children() if isinstance(m, nn.Sequential)), None)
+        if seq is None:
+            raise UserError(f"layer {spec!r}: the model has no nn.Sequential to index; use a name")
+        name = f"{seq}.{name}"
+    if name not in modules or name == "":
+        choices = ", ".join(n for n in modules if n and n.count(".") <= 1)
+        raise UserError(f"no layer {spec!r} in the model; choose one of: {choices}")
+    return name, modules[name]
