@@ -17,8 +17,10 @@ fi
 if [ "$#" -eq 0 ]; then
   exec "$py" "$here/hw5.py" report
 fi
-if [ "$#" -ne 2 ]; then
-  echo "usage: bash hw5.sh <food_dir> <out_dir>   (or no arguments for the bundled demo)" >&2
+if [ "$#" -lt 2 ]; then
+  echo "usage: bash hw5.sh <food_dir> <out_dir> [hw5.py report options]   (or no arguments for the bundled demo)" >&2
   exit 2
 fi
-exec "$py" "$here/hw5.py" report "$1" "$2" --checkpoint-url "$CHECKPOINT_URL"
+data="$1" out="$2"
+shift 2
+exec "$py" "$here/hw5.py" report "$data" "$out" --checkpoint-url "$CHECKPOINT_URL" "$@"

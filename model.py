@@ -8,6 +8,7 @@ A checkpoint trained with the course code loads into ``Classifier()`` unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from torch import Tensor, nn
 
@@ -39,13 +40,13 @@ class Classifier(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         channels = [in_channels, *widths]
-        for c_in, c_out in zip(channels[:-1], channels[1:]):
+        for c_in, c_out in pairwise(channels):
             layers += conv_block(c_in, c_out)
         self.cnn = nn.Sequential(*layers)
         side = input_size // 2 ** len(widths)  # 128 / 32 = 4
         dims = [widths[-1] * side * side, *hidden]  # 512 * 4 * 4 = 8192
         fc: list[nn.Module] = []
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in pairwise(dims):
             fc += [nn.Linear(d_in, d_out), nn.ReLU()]
         fc.append(nn.Linear(dims[-1], num_classes))
         self.fc = nn.Sequential(*fc)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DATA = ROOT / "data" / "sample"
 BUNDLED_CHECKPOINT = ROOT / "checkpoints" / "sample_classifier.pt"
 DEFAULT_OUT = ROOT / "out" / "sample"
-CHECKPOINT_CACHE = ROOT / "checkpoints"
+CHECKPOINT_CACHE = Path(os.environ.get("HW5_CHECKPOINT_CACHE", ROOT / "checkpoints"))
 
 REPORT_HELP = """\
 Explain a trained CNN and write every figure, its raw arrays (.npz) and manifest.json to OUT.
@@ -37,14 +37,18 @@ def floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,44 +63,115 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log each step")
     sub = p.add_subparsers(dest="command", parser_class=Parser)
 
-    r = sub.add_parser("report", help="write every figure and manifest.json (the main job)",
-                       description=REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("data", nargs="?", type=Path, help="Food-11 root or one folder of images "
-                   "(default: the bundled sample set)")
-    r.add_argument("out", nargs="?", type=Path, help=f"output folder (default: {DEFAULT_OUT.relative_to(ROOT)})")
+    r = sub.add_parser(
+        "report",
+        help="write every figure and manifest.json (the main job)",
+        description=REPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "data",
+        nargs="?",
+        type=Path,
+        help="Food-11 root or one folder of images (default: the bundled sample set)",
+    )
+    r.add_argument(
+        "out",
+        nargs="?",
+        type=Path,
+        help=f"output folder (default: {DEFAULT_OUT.relative_to(ROOT)})",
+    )
     r.add_argument("--checkpoint", type=Path, help="checkpoint file (default: $HW5_CHECKPOINT)")
-    r.add_argument("--checkpoint-url", default=os.environ.get("HW5_CHECKPOINT_URL", ""),
-                   help="Google Drive link / file id / http URL to fetch when no checkpoint file is given")
-    r.add_argument("--trust-pickle", action="store_true",
-                   help="allow a checkpoint that is a pickled whole model (runs code from the file: "
-                   "only for files you trust)")
+    r.add_argument(
+        "--checkpoint-url",
+        default=os.environ.get("HW5_CHECKPOINT_URL", ""),
+        help="Google Drive link / file id / http URL to fetch when no checkpoint file is given",
+    )
+    r.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a checkpoint that is a pickled whole model (runs code from the file: "
+        "only for files you trust)",
+    )
     r.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
     g = r.add_argument_group("preprocessing (default: what the checkpoint recorded, else HW3's)")
     g.add_argument("--size", type=int, help="resize images to SIZE x SIZE (HW3: 128)")
-    g.add_argument("--channel-order", choices=("rgb", "bgr"),
-                   help="bgr for models trained on cv2.imread images (HW3 sample code), rgb for PIL")
+    g.add_argument(
+        "--channel-order",
+        choices=("rgb", "bgr"),
+        help="bgr for models trained on cv2.imread images (HW3 sample code), rgb for PIL",
+    )
     g.add_argument("--mean", type=floats, help="per-channel mean subtracted after scaling to [0,1]")
     g.add_argument("--std", type=floats, help="per-channel std divided after subtracting the mean")
     g.add_argument("--classes", help="comma-separated class names, or 'food11'")
     s = r.add_argument_group("what to explain")
-    s.add_argument("--images", type=Path, nargs="+", default=[],
-                   help="extra image files to explain (label from <label>_<n> names, else the prediction)")
+    s.add_argument(
+        "--images",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="extra image files to explain (label from <label>_<n> names, else the prediction)",
+    )
     s.add_argument("--per-class", type=int, default=1, help="images per class (default 1)")
-    s.add_argument("--filter-layers", type=lambda t: tuple(t.split(",")), default=(),
-                   help="layers for Q2, by index into model.cnn (15) or name (cnn.15); "
-                   "default: 4 activation layers spread over the conv trunk")
-    s.add_argument("--filters", type=ints, default=(),
-                   help="filter indices for Q2 (default: the 4 most active on the explained images)")
+    s.add_argument(
+        "--filter-layers",
+        type=lambda t: tuple(t.split(",")),
+        default=(),
+        help="layers for Q2, by index into model.cnn (15) or name (cnn.15); "
+        "default: 4 activation layers spread over the conv trunk",
+    )
+    s.add_argument(
+        "--filters",
+        type=ints,
+        default=(),
+        help="filter indices for Q2 (default: the 4 most active on the explained images)",
+    )
     m = r.add_argument_group("method settings")
-    m.add_argument("--filter-steps", type=int, default=100, help="gradient-ascent steps (default 100)")
-    m.add_argument("--lime-samples", type=int, default=1000, help="LIME samples per image (default 1000)")
+    m.add_argument(
+        "--filter-steps", type=int, default=100, help="gradient-ascent steps (default 100)"
+    )
+    m.add_argument(
+        "--lime-samples", type=int, default=1000, help="LIME samples per image (default 1000)"
+    )
     m.add_argument("--smooth-samples", type=int, default=50, help="SmoothGrad samples (default 50)")
-    m.add_argument("--smooth-sigma", type=float, default=0.15,
-                   help="SmoothGrad noise std as a fraction of each image's range (default 0.15)")
-    m.add_argument("--ig-steps", type=int, default=32, help="Integrated Gradients steps (default 32)")
+    m.add_argument(
+        "--smooth-sigma",
+        type=float,
+        default=0.15,
+        help="SmoothGrad noise std as a fraction of each image's range (default 0.15)",
+    )
+    m.add_argument(
+        "--ig-steps", type=int, default=32, help="Integrated Gradients steps (default 32)"
+    )
     m.add_argument("--ig-baseline", choices=("black", "blur"), default="black")
     m.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     m.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when present)")
+    m.add_argument(
+        "--cam-layer",
+        help="layer for Grad-CAM/LayerCAM (default: the last conv block's "
+        "ReLU, cnn.18 for the HW3 Classifier)",
+    )
+    m.add_argument(
+        "--cam-targets",
+        default="pred",
+        help="classes for the CAM figures: pred, label, all, or indices like 0,3 (default pred)",
+    )
+    m.add_argument(
+        "--feature-layer", help="layer for the feature-map grid (default: the CAM layer)"
+    )
+    m.add_argument("--dream-layer", help="layer DeepDream amplifies (default: a middle conv block)")
+    m.add_argument(
+        "--eval-limit",
+        type=int,
+        help="evaluate the confusion matrix on a stratified "
+        "subset of this many validation images (default: all)",
+    )
+    m.add_argument(
+        "--no-trust",
+        dest="trust",
+        action="store_false",
+        help="skip the trust checks (deletion/insertion, randomization, pointing)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
 
     smp = sub.add_parser("sample", help="generate the synthetic sample dataset")
@@ -107,14 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the HW3 Classifier on a Food-11-layout folder")
     t.add_argument("data", type=Path)
     t.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    t.add_argument("--widths", type=ints, default=(64, 128, 256, 512, 512),
-                   help="conv widths of the five blocks (HW3: 64,128,256,512,512)")
-    t.add_argument("--hidden", type=ints, default=(1024, 512), help="hidden fc sizes (HW3: 1024,512)")
+    t.add_argument(
+        "--widths",
+        type=ints,
+        default=(64, 128, 256, 512, 512),
+        help="conv widths of the five blocks (HW3: 64,128,256,512,512)",
+    )
+    t.add_argument(
+        "--hidden", type=ints, default=(1024, 512), help="hidden fc sizes (HW3: 1024,512)"
+    )
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb")
-    t.add_argument("--classes", help="comma-separated class names (default: classes.txt if present)")
+    t.add_argument(
+        "--classes", help="comma-separated class names (default: classes.txt if present)"
+    )
     return p
 
 
@@ -127,7 +210,9 @@ def report_config(args: argparse.Namespace):  # -> RunConfig
     from .pipeline import RunConfig
 
     data, out = args.data, args.out
-    checkpoint = args.checkpoint or (Path(os.environ["HW5_CHECKPOINT"]) if os.environ.get("HW5_CHECKPOINT") else None)
+    checkpoint = args.checkpoint or (
+        Path(os.environ["HW5_CHECKPOINT"]) if os.environ.get("HW5_CHECKPOINT") else None
+    )
     if data is None:
         ensure_sample(BUNDLED_DATA)
         data, out = BUNDLED_DATA, out or DEFAULT_OUT
@@ -138,20 +223,50 @@ def report_config(args: argparse.Namespace):  # -> RunConfig
         from .fetch import fetch_checkpoint
 
         checkpoint = fetch_checkpoint(args.checkpoint_url, CHECKPOINT_CACHE)
-    for name in ("per_class", "filter_steps", "lime_samples", "smooth_samples", "ig_steps", "batch_size"):
+    for name in (
+        "per_class",
+        "filter_steps",
+        "lime_samples",
+        "smooth_samples",
+        "ig_steps",
+        "batch_size",
+    ):
         positive(name.replace("_", "-"), getattr(args, name))
     for p in args.images:
         if not p.is_file():
             raise UserError(f"--images: {p} is not a file")
     return RunConfig(
-        data=data, out=out, checkpoint=checkpoint, seed=args.seed, trust_pickle=args.trust_pickle,
-        size=args.size, channel_order=args.channel_order, mean=args.mean, std=args.std,
-        classes=args.classes, images=tuple(args.images), per_class=args.per_class,
-        filter_layers=args.filter_layers, filters=args.filters, filter_steps=args.filter_steps,
-        lime_samples=args.lime_samples, smooth_samples=args.smooth_samples,
-        smooth_sigma=args.smooth_sigma, ig_steps=args.ig_steps, ig_baseline=args.ig_baseline,
-        batch_size=args.batch_size, device=args.device,
-        command=" ".join(["hw5.py", *sys.argv[1:]]) if sys.argv[0].endswith("hw5.py") else "hw5.py report",
+        data=data,
+        out=out,
+        checkpoint=checkpoint,
+        seed=args.seed,
+        trust_pickle=args.trust_pickle,
+        size=args.size,
+        channel_order=args.channel_order,
+        mean=args.mean,
+        std=args.std,
+        classes=args.classes,
+        images=tuple(args.images),
+        per_class=args.per_class,
+        filter_layers=args.filter_layers,
+        filters=args.filters,
+        filter_steps=args.filter_steps,
+        lime_samples=args.lime_samples,
+        smooth_samples=args.smooth_samples,
+        smooth_sigma=args.smooth_sigma,
+        ig_steps=args.ig_steps,
+        ig_baseline=args.ig_baseline,
+        batch_size=args.batch_size,
+        device=args.device,
+        cam_layer=args.cam_layer,
+        cam_targets=args.cam_targets,
+        feature_layer=args.feature_layer,
+        dream_layer=args.dream_layer,
+        eval_limit=args.eval_limit,
+        trust=args.trust,
+        command=" ".join(["hw5.py", *sys.argv[1:]])
+        if sys.argv[0].endswith("hw5.py")
+        else "hw5.py report",
     )
 
 
@@ -164,7 +279,7 @@ def ensure_sample(root: Path) -> None:
 
 
 def print_summary(manifest: dict, seconds: dict[str, float], out: Path) -> None:
-    rows = sorted(manifest["outputs"]) + ["manifest.json"]
+    rows = [*sorted(manifest["outputs"]), "manifest.json", "report.pdf"]
     print(f"wrote {len(rows)} files to {out}:")
     for name in rows:
         print(f"  {name}")
@@ -175,8 +290,10 @@ def print_summary(manifest: dict, seconds: dict[str, float], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         if args.command == "report":
             from .pipeline import run_report
@@ -195,14 +312,27 @@ def main(argv: list[str] | None = None) -> int:
             from .train import TrainConfig, train
 
             classes_file = args.data / "classes.txt"
-            classes = (args.classes.split(",") if args.classes else
-                       classes_file.read_text().split() if classes_file.is_file() else None)
+            classes = (
+                args.classes.split(",")
+                if args.classes
+                else classes_file.read_text().split()
+                if classes_file.is_file()
+                else None
+            )
             start = time.perf_counter()
-            scores = train(TrainConfig(
-                data=args.data, out=args.out, widths=args.widths, hidden=args.hidden,
-                epochs=args.epochs, lr=args.lr, seed=args.seed,
-                preprocess=Preprocess(channel_order=args.channel_order),
-            ), classes)
+            scores = train(
+                TrainConfig(
+                    data=args.data,
+                    out=args.out,
+                    widths=args.widths,
+                    hidden=args.hidden,
+                    epochs=args.epochs,
+                    lr=args.lr,
+                    seed=args.seed,
+                    preprocess=Preprocess(channel_order=args.channel_order),
+                ),
+                classes,
+            )
             print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s: {scores}")
         else:
             build_parser().print_help()

@@ -101,7 +101,7 @@ def list_images(folder: Path) -> list[Path]:
     """Every image file directly in ``folder``, sorted by name (os.listdir order is arbitrary)."""
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder of images")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def label_of(path: Path) -> int | None:
@@ -110,7 +110,9 @@ def label_of(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def find_split(root: Path, preferred: Sequence[str] = ("validation", "training", "testing")) -> Path:
+def find_split(
+    root: Path, preferred: Sequence[str] = ("validation", "training", "testing")
+) -> Path:
     """The Food-11 split to explain: the first of ``preferred`` present, or ``root`` itself."""
     if not root.exists():
         raise UserError(f"data folder {root} does not exist")

@@ -45,8 +45,10 @@ def fetch_checkpoint(url: str, cache_dir: Path, *, timeout: float = 60.0) -> Pat
         if os.path.getsize(tmp) == 0:
             raise OSError("the server sent an empty file")
         os.replace(tmp, dest)
-    except Exception as err:  # noqa: BLE001 - any failure becomes one line for the user
+    except Exception as err:
         Path(tmp).unlink(missing_ok=True)
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"could not download the checkpoint from {url} ({reason}); {HOW_TO_SUPPLY}") from None
+        raise UserError(
+            f"could not download the checkpoint from {url} ({reason}); {HOW_TO_SUPPLY}"
+        ) from None
     return dest

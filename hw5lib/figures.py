@@ -10,12 +10,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from skimage.segmentation import find_boundaries  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from skimage.segmentation import find_boundaries
 
-from .outputs import atomic_write_bytes  # noqa: E402
+from .outputs import atomic_write_bytes
 
 DPI = 100
 PNG_METADATA = {"Software": None}  # no version string: the bytes depend on the data alone
@@ -53,7 +53,9 @@ def show_image(ax: plt.Axes, image: np.ndarray) -> None:
     ax.set_axis_off()
 
 
-def _grid(rows: int, cols: int, tile: float = 1.9, title_space: float = 0.6) -> tuple[Figure, np.ndarray]:
+def _grid(
+    rows: int, cols: int, tile: float = 1.9, title_space: float = 0.6
+) -> tuple[Figure, np.ndarray]:
     fig, axes = plt.subplots(
         rows, cols, figsize=(cols * tile, rows * (tile + 0.35) + title_space), squeeze=False
     )
@@ -132,28 +134,29 @@ def activation_grid(
         show_image(axes[r, 0], images[r])
         axes[r, 0].set_title(row_titles[r], fontsize=7)
         for c in range(nf):
-            axes[r, c + 1].imshow(activations[r, c], cmap="viridis", vmin=0, vmax=max(top[c], 1e-12))
+            axes[r, c + 1].imshow(
+                activations[r, c], cmap="viridis", vmin=0, vmax=max(top[c], 1e-12)
+            )
             if r == 0:
                 axes[r, c + 1].set_title(f"filter {filters[c]}", fontsize=7)
     _finish(fig, title)
     return fig
 
 
-def lime_overlay(image: np.ndarray, segments: np.ndarray, weights: np.ndarray, top: int = 5) -> np.ndarray:
-    """The image with its ``top`` most positive superpixels tinted green and ``top`` most
-    negative tinted red, superpixel borders drawn in yellow. Returns [H,W,3]."""
+def lime_overlay(
+    image: np.ndarray, segments: np.ndarray, weights: np.ndarray, top: int = 5
+) -> np.ndarray:
+    """The image with its ``top`` most positive superpixels tinted green and outlined, the ``top``
+    most negative tinted red, the rest dimmed. Returns [H,W,3]."""
     rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image.copy()
     order = np.argsort(-weights, kind="stable")
     pos = [s for s in order[:top] if weights[s] > 0]
     neg = [s for s in order[::-1][:top] if weights[s] < 0]
-    tint = np.zeros_like(rgb)
-    alpha = np.zeros(rgb.shape[:2])
-    for ids, color in ((pos, (0.0, 0.85, 0.0)), (neg, (0.9, 0.0, 0.0))):
+    out = rgb * 0.45 + 0.55 * rgb.mean(axis=-1, keepdims=True) * 0.6  # dimmed, desaturated rest
+    for ids, color in ((pos, (0.0, 0.9, 0.0)), (neg, (0.95, 0.0, 0.0))):
         inside = np.isin(segments, ids)
-        tint[inside] = color
-        alpha[inside] = 0.45
-    out = rgb * (1 - alpha[..., None]) + tint * alpha[..., None]
-    out[find_boundaries(segments, mode="inner")] = (1.0, 1.0, 0.0)
+        out[inside] = 0.55 * rgb[inside] + 0.45 * np.array(color)
+        out[find_boundaries(np.where(inside, segments, -1), mode="inner") & inside] = color
     return out
 
 
@@ -176,5 +179,105 @@ def lime_figure(
         show_image(ax_img, images[i])
         ax_img.set_title(titles[i], fontsize=7)
         show_image(ax_exp, overlays[i])
+    _finish(fig, title)
+    return fig
+
+
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """A [0,1] heat map blended over an image (jet colormap, as CAM papers draw them)."""
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+    colored = plt.get_cmap("jet")(heat)[..., :3]
+    return 0.5 * rgb + 0.5 * colored
+
+
+def cam_grid(
+    images: np.ndarray,
+    maps: np.ndarray,
+    row_titles: Sequence[str],
+    col_titles: Sequence[Sequence[str]],
+    title: str,
+) -> Figure:
+    """Rows are images: the image, then one overlay per target class.
+    images [N,H,W,C]; maps [N,T,H,W] (each scaled to [0,1] here)."""
+    n, t = maps.shape[:2]
+    fig, axes = _grid(n, t + 1)
+    scaled = unit_range(maps.reshape(n * t, *maps.shape[2:])).reshape(maps.shape)
+    for r in range(n):
+        show_image(axes[r, 0], images[r])
+        axes[r, 0].set_title(row_titles[r], fontsize=7)
+        for c in range(t):
+            show_image(axes[r, c + 1], overlay(images[r], scaled[r, c]))
+            axes[r, c + 1].set_title(col_titles[r][c], fontsize=7)
+    _finish(fig, title)
+    return fig
+
+
+def feature_grid(activations: np.ndarray, title: str, per_row: int = 16) -> Figure:
+    """Every channel [K,h,w] of one layer for one image, ``per_row`` to a row."""
+    k = len(activations)
+    rows = math.ceil(k / per_row)
+    fig, axes = plt.subplots(
+        rows, per_row, figsize=(per_row * 0.8, rows * 0.8 + 0.6), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(k):
+        axes[i // per_row, i % per_row].imshow(activations[i], cmap="viridis")
+        axes[i // per_row, i % per_row].set_title(str(i), fontsize=5, pad=1)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def before_after(
+    before: np.ndarray, after: np.ndarray, titles: Sequence[str], title: str
+) -> Figure:
+    """Two rows: the original images and what became of them (e.g. DeepDream)."""
+    n = len(before)
+    fig, axes = _grid(2, n, tile=2.6)
+    for i in range(n):
+        show_image(axes[0, i], before[i])
+        axes[0, i].set_title(titles[i], fontsize=7)
+        show_image(axes[1, i], after[i])
+    _finish(fig, title)
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str) -> Figure:
+    """Row-normalized confusion matrix with the counts written in each cell."""
+    k = len(classes)
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
+    ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(k), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def example_grid(images: np.ndarray, titles: Sequence[str], cols: int, title: str) -> Figure:
+    """Images in a grid of ``cols`` columns (blank cells where an image is missing: NaN)."""
+    n = len(images)
+    rows = math.ceil(n / cols)
+    fig, axes = _grid(rows, cols, tile=1.7)
+    for i in range(n):
+        if not np.isnan(images[i]).any():
+            show_image(axes[i // cols, i % cols], images[i])
+        axes[i // cols, i % cols].set_title(titles[i], fontsize=6)
     _finish(fig, title)
     return fig

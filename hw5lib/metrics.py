@@ -194,6 +194,7 @@ def deletion_insertion(
     *,
     steps: int = 16,
     baseline: Baseline = "blur",
+    insertion_baseline: Baseline | None = None,
     batch_size: int = 64,
 ) -> dict[str, Tensor]:
     """Deletion and insertion AUC of attribution maps (Petsiuk et al., "RISE", BMVC 2018).
@@ -205,7 +206,8 @@ def deletion_insertion(
     batch, run in chunks of ``batch_size``. AUC = trapezoid rule over the removed fraction [0,1].
 
     Returns ``deletion``, ``insertion`` [N] and ``deletion_curve``, ``insertion_curve``
-    [N, steps+1], on x's device.
+    [N, steps+1], on x's device. ``insertion_baseline`` (default: ``baseline``) lets insertion
+    start from another image, as the paper does: deletion paints zeros, insertion starts blurred.
     """
     n, _, h, w = x.shape
     if maps.shape != (n, h, w):
@@ -216,7 +218,8 @@ def deletion_insertion(
         raise ValueError("maps must be finite to be ranked")
     maps, target = maps.detach().to(x.device), target.to(x.device)
     x = x.detach()
-    base = _baseline_image(x, baseline)  # (N, C, H, W)
+    base_del = _baseline_image(x, baseline)  # (N, C, H, W)
+    base_ins = _baseline_image(x, insertion_baseline or baseline)
     rank = pixel_ranks(maps)  # (N, HW)
     num_steps = steps + 1
     taken = torch.div(
@@ -232,7 +235,8 @@ def deletion_insertion(
             top = rank[img] < taken[step, None]  # (B, HW) the step's most important pixels
             # Deletion shows the baseline on the top pixels, insertion everywhere else.
             show_base = (top ^ insert.bool()[:, None]).view(-1, 1, h, w)  # (B, 1, H, W)
-            batch = torch.where(show_base, base[img], x[img])  # (B, C, H, W)
+            base = torch.where(insert.bool().view(-1, 1, 1, 1), base_ins[img], base_del[img])
+            batch = torch.where(show_base, base, x[img])  # (B, C, H, W)
             probs = model(batch.to(device)).float().softmax(dim=1)  # (B, K)
             scores.append(probs.gather(1, target[img].to(device)[:, None]).squeeze(1))
     curves = torch.cat(scores).to(x.device).view(2, n, num_steps)

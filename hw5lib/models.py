@@ -61,7 +61,8 @@ def read_checkpoint(path: Path, *, trust_pickle: bool = False) -> object:
             f"checkpoint {path} needs the module {err.name!r}, which is not installed{hint}"
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        msg = str(err).partition("\n")[0] or type(err).__name__
+        raise UserError(f"cannot read checkpoint {path}: {msg}") from None
 
 
 def state_dict_of(obj: object) -> dict[str, torch.Tensor]:
@@ -115,7 +116,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 more = f" (+{len(items) - 6} more)" if len(items) > 6 else ""
                 parts.append(f"{label}: {', '.join(items[:6])}{more}")
         raise UserError(
-            f"checkpoint does not fit {type(model).__name__}: " + "; ".join(parts)
+            f"checkpoint does not fit {type(model).__name__}: "
+            + "; ".join(parts)
             + " - pass the model definition it was trained with"
         )
     model.load_state_dict(state, strict=True)

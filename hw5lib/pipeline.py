@@ -20,11 +20,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import __version__, attributions, figures, filters, lime_adapter
+from . import __version__, attributions, cam, dream, figures, filters, lime_adapter, metrics, report
 from .data import FOOD11_CLASSES, Preprocess, find_split, label_of, load_inputs, load_split
 from .errors import UserError
 from .models import LoadedModel, load_classifier, resolve_layer
-from .outputs import sha256_bytes, sha256_file, npz_bytes, atomic_write_bytes, json_bytes
+from .outputs import atomic_write_bytes, json_bytes, npz_bytes, sha256_bytes, sha256_file
 from .sample import load_mask
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,15 @@ class RunConfig:
     smooth_sigma: float = 0.15
     ig_steps: int = 32
     ig_baseline: str = "black"
+    cam_layer: str | None = None
+    cam_targets: str = "pred"
+    feature_layer: str | None = None
+    dream_layer: str | None = None
+    dream_images: int = 3
+    eval_limit: int | None = None
+    trust: bool = True
+    deletion_steps: int = 16
+    randomize_top: int = 5
     batch_size: int = 64
     device: str = "auto"
     command: str = ""
@@ -95,6 +104,8 @@ class Run:
     figures: list[dict] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    maps: dict[str, Tensor] = field(default_factory=dict)  # method -> [N,H,W], for the trust table
+    extra: dict[str, object] = field(default_factory=dict)  # more manifest keys (accuracy, trust)
 
     def generator(self, stream: int) -> torch.Generator:
         """An independent, seeded random stream per stage: stages never share RNG state."""
@@ -156,7 +167,9 @@ def resolve_classes(cfg: RunConfig, loaded: LoadedModel, num_outputs: int) -> li
     return names
 
 
-def choose_images(split_paths: list[Path], labels: list[int | None], per_class: int, num_classes: int) -> list[int]:
+def choose_images(
+    split_paths: list[Path], labels: list[int | None], per_class: int, num_classes: int
+) -> list[int]:
     """The first ``per_class`` images of each class in sorted file order; a folder without labels
     gives its first ``num_classes`` files."""
     if all(label is None for label in labels):
@@ -205,7 +218,9 @@ def prepare(cfg: RunConfig) -> Run:
     x = load_inputs(paths, pre).to(device)
     prob = predict(model, x, cfg.batch_size).cpu()
     pred = prob.argmax(1)
-    target = torch.tensor([lb if lb is not None else int(p) for lb, p in zip(labels, pred)])
+    target = torch.tensor(
+        [lb if lb is not None else int(p) for lb, p in zip(labels, pred, strict=True)]
+    )
     subject = Subject(
         paths=paths,
         x=x,
@@ -235,9 +250,22 @@ def mask_caption(run: Run, maps: np.ndarray) -> str:
     )
 
 
-def save_attribution(run: Run, fid: str, section: str, title: str, caption: str, maps: Tensor,
-                     *, signed: bool = False, params: dict | None = None, raw: Tensor | None = None) -> None:
+def save_attribution(
+    run: Run,
+    fid: str,
+    section: str,
+    method: str,
+    title: str,
+    caption: str,
+    maps: Tensor,
+    *,
+    signed: bool = False,
+    params: dict | None = None,
+    raw: Tensor | None = None,
+) -> None:
+    """The figure, the raw arrays and the manifest record of one per-pixel attribution method."""
     s = run.subject
+    run.maps[method] = maps.detach().cpu()
     arr = maps.detach().cpu().numpy().astype(np.float32)
     fig = figures.image_map_pairs(s.pixels, arr, s.titles(run.classes), title, signed=signed)
     run.write_png(f"{fid}.png", fig)
@@ -249,9 +277,15 @@ def save_attribution(run: Run, fid: str, section: str, title: str, caption: str,
         map=arr,
         files=np.array([p.name for p in s.paths]),
     )
-    run.add_figure(id=fid, section=section, title=title, png=f"{fid}.png", npz=f"{fid}.npz",
-                   caption=caption + mask_caption(run, np.abs(arr) if signed else arr),
-                   params=params or {})
+    run.add_figure(
+        id=fid,
+        section=section,
+        title=title,
+        png=f"{fid}.png",
+        npz=f"{fid}.npz",
+        caption=caption + mask_caption(run, np.abs(arr) if signed else arr),
+        params=params or {},
+    )
 
 
 def stage_saliency(run: Run, bar: tqdm) -> None:
@@ -259,7 +293,11 @@ def stage_saliency(run: Run, bar: tqdm) -> None:
     maps = attributions.saliency(run.model, s.x, s.target, batch_size=run.cfg.batch_size)
     bar.update()
     save_attribution(
-        run, "q1_saliency", "Q1", "Saliency maps: |d score / d pixel|",
+        run,
+        "q1_saliency",
+        "Q1",
+        "Saliency",
+        "Saliency maps: |d score / d pixel|",
         f"Vanilla gradient saliency (Simonyan et al., 2014) of the target class logit for "
         f"{len(s.paths)} images, max over color channels, each map scaled to its own range.",
         maps,
@@ -278,8 +316,13 @@ def stage_filters(run: Run, bar: tqdm) -> None:
         if bad:
             raise UserError(f"layer {name} has {acts.shape[1]} filters; no filter {bad[0]}")
         result = filters.filter_ascent(
-            run.model, layer, idx, shape=(run.pre.channels, *run.pre.size), to_input=run.to_input,
-            steps=cfg.filter_steps, generator=run.generator(10 + k),
+            run.model,
+            layer,
+            idx,
+            shape=(run.pre.channels, *run.pre.size),
+            to_input=run.to_input,
+            steps=cfg.filter_steps,
+            generator=run.generator(10 + k),
         )
         gain = (result.activation[-1] / result.activation[0].abs().clamp_min(1e-6)).cpu()
         names.append(name)
@@ -290,40 +333,64 @@ def stage_filters(run: Run, bar: tqdm) -> None:
         amaps = acts[:rows, idx].relu().cpu().numpy()
         fid = f"q2_activations_{name.replace('.', '_')}"
         fig = figures.activation_grid(
-            s.pixels[:rows], amaps, idx, s.titles(run.classes)[:rows],
+            s.pixels[:rows],
+            amaps,
+            idx,
+            s.titles(run.classes)[:rows],
             f"Activation maps of {name} filters {idx} on real images",
         )
         run.write_png(f"{fid}.png", fig)
-        run.write_npz(f"{fid}.npz", input=s.x[:rows].cpu().numpy(), filters=np.array(idx),
-                      activation=acts[:rows, idx].cpu().numpy(), ascent_image=images[-1],
-                      ascent_curve=result.activation.cpu().numpy())
+        run.write_npz(
+            f"{fid}.npz",
+            input=s.x[:rows].cpu().numpy(),
+            filters=np.array(idx),
+            activation=acts[:rows, idx].cpu().numpy(),
+            ascent_image=images[-1],
+            ascent_curve=result.activation.cpu().numpy(),
+        )
         run.add_figure(
-            id=fid, section="Q2", title=f"Activation maps of layer {name}",
+            id=fid,
+            section="Q2",
+            title=f"Activation maps of layer {name}",
             caption=f"Output channels {idx} of {name} ({type(layer).__name__}) on {rows} images; "
             f"each filter's maps share one color scale. Mean activation per filter over the "
             f"explained images: {', '.join(f'{v:.3f}' for v in acts[:, idx].mean(dim=(0, 2, 3)).tolist())}.",
-            png=f"{fid}.png", npz=f"{fid}.npz", params={"layer": name, "filters": idx},
+            png=f"{fid}.png",
+            npz=f"{fid}.npz",
+            params={"layer": name, "filters": idx},
         )
         bar.update()
-    fig = figures.filter_grid(names, images, chosen, gains, "Filter visualization by gradient ascent")
+    fig = figures.filter_grid(
+        names, images, chosen, gains, "Filter visualization by gradient ascent"
+    )
     run.write_png("q2_filters.png", fig)
-    run.write_npz("q2_filters.npz", **{f"{n.replace('.', '_')}_images": im for n, im in zip(names, images)})
+    run.write_npz(
+        "q2_filters.npz",
+        **{f"{n.replace('.', '_')}_images": im for n, im in zip(names, images, strict=True)},
+    )
     summary = "; ".join(
         f"{n}: filters {c}, activation x{min(g):.1f}-x{max(g):.1f} of its value on the start noise"
-        for n, c, g in zip(names, chosen, gains)
+        for n, c, g in zip(names, chosen, gains, strict=True)
     )
     run.add_figure(
-        id="q2_filters", section="Q2", title="Filter visualization by gradient ascent",
+        id="q2_filters",
+        section="Q2",
+        title="Filter visualization by gradient ascent",
         caption=f"Each image starts from near-gray noise and is optimized for {cfg.filter_steps} Adam "
         f"steps to maximize one filter's mean activation (one row per layer). {summary}.",
-        png="q2_filters.png", npz="q2_filters.npz",
+        png="q2_filters.png",
+        npz="q2_filters.npz",
         params={"layers": names, "filters": chosen, "steps": cfg.filter_steps},
     )
 
 
 def default_filter_layers(model: nn.Module, count: int = 4) -> list[str]:
     """Activation layers after the conv layers, ``count`` of them spread from first to last."""
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU))]
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU))
+    ]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     pool = names or convs
     if not pool:
@@ -340,45 +407,80 @@ def stage_lime(run: Run, bar: tqdm) -> None:
     results = []
     for i in range(len(s.paths)):
         rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
-        results.append(lime_adapter.explain(
-            run.model, rgb, int(s.target[i]), to_input=run.to_input, channels=run.pre.channels,
-            samples=cfg.lime_samples, seed=cfg.seed,
-        ))
+        results.append(
+            lime_adapter.explain(
+                run.model,
+                rgb,
+                int(s.target[i]),
+                to_input=run.to_input,
+                channels=run.pre.channels,
+                samples=cfg.lime_samples,
+                seed=cfg.seed,
+            )
+        )
         bar.update()
     segs = np.stack([r.segments for r in results])
     width = max(len(r.weights) for r in results)
     weights = np.zeros((len(results), width))
     for i, r in enumerate(results):
         weights[i, : len(r.weights)] = r.weights
-    fig = figures.lime_figure(s.pixels, segs, [r.weights for r in results], s.titles(run.classes),
-                              "LIME: superpixels for (green) and against (red) the class")
+    fig = figures.lime_figure(
+        s.pixels,
+        segs,
+        [r.weights for r in results],
+        s.titles(run.classes),
+        "LIME: superpixels for (green) and against (red) the class",
+    )
     run.write_png("q3_lime.png", fig)
-    run.write_npz("q3_lime.npz", input=s.x.cpu().numpy(), target=s.target.cpu().numpy(),
-                  segments=segs, weights=weights, score=np.array([r.score for r in results]))
-    # The superpixel explanation as a per-pixel map, for the mask share in the caption.
+    run.write_npz(
+        "q3_lime.npz",
+        input=s.x.cpu().numpy(),
+        target=s.target.cpu().numpy(),
+        segments=segs,
+        weights=weights,
+        score=np.array([r.score for r in results]),
+    )
+    # The superpixel explanation as a per-pixel map, for the mask share and the trust table.
     maps = np.stack([r.weights[r.segments] for r in results])
+    run.maps["LIME"] = torch.from_numpy(maps).float()
+    run.extra["lime_results"] = results
     run.add_figure(
-        id="q3_lime", section="Q3", title="LIME explanations",
+        id="q3_lime",
+        section="Q3",
+        title="LIME explanations",
         caption=f"LIME (Ribeiro et al., 2016) with {cfg.lime_samples} perturbed samples per image over "
         f"SLIC superpixels (n_segments=100, compactness=1, sigma=1, numbered from 0); the 5 most "
         f"positive superpixels are green, the 5 most negative red. Mean R^2 of lime's local linear "
         f"model: {np.mean([r.score for r in results]):.2f}." + mask_caption(run, maps),
-        png="q3_lime.png", npz="q3_lime.npz", params={"samples": cfg.lime_samples, "seed": cfg.seed},
+        png="q3_lime.png",
+        npz="q3_lime.npz",
+        params={"samples": cfg.lime_samples, "seed": cfg.seed},
     )
 
 
 def stage_smoothgrad(run: Run, bar: tqdm) -> None:
     cfg, s = run.cfg, run.subject
     maps = attributions.smoothgrad(
-        attributions.saliency, run.model, s.x, s.target, samples=cfg.smooth_samples,
-        sigma=cfg.smooth_sigma, generator=run.generator(30), batch_size=cfg.batch_size,
+        attributions.saliency,
+        run.model,
+        s.x,
+        s.target,
+        samples=cfg.smooth_samples,
+        sigma=cfg.smooth_sigma,
+        generator=run.generator(30),
+        batch_size=cfg.batch_size,
     )
     bar.update()
     save_attribution(
-        run, "q4_smoothgrad", "Q4", "SmoothGrad",
+        run,
+        "q4_smoothgrad",
+        "Q4",
+        "SmoothGrad",
+        "SmoothGrad",
         f"SmoothGrad (Smilkov et al., 2017): saliency averaged over {cfg.smooth_samples} copies "
         f"of each image with Gaussian noise of std {cfg.smooth_sigma} x its value range.",
-        maps, params={"samples": cfg.smooth_samples, "sigma": cfg.smooth_sigma},
+        maps,
+        params={"samples": cfg.smooth_samples, "sigma": cfg.smooth_sigma},
     )
 
 
@@ -387,10 +489,16 @@ def stage_grad_x_input(run: Run, bar: tqdm) -> None:
     raw = attributions.grad_x_input(run.model, s.x, s.target, batch_size=run.cfg.batch_size)
     bar.update()
     save_attribution(
-        run, "q4_grad_x_input", "Q4", "Gradient x Input",
+        run,
+        "q4_grad_x_input",
+        "Q4",
+        "Gradient x Input",
+        "Gradient x Input",
         "Gradient x Input (Shrikumar et al., 2016) summed over channels: red pixels raise the "
         "class score to first order, blue ones lower it.",
-        attributions.channel_sum(raw), signed=True, raw=raw,
+        attributions.channel_sum(raw),
+        signed=True,
+        raw=raw,
     )
 
 
@@ -403,12 +511,18 @@ def stage_integrated_gradients(run: Run, bar: tqdm) -> None:
     err = attributions.completeness_error(run.model, s.x, s.target, baseline, raw)
     bar.update()
     save_attribution(
-        run, "q4_integrated_gradients", "Q4", f"Integrated Gradients ({cfg.ig_baseline} baseline)",
+        run,
+        "q4_integrated_gradients",
+        "Q4",
+        "Integrated Gradients",
+        f"Integrated Gradients ({cfg.ig_baseline} baseline)",
         f"Integrated Gradients (Sundararajan et al., 2017) from a {cfg.ig_baseline} baseline with "
         f"{cfg.ig_steps} Gauss-Legendre steps, summed over channels. Completeness error "
         f"|sum - (f(x) - f(baseline))| / |f(x) - f(baseline)|: median {float(err.median()):.4f}, "
         f"max {float(err.max()):.4f}.",
-        attributions.channel_sum(raw), signed=True, raw=raw,
+        attributions.channel_sum(raw),
+        signed=True,
+        raw=raw,
         params={"baseline": cfg.ig_baseline, "steps": cfg.ig_steps},
     )
 
@@ -418,18 +532,498 @@ def ig_baseline(run: Run, kind: str) -> Tensor:
     if kind == "black":
         return run.to_input(torch.zeros_like(x.cpu()))
     if kind == "blur":
-        return attributions.blurred(x)
+        return metrics.gaussian_blur(x)
     raise UserError(f"--ig-baseline must be 'black' or 'blur', not {kind!r}")
+
+
+# ---------------------------------------------------------------- Q3 accuracy, Q4 CAMs and more
+
+
+def stratified(labels: list[int], limit: int | None) -> list[int]:
+    """All indices, or ``limit`` of them spread evenly over each class (deterministic)."""
+    if limit is None or limit >= len(labels):
+        return list(range(len(labels)))
+    classes = sorted(set(labels))
+    per = max(1, limit // len(classes))
+    out = []
+    for c in classes:
+        idx = [i for i, lb in enumerate(labels) if lb == c]
+        picks = np.linspace(0, len(idx) - 1, min(per, len(idx))).round().astype(int)
+        out += [idx[i] for i in np.unique(picks)]
+    return sorted(out)
+
+
+def stage_confusion(run: Run, bar: tqdm) -> None:
+    """Accuracy on the labelled split, the confusion matrix, and per class the most confident
+    correct image and the most confident mistake, each tied to its confusion-matrix cell."""
+    cfg = run.cfg
+    split = load_split(find_split(cfg.data, ("validation", "training")))
+    pairs = [
+        (p, lb)
+        for p, lb in zip(split.paths, split.labels, strict=True)
+        if lb is not None and lb < len(run.classes)
+    ]
+    bar.update()
+    if not pairs:
+        run.extra["accuracy"] = None
+        return
+    idx = stratified([lb for _, lb in pairs], cfg.eval_limit)
+    paths = [pairs[i][0] for i in idx]
+    labels = torch.tensor([pairs[i][1] for i in idx])
+    probs = torch.cat(
+        [
+            metrics.predict(
+                run.model, load_inputs(paths[s], run.pre).to(run.device), batch_size=cfg.batch_size
+            )[0].cpu()
+            for s in attributions.chunks(len(paths), 256)
+        ]
+    )
+    preds = probs.argmax(1)
+    k = len(run.classes)
+    cm = metrics.confusion_matrix(labels, preds, k)
+    acc = metrics.per_class_accuracy(cm)
+    overall = float(np.trace(cm) / cm.sum())
+    subset = (
+        "all of " + split.root.name
+        if len(idx) == len(pairs)
+        else (f"a stratified subset of {len(idx)} of {len(pairs)} images in {split.root.name}")
+    )
+    conf = metrics.top_confusions(cm, 5)
+    run.extra["accuracy"] = {
+        "overall": round(overall, 6),
+        "evaluated": len(idx),
+        "subset": subset,
+        "per_class": [None if np.isnan(a) else round(float(a), 6) for a in acc],
+    }
+    run.extra["top_confusions"] = [
+        {"true": run.classes[t], "pred": run.classes[p], "count": n} for t, p, n in conf
+    ]
+    fig = figures.confusion_figure(
+        cm, run.classes, f"Confusion matrix ({subset}), accuracy {overall:.1%}"
+    )
+    run.write_png("q3_confusion.png", fig)
+    run.write_npz(
+        "q3_confusion.npz",
+        confusion=cm,
+        per_class_accuracy=acc,
+        labels=labels.numpy(),
+        preds=preds.numpy(),
+    )
+    best = int(np.nanargmax(acc)) if not np.isnan(acc).all() else 0
+    worst = int(np.nanargmin(acc)) if not np.isnan(acc).all() else 0
+    confusions = (
+        "; ".join(f"{run.classes[t]} -> {run.classes[p]}: {n}" for t, p, n in conf) or "none"
+    )
+    run.add_figure(
+        id="q3_confusion",
+        section="Q3",
+        title="Confusion matrix",
+        caption=f"Predictions on {subset} (rows: true class, columns: predicted; color is the row "
+        f"share, numbers are counts). Overall accuracy {overall:.1%}; best class {run.classes[best]} "
+        f"({acc[best]:.0%}), worst {run.classes[worst]} ({acc[worst]:.0%}). Top confusions: {confusions}.",
+        png="q3_confusion.png",
+        npz="q3_confusion.npz",
+        params={"evaluated": len(idx)},
+    )
+    examples = metrics.select_examples(labels, preds, probs)
+    tiles, titles = [], []
+    h, w = run.pre.size
+    blank = np.full((h, w, run.pre.channels), np.nan, dtype=np.float32)
+    chosen = []
+    for c in range(k):
+        for kind in ("correct", "mistake"):
+            ex = examples[c][kind]
+            if ex is None:
+                tiles.append(blank)
+                titles.append(f"{run.classes[c]}\nno {kind}")
+                continue
+            chosen.append(paths[ex["index"]])
+            t, p = ex["cell"]
+            tiles.append(None)
+            titles.append(
+                f"{kind}: {run.classes[t]}\n-> {run.classes[p]} {ex['prob']:.0%} cell({t},{p})"
+            )
+    pix = (
+        run.pre.denormalize(load_inputs(chosen, run.pre)).permute(0, 2, 3, 1).numpy()
+        if chosen
+        else []
+    )
+    it = iter(pix)
+    tiles = [next(it) if t is None else t for t in tiles]
+    fig = figures.example_grid(
+        np.stack(tiles), titles, 6, "Most confident correct image and mistake per class"
+    )
+    run.write_png("q3_examples.png", fig)
+    run.add_figure(
+        id="q3_examples",
+        section="Q3",
+        title="Most confident correct image and mistake per class",
+        caption="For each true class, the image the model got right with the highest confidence and "
+        "the wrong prediction it made with the highest confidence; cell(t,p) names the confusion "
+        "matrix cell each one illustrates.",
+        png="q3_examples.png",
+        npz=None,
+        params={"files": [p.name for p in chosen]},
+    )
+
+
+def cam_target_columns(run: Run) -> tuple[Tensor, list[list[str]]]:
+    """Targets [N,T] for the CAM figures: the prediction, every class, or a list of classes."""
+    s, k = run.subject, len(run.classes)
+    spec = run.cfg.cam_targets
+    if spec == "pred":
+        t = s.pred.view(-1, 1)
+    elif spec == "label":
+        t = s.target.cpu().view(-1, 1)
+    elif spec == "all":
+        t = torch.arange(k).repeat(len(s.paths), 1)
+    else:
+        try:
+            wanted = [int(v) for v in spec.split(",")]
+        except ValueError:
+            raise UserError(
+                f"--cam-targets must be pred, label, all or class indices, not {spec!r}"
+            ) from None
+        if any(not 0 <= v < k for v in wanted):
+            raise UserError(f"--cam-targets: class indices must be in 0..{k - 1}")
+        t = torch.tensor(wanted).repeat(len(s.paths), 1)
+    names = [[run.classes[int(c)] for c in row] for row in t]
+    return t, names
+
+
+def cam_layer_name(run: Run) -> str:
+    if run.cfg.cam_layer:
+        return resolve_layer(run.model, run.cfg.cam_layer)[0]
+    return cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size))
+
+
+def stage_cams(run: Run, bar: tqdm) -> None:
+    s = run.subject
+    layer = cam_layer_name(run)
+    targets, names = cam_target_columns(run)
+    n, t = targets.shape
+    xs = s.x.repeat_interleave(t, dim=0)
+    flat = targets.reshape(-1).to(run.device)
+    for method, fn, paper in (
+        ("Grad-CAM", cam.grad_cam, "Selvaraju et al., 2017: channel weights are the mean gradient"),
+        (
+            "LayerCAM",
+            cam.layer_cam,
+            "Jiang et al., 2021: every element weighted by its positive gradient",
+        ),
+    ):
+        maps = (
+            fn(run.model, xs, flat, layer, batch_size=run.cfg.batch_size)
+            .cpu()
+            .reshape(n, t, *s.x.shape[-2:])
+        )
+        bar.update()
+        # The trust table scores the map of the explained target, as for the other methods.
+        run.maps[method] = fn(run.model, s.x, s.target, layer, batch_size=run.cfg.batch_size).cpu()
+        fid = "q4_" + method.lower().replace("-", "_")
+        fig = figures.cam_grid(
+            s.pixels,
+            maps.numpy(),
+            s.titles(run.classes),
+            [[f"{method}: {c}" for c in row] for row in names],
+            f"{method} at {layer}",
+        )
+        run.write_png(f"{fid}.png", fig)
+        run.write_npz(
+            f"{fid}.npz", input=s.x.cpu().numpy(), target=targets.numpy(), attribution=maps.numpy()
+        )
+        run.add_figure(
+            id=fid,
+            section="Q4",
+            title=f"{method} at {layer}",
+            caption=f"{method} ({paper}) at layer {layer}, upsampled bilinearly and overlaid on the "
+            f"image, for target(s) '{run.cfg.cam_targets}'."
+            + mask_caption(run, run.maps[method].numpy()),
+            png=f"{fid}.png",
+            npz=f"{fid}.npz",
+            params={"layer": layer, "targets": run.cfg.cam_targets},
+        )
+
+
+def stage_feature_grid(run: Run, bar: tqdm) -> None:
+    s = run.subject
+    layer = (
+        resolve_layer(run.model, run.cfg.feature_layer)[0]
+        if run.cfg.feature_layer
+        else cam_layer_name(run)
+    )
+    acts = cam.feature_maps(run.model, s.x[:1], layer)[0].cpu().numpy()
+    bar.update()
+    fig = figures.feature_grid(
+        acts, f"All {len(acts)} channels of {layer} for {s.paths[0].name} (ReLU'd)"
+    )
+    run.write_png("q4_feature_maps.png", fig)
+    run.write_npz("q4_feature_maps.npz", input=s.x[:1].cpu().numpy(), activation=acts)
+    active = int((acts.reshape(len(acts), -1).max(1) > 0).sum())
+    run.add_figure(
+        id="q4_feature_maps",
+        section="Q4",
+        title=f"Feature maps of {layer}",
+        caption=f"Every channel of {layer} for {s.paths[0].name} (class {run.classes[int(s.target[0])]}), "
+        f"16 per row, each on its own color scale; {active} of {len(acts)} channels are non-zero anywhere.",
+        png="q4_feature_maps.png",
+        npz="q4_feature_maps.npz",
+        params={"layer": layer},
+    )
+
+
+def stage_dream(run: Run, bar: tqdm) -> None:
+    s = run.subject
+    layer = (
+        run.cfg.dream_layer
+        or default_filter_layers(run.model)[len(default_filter_layers(run.model)) // 2]
+    )
+    name, module = resolve_layer(run.model, layer)
+    n = min(run.cfg.dream_images, len(s.paths))
+    out = dream.deep_dream(run.model, s.x[:n], module, generator=run.generator(40))
+    bar.update()
+    before = filters.layer_activations(run.model, module, s.x[:n]).pow(2).mean().item()
+    after = filters.layer_activations(run.model, module, out).pow(2).mean().item()
+    dreamt = run.pre.denormalize(out).permute(0, 2, 3, 1).numpy()
+    fig = figures.before_after(
+        s.pixels[:n], dreamt, s.titles(run.classes)[:n], f"DeepDream on {name}"
+    )
+    run.write_png("q4_deepdream.png", fig)
+    run.write_npz("q4_deepdream.npz", input=s.x[:n].cpu().numpy(), dream=out.cpu().numpy())
+    run.add_figure(
+        id="q4_deepdream",
+        section="Q4",
+        title=f"DeepDream on {name}",
+        caption=f"DeepDream (Mordvintsev et al., 2015): gradient ascent on the image to amplify the "
+        f"mean square activation of {name}, over 3 octaves with jitter, each pixel kept within 0.3 "
+        f"of the original. The layer's mean square activation rose from {before:.3f} to {after:.3f}.",
+        png="q4_deepdream.png",
+        npz="q4_deepdream.npz",
+        params={"layer": name},
+    )
+
+
+def method_table(run: Run) -> dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]]:
+    """Each map method as explain(model, x, target) -> [N,H,W], to rerun on a randomized model."""
+    bs, cfg = run.cfg.batch_size, run.cfg
+    layer = cam_layer_name(run)
+    return {
+        "Saliency": lambda m, x, t: attributions.saliency(m, x, t, batch_size=bs),
+        "SmoothGrad": lambda m, x, t: attributions.smoothgrad(
+            attributions.saliency,
+            m,
+            x,
+            t,
+            samples=cfg.smooth_samples,
+            sigma=cfg.smooth_sigma,
+            generator=run.generator(30),
+            batch_size=bs,
+        ),
+        "Gradient x Input": lambda m, x, t: attributions.channel_sum(
+            attributions.grad_x_input(m, x, t, batch_size=bs)
+        ),
+        "Integrated Gradients": lambda m, x, t: attributions.channel_sum(
+            attributions.integrated_gradients(
+                m,
+                x,
+                t,
+                baseline=ig_baseline(run, cfg.ig_baseline),
+                steps=cfg.ig_steps,
+                batch_size=bs,
+            )
+        ),
+        "Grad-CAM": lambda m, x, t: cam.grad_cam(m, x, t, layer, batch_size=bs),
+        "LayerCAM": lambda m, x, t: cam.layer_cam(m, x, t, layer, batch_size=bs),
+        "Edge detector (control)": lambda m, x, t: metrics.edge_map(x),
+    }
+
+
+def stage_trust(run: Run, bar: tqdm) -> None:
+    """Which map to believe: deletion/insertion AUC vs a random map, the model-randomization
+    sanity check, localization against object masks, and stability across seeds."""
+    s, cfg = run.subject, run.cfg
+    if not cfg.trust:
+        return
+    methods = method_table(run)
+    run.maps["Edge detector (control)"] = metrics.edge_map(s.x).cpu()
+    run.maps["Random map (baseline)"] = metrics.random_maps(
+        run.maps["Saliency"].shape, run.generator(50)
+    )
+    masks = torch.from_numpy(s.masks) if s.masks is not None else None
+    rows = []
+    for name in [*methods, "LIME", "Random map (baseline)"]:
+        if name not in run.maps:
+            continue
+        maps = run.maps[name]
+        di = metrics.deletion_insertion(
+            run.model,
+            s.x,
+            s.target,
+            maps.to(run.device),
+            steps=cfg.deletion_steps,
+            baseline="zero",
+            insertion_baseline="blur",
+            batch_size=cfg.batch_size,
+        )
+        row = {
+            "method": name,
+            "deletion": float(di["deletion"].mean()),
+            "insertion": float(di["insertion"].mean()),
+        }
+        if name in methods:
+            check = metrics.randomization_check(
+                methods[name],
+                run.model,
+                s.x,
+                s.target,
+                n_top=cfg.randomize_top,
+                generator=run.generator(60),
+            )
+            row["randomization"] = check["mean"]
+            row["flagged"] = check["flagged"]
+            run.extra["randomized_layers"] = check["randomized_layers"]
+        if masks is not None:
+            row["pointing"] = float(metrics.pointing_game(maps, masks).float().mean())
+            row["mass_inside"] = float(metrics.mass_inside(maps, masks).mean())
+        rows.append(row)
+        bar.update()
+    stability = {"SmoothGrad": smoothgrad_stability(run), "LIME": lime_stability(run)}
+    for row in rows:
+        row["stability"] = stability.get(row["method"])
+    if masks is not None:
+        rows += cam_layer_rows(run, masks)
+    bar.update()
+    run.extra["trust_rows"] = rows
+    run.extra["mask_fraction"] = (
+        float(metrics.mask_fraction(masks).mean()) if masks is not None else None
+    )
+
+
+def smoothgrad_stability(run: Run) -> float:
+    """Mean rank correlation of SmoothGrad maps drawn with two different noise seeds."""
+    s, cfg = run.subject, run.cfg
+    other = attributions.smoothgrad(
+        attributions.saliency,
+        run.model,
+        s.x,
+        s.target,
+        samples=cfg.smooth_samples,
+        sigma=cfg.smooth_sigma,
+        generator=run.generator(31),
+        batch_size=cfg.batch_size,
+    )
+    return float(metrics.rank_correlation(run.maps["SmoothGrad"], other.cpu()).mean())
+
+
+def lime_stability(run: Run, images: int = 4) -> float | None:
+    """Mean top-5 superpixel overlap of LIME run with two seeds (on the first ``images``)."""
+    results = run.extra.get("lime_results")
+    if not results:
+        return None
+    s, overlaps = run.subject, []
+    for i, first in enumerate(results[:images]):
+        rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
+        second = lime_adapter.explain(
+            run.model,
+            rgb,
+            first.label,
+            to_input=run.to_input,
+            channels=run.pre.channels,
+            samples=run.cfg.lime_samples,
+            seed=run.cfg.seed + 1,
+        )
+        overlaps.append(metrics.topk_overlap(first.weights, second.weights, 5))
+    run.extra["lime_stability_images"] = min(images, len(results))
+    return float(np.mean(overlaps))
+
+
+def cam_layer_rows(run: Run, masks: Tensor) -> list[dict]:
+    """Grad-CAM pointing accuracy at each layer of the default block: the choice matters."""
+    s = run.subject
+    rows = []
+    for name in cam.cam_layer_candidates(run.model, cam_layer_name(run)):
+        maps = cam.grad_cam(run.model, s.x, s.target, name, batch_size=run.cfg.batch_size).cpu()
+        rows.append(
+            {
+                "method": f"Grad-CAM @ {name}",
+                "pointing": float(metrics.pointing_game(maps, masks).float().mean()),
+                "mass_inside": float(metrics.mass_inside(maps, masks).mean()),
+            }
+        )
+    return rows
+
+
+TRUST_COLUMNS = [
+    "method",
+    "deletion AUC (low=good)",
+    "insertion AUC (high=good)",
+    "randomization rank corr.",
+    "flagged",
+    "pointing",
+    "mass inside",
+    "stability",
+]
+
+
+def trust_manifest(run: Run) -> dict | None:
+    rows = run.extra.get("trust_rows")
+    if not rows:
+        return None
+    keys = [
+        "method",
+        "deletion",
+        "insertion",
+        "randomization",
+        "flagged",
+        "pointing",
+        "mass_inside",
+        "stability",
+    ]
+    table = [
+        [
+            None if r.get(k) is None else (round(r[k], 4) if isinstance(r[k], float) else r[k])
+            for k in keys
+        ]
+        for r in rows
+    ]
+    frac = run.extra.get("mask_fraction")
+    notes = (
+        f"Deletion/insertion: softmax probability of the target as the most important pixels are "
+        f"set to zero / revealed on a blurred copy, {run.cfg.deletion_steps} steps (Petsiuk et al., "
+        f"2018); compare with the random map. Randomization: Spearman correlation between the map of "
+        f"the trained model and of a copy whose top {run.cfg.randomize_top} parameterized layers "
+        f"({', '.join(run.extra.get('randomized_layers', []))}) were re-initialized (Adebayo et al., "
+        f"2018); 'flagged' when |corr| > 0.5, i.e. the map barely depends on the weights. "
+    )
+    if frac is not None:
+        notes += (
+            f"Pointing: share of images whose map maximum lies on the object; mass inside: share "
+            f"of positive attribution on the object, which covers {frac:.2f} of the image. "
+        )
+    notes += (
+        f"Stability: SmoothGrad, rank correlation of maps from two noise seeds; LIME, top-5 "
+        f"superpixel overlap of two seeds on {run.extra.get('lime_stability_images', 0)} images."
+    )
+    return {"columns": TRUST_COLUMNS, "rows": table, "notes": notes}
 
 
 Stage = tuple[str, Callable[[Run], int], Callable[[Run, tqdm], None]]
 STAGES: list[Stage] = [
     ("Q1 saliency", lambda r: 1, stage_saliency),
-    ("Q2 filters", lambda r: len(r.cfg.filter_layers or default_filter_layers(r.model)), stage_filters),
+    (
+        "Q2 filters",
+        lambda r: len(r.cfg.filter_layers or default_filter_layers(r.model)),
+        stage_filters,
+    ),
     ("Q3 LIME", lambda r: len(r.subject.paths), stage_lime),
     ("Q4 SmoothGrad", lambda r: 1, stage_smoothgrad),
     ("Q4 Grad x Input", lambda r: 1, stage_grad_x_input),
     ("Q4 Integrated Gradients", lambda r: 1, stage_integrated_gradients),
+    ("Q3 confusion matrix", lambda r: 1, stage_confusion),
+    ("Q4 Grad-CAM, LayerCAM", lambda r: 2, stage_cams),
+    ("Q4 feature maps", lambda r: 1, stage_feature_grid),
+    ("Q4 DeepDream", lambda r: 1, stage_dream),
+    ("trust checks", lambda r: 11 if r.cfg.trust else 0, stage_trust),
 ]
 
 
@@ -478,6 +1072,9 @@ def manifest(run: Run) -> dict:
         "preprocess": run.pre.to_dict(),
         "parameters": params,
         "figures": run.figures,
+        "accuracy": run.extra.get("accuracy"),
+        "top_confusions": run.extra.get("top_confusions", []),
+        "trust": trust_manifest(run),
         "outputs": dict(sorted(run.outputs.items())),
     }
 
@@ -491,11 +1088,17 @@ def run_report(cfg: RunConfig, *, progress: bool = True) -> tuple[dict, dict[str
     run = prepare(cfg)
     run.seconds["load"] = time.perf_counter() - start
     for name, units, stage in STAGES:
-        with timed(run, name), tqdm(total=units(run), desc=name, disable=not progress,
-                                    file=sys.stderr, leave=False) as bar:
+        with (
+            timed(run, name),
+            tqdm(
+                total=units(run), desc=name, disable=not progress, file=sys.stderr, leave=False
+            ) as bar,
+        ):
             stage(run, bar)
     man = manifest(run)
     atomic_write_bytes(cfg.out / "manifest.json", json_bytes(man))
+    with timed(run, "report.pdf"):
+        report.write_report(man, cfg.out, cfg.out / "report.pdf")
     run.seconds["total"] = time.perf_counter() - start
     return man, run.seconds
 

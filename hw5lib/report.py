@@ -12,6 +12,7 @@ temp file in the target directory that `os.replace` moves into place.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import math
 import os
@@ -428,6 +429,14 @@ def _cuts(pdf: FPDF, cuts: Sequence[str]) -> None:
     pdf.ln(_GAP_MM)
 
 
+def compact_json(obj: object) -> str:
+    """Pretty JSON with sorted keys, but a list of plain values stays on one line (the manifest
+    holds long lists of numbers and hashes that would otherwise take a line each)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    scalar_list = re.compile(r"\[\n\s*((?:[^\[\]{}\n]+,\n\s*)*[^\[\]{}\n]+)\n\s*\]")
+    return scalar_list.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text)
+
+
 def wrap_mono(text: str, width: int) -> list[str]:
     """Hard-wrap monospaced text to `width` characters; continuation lines keep the indent."""
     lines: list[str] = []
@@ -446,7 +455,7 @@ def _manifest_text(pdf: FPDF, manifest: dict[str, Any]) -> None:
     _heading(pdf, MANIFEST_HEADING, level=1)
     pdf.set_font(_MONO, size=_MONO_PT)
     width = int(pdf.epw / pdf.get_string_width("M"))
-    text = latin1(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+    text = latin1(compact_json(manifest))
     line_h = _MONO_PT * _PT_TO_MM * 1.15
     for line in wrap_mono(text, width):
         pdf.cell(0, line_h, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
-    preprocess: Preprocess = Preprocess(channel_order="rgb")
+    preprocess: Preprocess = field(default_factory=lambda: Preprocess(channel_order="rgb"))
 
 
 def labelled(folder: Path, pre: Preprocess) -> tuple[Tensor, Tensor]:
@@ -81,7 +81,10 @@ def train(cfg: TrainConfig, classes: list[str] | None = None) -> dict:
     model.eval()
     names = classes or [str(i) for i in range(num_classes)]
     save_checkpoint(cfg.out, model, arch, cfg.preprocess, names)
-    return {"train_accuracy": accuracy(model, x, y), "val_accuracy": accuracy(model, xv, yv) if has_val else None}
+    return {
+        "train_accuracy": accuracy(model, x, y),
+        "val_accuracy": accuracy(model, xv, yv) if has_val else None,
+    }
 
 
 def augment(x: Tensor, gen: torch.Generator) -> Tensor:

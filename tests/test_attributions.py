@@ -1,0 +1,302 @@
+"""Gradient attributions against closed forms, against Captum, and for side effects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import InputXGradient, IntegratedGradients, Saliency
+from torch import Tensor, nn
+
+from hw5lib.attributions import (
+    blurred,
+    completeness_error,
+    grad_x_input,
+    input_gradient,
+    integrated_gradients,
+    logits_of,
+    saliency,
+    smoothgrad,
+)
+from hw5lib.hooks import hook_count
+from model import Classifier
+
+SIDE = 32
+C, H, W, K = 3, 6, 5, 4  # closed-form models: small, non-square
+
+
+def seeded_(model: nn.Module, seed: int) -> nn.Module:
+    """Overwrite every parameter and BatchNorm running stat from a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:  # BatchNorm weight
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+    return model.eval()
+
+
+def tiny_classifier(seed: int = 0) -> Classifier:
+    return seeded_(Classifier(widths=(4, 8, 8, 8, 8), hidden=(16, 16), input_size=SIDE), seed)
+
+
+def images(n: int = 3, seed: int = 1, shape: tuple[int, ...] = (3, SIDE, SIDE)) -> Tensor:
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def linear_model(seed: int = 0) -> nn.Sequential:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(C * H * W, K))
+    return seeded_(model, seed)
+
+
+class Quadratic(nn.Module):
+    """logit_k(x) = sum_i A[k, i] * x_i^2, so d logit_k / d x_i = 2 * A[k, i] * x_i."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.A = nn.Parameter(torch.randn(K, C * H * W, generator=g))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.flatten(1) ** 2) @ self.A.T
+
+
+def targets(n: int, k: int = K) -> Tensor:
+    return torch.arange(n) % k  # a different class for neighbouring images
+
+
+# Closed forms
+
+
+def test_input_gradient_of_linear_model_is_the_target_row_of_the_weight():
+    model, x = linear_model(), images(5, shape=(C, H, W))
+    t = targets(5)
+    expected = model[1].weight[t].detach().view(5, C, H, W)
+    torch.testing.assert_close(input_gradient(model, x, t), expected, atol=1e-6, rtol=0)
+
+
+def test_saliency_of_linear_model_is_abs_weight_max_over_channels():
+    model, x = linear_model(), images(5, shape=(C, H, W))
+    t = targets(5)
+    expected = model[1].weight[t].detach().abs().view(5, C, H, W).amax(dim=1)
+    out = saliency(model, x, t)
+    assert out.shape == (5, H, W)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_saliency_of_quadratic_model_is_abs_of_twice_weight_times_input():
+    model, x = Quadratic(), images(5, shape=(C, H, W))
+    t = targets(5)
+    expected = (2 * model.A[t].detach().view(5, C, H, W) * x).abs().amax(dim=1)
+    torch.testing.assert_close(saliency(model, x, t), expected, atol=1e-6, rtol=0)
+
+
+def test_ig_of_linear_model_is_weight_times_input_minus_baseline():
+    model, x = linear_model(), images(4, shape=(C, H, W))
+    base, t = images(4, seed=7, shape=(C, H, W)), targets(4)
+    expected = model[1].weight[t].detach().view(4, C, H, W) * (x - base)
+    out = integrated_gradients(model, x, t, baseline=base, steps=3)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_ig_of_quadratic_model_is_weight_times_difference_of_squares():
+    # IG_i = (x_i - b_i) * int_0^1 2 A_i (b_i + a (x_i - b_i)) da = A_i (x_i^2 - b_i^2)
+    model, x = Quadratic(), images(4, shape=(C, H, W))
+    base, t = images(4, seed=7, shape=(C, H, W)), targets(4)
+    expected = model.A[t].detach().view(4, C, H, W) * (x**2 - base**2)
+    out = integrated_gradients(model, x, t, baseline=base, steps=2)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+# Definitions and Captum
+
+
+def test_grad_x_input_is_input_gradient_times_input_and_matches_captum():
+    model, x = tiny_classifier(), images(3)
+    t = torch.tensor([0, 5, 10])
+    out = grad_x_input(model, x, t)
+    torch.testing.assert_close(out, input_gradient(model, x, t) * x, atol=0, rtol=0)
+    ref = InputXGradient(model).attribute(x.clone().requires_grad_(), target=t)
+    torch.testing.assert_close(out, ref.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_saliency_matches_captum_abs_saliency_max_over_channels():
+    model, x = tiny_classifier(), images(3)
+    t = torch.tensor([2, 3, 7])
+    ref = Saliency(model).attribute(x.clone().requires_grad_(), target=t, abs=True).amax(dim=1)
+    torch.testing.assert_close(saliency(model, x, t), ref.detach(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("baseline_kind", ["black", "blurred"])
+def test_ig_sums_to_logit_difference(baseline_kind):
+    model, x = tiny_classifier(), images(3)
+    t = torch.tensor([1, 4, 9])
+    base = torch.zeros_like(x) if baseline_kind == "black" else blurred(x)
+    attr = integrated_gradients(model, x, t, baseline=base, steps=64)
+    gap = logits_of(model, x, t) - logits_of(model, base, t)
+    assert (gap.abs() > 1e-3).all()  # the check is not vacuous
+    err = completeness_error(model, x, t, base, attr)
+    assert err.shape == (3,)
+    assert (err < 0.01).all(), err
+    # completeness_error itself is the relative gap, computed independently here
+    torch.testing.assert_close(err, (attr.sum(dim=(1, 2, 3)) - gap).abs() / gap.abs())
+
+
+def test_ig_matches_captum_gauss_legendre_with_same_steps():
+    model, x = tiny_classifier(), images(3)
+    t, steps = torch.tensor([0, 6, 3]), 16
+    base = blurred(x)
+    ours = integrated_gradients(model, x, t, baseline=base, steps=steps)
+    ref = IntegratedGradients(model).attribute(
+        x.clone(), baselines=base, target=t, n_steps=steps, method="gausslegendre"
+    )
+    torch.testing.assert_close(ours, ref.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_blurred_keeps_shape_and_constant_images_and_smooths_noise():
+    x = images(2, shape=(3, 24, 16))
+    b = blurred(x)
+    assert b.shape == x.shape
+    flat = torch.full((1, 3, 24, 16), 0.3)
+    torch.testing.assert_close(blurred(flat), flat)  # replicate padding: no dark border
+    assert b.std() < 0.5 * x.std()
+    torch.testing.assert_close(b.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=0.15, rtol=0)
+
+
+# SmoothGrad
+
+
+def test_smoothgrad_with_zero_sigma_equals_the_wrapped_method():
+    model, x = tiny_classifier(), images(2)
+    t = torch.tensor([3, 8])
+    g = torch.Generator().manual_seed(0)
+    for method in (saliency, grad_x_input):
+        out = smoothgrad(method, model, x, t, samples=3, sigma=0.0, generator=g)
+        torch.testing.assert_close(out, method(model, x, t), atol=1e-6, rtol=1e-5)
+
+
+def test_smoothgrad_is_deterministic_for_a_seeded_generator_and_differs_across_seeds():
+    model, x = tiny_classifier(), images(2)
+    t = torch.tensor([3, 8])
+
+    def run(seed: int) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return smoothgrad(saliency, model, x, t, samples=4, sigma=0.2, generator=g)
+
+    a, b, c = run(5), run(5), run(6)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c, atol=1e-4)
+
+
+def test_smoothgrad_is_mean_of_method_over_explicit_noise_scaled_by_each_image_range():
+    model, samples, sigma, seed = tiny_classifier(), 3, 0.15, 11
+    x = images(2) * torch.tensor([0.5, 3.0]).view(2, 1, 1, 1)  # different value ranges
+    t = torch.tensor([1, 2])
+    out = smoothgrad(
+        grad_x_input,
+        model,
+        x,
+        t,
+        samples=samples,
+        sigma=sigma,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    noise = torch.randn((samples, *x.shape), generator=torch.Generator().manual_seed(seed))
+    expected = torch.zeros_like(x)
+    for i in range(len(x)):
+        spread = x[i].max() - x[i].min()
+        for s in range(samples):
+            xi = (x[i] + noise[s, i] * sigma * spread)[None]
+            expected[i] += grad_x_input(model, xi, t[i : i + 1])[0] / samples
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-4)
+
+
+# Batching and side effects
+
+
+@pytest.mark.parametrize("method", ["saliency", "grad_x_input", "ig", "smoothgrad"])
+def test_results_do_not_depend_on_batch_size(method):
+    model, x = tiny_classifier(), images(5)
+    t = targets(5, 11)
+
+    def run(bs: int) -> Tensor:
+        if method == "saliency":
+            return saliency(model, x, t, batch_size=bs)
+        if method == "grad_x_input":
+            return grad_x_input(model, x, t, batch_size=bs)
+        if method == "ig":
+            return integrated_gradients(model, x, t, baseline=blurred(x), steps=4, batch_size=bs)
+        g = torch.Generator().manual_seed(3)
+        return smoothgrad(saliency, model, x, t, samples=3, generator=g, batch_size=bs)
+
+    small, large = run(1), run(1000)
+    # not bit-identical: CPU convolutions round differently for batch 1 and 5 (~1 ulp)
+    torch.testing.assert_close(small, large, atol=1e-6, rtol=1e-5)
+
+
+def _call_every_method(model: nn.Module, x: Tensor, t: Tensor) -> list[Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        input_gradient(model, x, t, batch_size=2),
+        saliency(model, x, t, batch_size=2),
+        grad_x_input(model, x, t, batch_size=2),
+        smoothgrad(saliency, model, x, t, samples=2, generator=g, batch_size=2),
+        integrated_gradients(model, x, t, baseline=torch.zeros_like(x), steps=3, batch_size=2),
+        logits_of(model, x, t, batch_size=2),
+    ]
+
+
+def test_methods_leave_model_and_input_untouched():
+    model = tiny_classifier().train()  # a model in train mode stays in train mode
+    model.fc[0].weight.requires_grad_(False)  # the caller's own flags come back as they were
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = {n: b.clone() for n, b in model.named_buffers()}
+    x = images(3)
+    x_before = x.clone()
+    t = torch.tensor([0, 1, 2])
+
+    outs = _call_every_method(model, x, t)
+
+    assert torch.equal(x, x_before) and not x.requires_grad and x.grad is None
+    assert all(m.training for m in model.modules())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    for n, p in model.named_parameters():
+        assert torch.equal(p, params[n]), n
+    for n, b in model.named_buffers():  # BatchNorm ran in eval mode: running stats untouched
+        assert torch.equal(b, stats[n]), n
+    assert hook_count(model) == 0
+    assert all(not o.requires_grad and o.grad_fn is None for o in outs)
+
+
+def test_methods_score_train_mode_models_in_eval_mode():
+    x, t = images(3), torch.tensor([4, 5, 6])
+    in_train = _call_every_method(tiny_classifier().train(), x, t)
+    in_eval = _call_every_method(tiny_classifier().eval(), x, t)
+    for a, b in zip(in_train, in_eval, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+class Exploding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError("boom")
+
+
+def test_mode_and_requires_grad_are_restored_when_forward_raises():
+    model = Exploding().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        saliency(model, images(1, shape=(3, 4, 4)), torch.tensor([0]))
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())

@@ -1,0 +1,211 @@
+"""LIME adapter: the requested label is explained, every superpixel can be hidden, runs are seeded,
+and classifier_fn turns lime's HWC display batches into the model's probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from lime import lime_image
+from skimage.segmentation import slic
+from torch import Tensor, nn
+
+from hw5lib.data import Preprocess
+from hw5lib.lime_adapter import SLIC_ARGS, classifier_fn, explain, segment
+from model import Classifier
+
+SIDE, BLOCK, SAMPLES = 48, 8, 60
+
+
+def blocks_image(seed: int = 0) -> np.ndarray:
+    """[48,48,3] in [0,1]: 8x8 blocks of random colour, overlaid with 1-pixel stripes.
+
+    SLIC's sigma=1 smoothing erases the stripes, so superpixels follow the blocks while the
+    pixels inside each superpixel still vary (lime hides a superpixel with its mean colour).
+    """
+    rng = np.random.default_rng(seed)
+    n = SIDE // BLOCK
+    img = np.kron(rng.uniform(0.25, 0.75, (n, n, 3)), np.ones((BLOCK, BLOCK, 1)))
+    stripes = np.where(np.arange(SIDE) % 2 == 0, 0.2, -0.2)[:, None, None]
+    return np.clip(img + stripes, 0, 1)
+
+
+class Halves(nn.Module):
+    """Class 0 scores the left half's detail, class 1 the right half's; classes 2..10 score a
+    constant above both (for ``image``), so 0 and 1 rank last, outside lime's default top 5.
+
+    Hiding a superpixel replaces it with its mean colour, which lowers the mean square of the
+    pixels (Jensen): a left superpixel matters to class 0 only, a right one to class 1 only.
+    """
+
+    def __init__(self, image: np.ndarray, gain: float = 10.0) -> None:
+        super().__init__()
+        self.gain = gain
+        pixels = torch.from_numpy(image).float().permute(2, 0, 1)[None]
+        self.top = float(self.halves(pixels).max()) + 1.0
+
+    def halves(self, x: Tensor) -> Tensor:
+        w = x.shape[-1] // 2
+        left = (x[..., :w] ** 2).mean(dim=(1, 2, 3))
+        right = (x[..., w:] ** 2).mean(dim=(1, 2, 3))
+        return self.gain * torch.stack([left, right], dim=1)  # [B,2]
+
+    def forward(self, x: Tensor) -> Tensor:
+        top = torch.full((len(x), 9), self.top) + 0.1 * torch.arange(9)
+        return torch.cat([self.halves(x), top], dim=1)  # [B,11]
+
+
+def identity(p: Tensor) -> Tensor:
+    return p
+
+
+def tiny_classifier(in_channels: int = 3, seed: int = 0) -> Classifier:
+    with torch.random.fork_rng():  # seeded initialisation without touching the global RNG
+        torch.manual_seed(seed)
+        model = Classifier(
+            widths=(4, 8, 8, 8, 8), hidden=(16, 16), in_channels=in_channels, input_size=32
+        )
+    return model.eval()
+
+
+def halves_of(segments: np.ndarray) -> tuple[list[int], list[int]]:
+    """Superpixel ids lying wholly in the left half and wholly in the right half."""
+    w = segments.shape[1] // 2
+    ids = np.unique(segments)
+    left = [s for s in ids if not (segments[:, w:] == s).any()]
+    right = [s for s in ids if not (segments[:, :w] == s).any()]
+    return left, right
+
+
+def ranked_above(high: np.ndarray, low: np.ndarray) -> float:
+    """Fraction of (h, l) pairs with h > l (the AUC of telling the two groups apart)."""
+    return float((high[:, None] > low[None, :]).mean())
+
+
+def test_explain_explains_the_requested_label_even_when_it_is_not_the_top_class():
+    img = blocks_image()
+    model = Halves(img)
+    probs = classifier_fn(model, identity, 3)(img[None])[0]
+    assert set(np.argsort(probs)[:2]) == {0, 1}  # labels 0 and 1 rank last
+
+    r0 = explain(model, img, 0, to_input=identity, samples=SAMPLES, seed=0)
+    r1 = explain(model, img, 1, to_input=identity, samples=SAMPLES, seed=0)
+    assert (r0.label, r1.label) == (0, 1)
+    left, right = halves_of(r0.segments)
+    assert len(left) >= 5 and len(right) >= 5
+    # label 0 is driven by the left half, label 1 by the right half
+    assert r0.weights[left].mean() > 3 * abs(r0.weights[right].mean())
+    assert r1.weights[right].mean() > 3 * abs(r1.weights[left].mean())
+    # and superpixel by superpixel: nearly every left one outranks nearly every right one
+    assert ranked_above(r0.weights[left], r0.weights[right]) > 0.85
+    assert ranked_above(r1.weights[right], r1.weights[left]) > 0.85
+
+
+def test_explain_returns_one_weight_for_every_superpixel_id_from_zero():
+    img = blocks_image()
+    r = explain(Halves(img), img, 0, to_input=identity, samples=SAMPLES, seed=0)
+    s = len(r.weights)
+    assert r.segments.shape == img.shape[:2]
+    np.testing.assert_array_equal(np.unique(r.segments), np.arange(s))
+    np.testing.assert_array_equal(r.segments, segment(img))
+    assert np.count_nonzero(r.weights) == s  # lime fitted a weight to every superpixel
+    assert np.isfinite(r.score)
+
+
+def test_segment_numbers_superpixels_from_zero():
+    seg = segment(blocks_image(3))
+    assert seg.min() == 0
+    np.testing.assert_array_equal(np.unique(seg), np.arange(seg.max() + 1))
+
+
+class Recorder(Halves):
+    """Halves that remembers every [B,3,H,W] batch lime asks about."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        super().__init__(image)
+        self.seen: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(x.clone())
+        return super().forward(x)
+
+
+def hidden_ids(segments: np.ndarray, image: np.ndarray, batches: np.ndarray) -> set[int]:
+    """Superpixels whose pixels differ from the image in at least one perturbed sample."""
+    changed = (np.abs(batches - image[None]) > 1e-9).any(axis=(0, 3))  # [H,W]
+    return {int(s) for s in np.unique(segments[changed])}
+
+
+def test_every_superpixel_is_hidden_in_some_sample():
+    img = blocks_image()
+    model = Recorder(img)
+    r = explain(model, img, 0, to_input=identity, samples=SAMPLES, seed=0)
+    batches = torch.cat(model.seen).permute(0, 2, 3, 1).numpy()
+    assert len(batches) == SAMPLES
+    ids = np.unique(r.segments)
+    assert hidden_ids(r.segments, img, batches) == set(ids.tolist())
+
+
+def test_lime_never_hides_the_last_superpixel_when_ids_start_at_one():
+    # The bug segment() avoids: skimage's default start_label=1 leaves id S unmasked, because
+    # lime masks `segments == z` for feature indices z = 0..S-1.
+    img, seen = blocks_image(), []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.copy())
+        return np.tile([0.5, 0.5], (len(batch), 1))
+
+    one_based = {**SLIC_ARGS, "start_label": 1}
+    seg = slic(img, **one_based)
+    explainer = lime_image.LimeImageExplainer(random_state=0)
+    explainer.explain_instance(
+        img,
+        predict,
+        labels=(0,),
+        top_labels=None,
+        num_samples=SAMPLES,
+        batch_size=SAMPLES,
+        segmentation_fn=lambda im: slic(im, **one_based),
+        hide_color=None,
+    )
+    hidden = hidden_ids(seg, img, np.concatenate(seen))
+    assert seg.min() == 1
+    assert int(seg.max()) not in hidden
+    assert hidden == set(range(1, int(seg.max())))
+
+
+def test_explain_is_reproducible_for_a_seed_and_changes_with_it():
+    img = blocks_image()
+    a = explain(Halves(img), img, 0, to_input=identity, samples=SAMPLES, seed=1)
+    b = explain(Halves(img), img, 0, to_input=identity, samples=SAMPLES, seed=1)
+    c = explain(Halves(img), img, 0, to_input=identity, samples=SAMPLES, seed=2)
+    np.testing.assert_array_equal(a.weights, b.weights)
+    assert a.score == b.score
+    assert not np.allclose(a.weights, c.weights)
+
+
+def test_classifier_fn_returns_the_models_probabilities_for_hwc_batches():
+    model = tiny_classifier()
+    pre = Preprocess(size=(32, 48), channel_order="bgr", mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
+    batch = np.random.default_rng(0).uniform(0, 1, (4, 32, 48, 3))  # non-square: no H/W mixup
+    probs = classifier_fn(model, pre.normalize, 3)(batch)
+    assert probs.shape == (4, 11)
+    assert (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    pixels = torch.from_numpy(batch).float().permute(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = torch.softmax(model(pre.normalize(pixels)), dim=1).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_classifier_fn_averages_rgb_into_gray_for_one_channel_models():
+    model = tiny_classifier(in_channels=1).train()
+    pre = Preprocess(size=(32, 32), channels=1, mean=(0.5,), std=(0.25,))
+    batch = np.random.default_rng(1).uniform(0, 1, (3, 32, 32, 3))
+    probs = classifier_fn(model, pre.normalize, 1)(batch)
+    assert probs.shape == (3, 11)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert model.training  # the caller's mode is restored
+    gray = torch.from_numpy(batch).float().mean(dim=3)[:, None]  # [B,1,H,W]
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(pre.normalize(gray)), dim=1).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
