@@ -242,10 +242,9 @@ def mask_caption(run: Run, maps: np.ndarray) -> str:
     masks = run.subject.masks
     if masks is None:
         return ""
-    pos = np.clip(maps, 0, None)
-    inside = (pos * masks).sum(axis=(1, 2)) / np.maximum(pos.sum(axis=(1, 2)), 1e-12)
+    inside = metrics.mass_inside(torch.as_tensor(maps), torch.from_numpy(masks)).mean()
     return (
-        f" Mean share of the map inside the object mask: {inside.mean():.2f}"
+        f" Mean share of the positive attribution inside the object mask: {inside:.2f}"
         f" (the object covers {masks.mean():.2f} of the image on average)."
     )
 
@@ -283,7 +282,7 @@ def save_attribution(
         title=title,
         png=f"{fid}.png",
         npz=f"{fid}.npz",
-        caption=caption + mask_caption(run, np.abs(arr) if signed else arr),
+        caption=caption + mask_caption(run, arr),
         params=params or {},
     )
 

@@ -12,10 +12,10 @@ temp file in the target directory that `os.replace` moves into place.
 from __future__ import annotations
 
 import json
-import re
 import logging
 import math
 import os
+import re
 import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
