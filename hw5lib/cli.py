@@ -264,10 +264,17 @@ def report_config(args: argparse.Namespace):  # -> RunConfig
         dream_layer=args.dream_layer,
         eval_limit=args.eval_limit,
         trust=args.trust,
-        command=" ".join(["hw5.py", *sys.argv[1:]])
-        if sys.argv[0].endswith("hw5.py")
-        else "hw5.py report",
+        command=recorded_command(args),
     )
+
+
+def recorded_command(args: argparse.Namespace) -> str:
+    """The command line as the manifest records it: the output folder and --quiet change no
+    output file, so they are left out and reruns into another folder stay byte-identical."""
+    argv = sys.argv[1:] if sys.argv[0].endswith("hw5.py") else ["report"]
+    out = str(args.out) if args.out is not None else None
+    kept = ["OUT" if a == out else a for a in argv if a != "--quiet"]
+    return " ".join(["hw5.py", *kept])
 
 
 def ensure_sample(root: Path) -> None:

@@ -20,6 +20,24 @@ def cached_path(url: str, cache_dir: Path) -> Path:
     return cache_dir / f"download-{hashlib.sha256(url.encode()).hexdigest()[:12]}.pth"
 
 
+# torch.save writes a zip archive; the legacy format is a raw pickle (protocol byte 0x80).
+CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def check_checkpoint_bytes(path: Path) -> None:
+    """Refuse what is clearly not a torch file (an HTML page from an unshared Drive link)
+    before it is cached under the checkpoint's name."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise OSError("the server sent an empty file")
+    if not head.startswith(CHECKPOINT_MAGIC):
+        kind = "a web page" if b"<" in head[:64] else "a file that is not a torch checkpoint"
+        raise OSError(
+            f"the server sent {kind}; is the Drive file shared with 'anyone with the link'?"
+        )
+
+
 def fetch_checkpoint(url: str, cache_dir: Path, *, timeout: float = 60.0) -> Path:
     """Download ``url`` (a Google Drive link, a Drive file id, or any http(s) URL) once."""
     if not url:
@@ -42,8 +60,7 @@ def fetch_checkpoint(url: str, cache_dir: Path, *, timeout: float = 60.0) -> Pat
                 use_cookies=False,
                 timeout=timeout,
             )
-        if os.path.getsize(tmp) == 0:
-            raise OSError("the server sent an empty file")
+        check_checkpoint_bytes(Path(tmp))
         os.replace(tmp, dest)
     except Exception as err:
         Path(tmp).unlink(missing_ok=True)

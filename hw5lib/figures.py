@@ -160,27 +160,39 @@ def lime_overlay(
     return out
 
 
+def image_pairs(
+    left: np.ndarray,
+    right: np.ndarray,
+    titles: Sequence[str],
+    title: str,
+    *,
+    pairs_per_row: int = 4,
+) -> Figure:
+    """Each image [H,W,C] beside a picture made from it (an overlay, an explanation)."""
+    n = len(left)
+    rows = math.ceil(n / pairs_per_row)
+    fig, axes = _grid(rows, 2 * min(n, pairs_per_row))
+    for i in range(n):
+        ax_img, ax_exp = axes[i // pairs_per_row, 2 * (i % pairs_per_row) :][:2]
+        show_image(ax_img, left[i])
+        ax_img.set_title(titles[i], fontsize=7)
+        show_image(ax_exp, right[i])
+    _finish(fig, title)
+    return fig
+
+
 def lime_figure(
     images: np.ndarray,
     segments: np.ndarray,
     weights: Sequence[np.ndarray],
     titles: Sequence[str],
     title: str,
-    *,
-    pairs_per_row: int = 4,
 ) -> Figure:
     """Each image beside its LIME explanation (green: for the label, red: against)."""
-    overlays = [lime_overlay(images[i], segments[i], weights[i]) for i in range(len(images))]
-    n = len(images)
-    rows = math.ceil(n / pairs_per_row)
-    fig, axes = _grid(rows, 2 * min(n, pairs_per_row))
-    for i in range(n):
-        ax_img, ax_exp = axes[i // pairs_per_row, 2 * (i % pairs_per_row) :][:2]
-        show_image(ax_img, images[i])
-        ax_img.set_title(titles[i], fontsize=7)
-        show_image(ax_exp, overlays[i])
-    _finish(fig, title)
-    return fig
+    overlays = np.stack(
+        [lime_overlay(images[i], segments[i], weights[i]) for i in range(len(images))]
+    )
+    return image_pairs(images, overlays, titles, title)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
@@ -200,8 +212,16 @@ def cam_grid(
     """Rows are images: the image, then one overlay per target class.
     images [N,H,W,C]; maps [N,T,H,W] (each scaled to [0,1] here)."""
     n, t = maps.shape[:2]
-    fig, axes = _grid(n, t + 1)
     scaled = unit_range(maps.reshape(n * t, *maps.shape[2:])).reshape(maps.shape)
+    if t == 1:  # one target per image: image/overlay pairs, four to a row
+        overlays = np.stack([overlay(images[r], scaled[r, 0]) for r in range(n)])
+        return image_pairs(
+            images,
+            overlays,
+            [f"{a}\n{b[0]}" for a, b in zip(row_titles, col_titles, strict=True)],
+            title,
+        )
+    fig, axes = _grid(n, t + 1)
     for r in range(n):
         show_image(axes[r, 0], images[r])
         axes[r, 0].set_title(row_titles[r], fontsize=7)

@@ -59,7 +59,9 @@ def filter_ascent(
     return AscentResult(pixels.detach(), torch.stack(history))
 
 
-def layer_activations(model: nn.Module, layer: nn.Module, x: Tensor, *, batch_size: int = 64) -> Tensor:
+def layer_activations(
+    model: nn.Module, layer: nn.Module, x: Tensor, *, batch_size: int = 64
+) -> Tensor:
     """The layer's output for x, [N,K,h,w], computed only up to that layer."""
     outs = []
     with eval_mode(model), torch.inference_mode():

@@ -203,14 +203,24 @@ def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat(out)
 
 
+def check_layers(cfg: RunConfig, model: nn.Module) -> None:
+    """Resolve every layer the user named before any stage runs: a typo fails in a second,
+    not after minutes of figures."""
+    for spec in (*cfg.filter_layers, cfg.cam_layer, cfg.feature_layer, cfg.dream_layer):
+        if spec:
+            resolve_layer(model, spec)
+
+
 def prepare(cfg: RunConfig) -> Run:
     loaded = load_classifier(cfg.checkpoint, trust_pickle=cfg.trust_pickle)
     device = pick_device(cfg.device)
     model = loaded.model.to(device).eval()
+    check_layers(cfg, model)
     pre = resolve_preprocess(cfg, loaded)
     split = load_split(find_split(cfg.data))
     num_outputs = int(model(torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1])
     classes = resolve_classes(cfg, loaded, num_outputs)
+    validate_cam_targets(cfg.cam_targets, num_outputs)
     idx = choose_images(list(split.paths), list(split.labels), cfg.per_class, num_outputs)
     paths = [split.paths[i] for i in idx] + sorted(cfg.images)
     labels: list[int | None] = [label_of(p) for p in paths]
@@ -666,6 +676,21 @@ def stage_confusion(run: Run, bar: tqdm) -> None:
     )
 
 
+def validate_cam_targets(spec: str, num_classes: int) -> list[int]:
+    """``pred``, ``label``, ``all`` or class indices; returns the indices (empty for the words)."""
+    if spec in ("pred", "label", "all"):
+        return []
+    try:
+        wanted = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise UserError(
+            f"--cam-targets must be pred, label, all or class indices, not {spec!r}"
+        ) from None
+    if any(not 0 <= v < num_classes for v in wanted):
+        raise UserError(f"--cam-targets: class indices must be in 0..{num_classes - 1}")
+    return wanted
+
+
 def cam_target_columns(run: Run) -> tuple[Tensor, list[list[str]]]:
     """Targets [N,T] for the CAM figures: the prediction, every class, or a list of classes."""
     s, k = run.subject, len(run.classes)
@@ -677,15 +702,7 @@ def cam_target_columns(run: Run) -> tuple[Tensor, list[list[str]]]:
     elif spec == "all":
         t = torch.arange(k).repeat(len(s.paths), 1)
     else:
-        try:
-            wanted = [int(v) for v in spec.split(",")]
-        except ValueError:
-            raise UserError(
-                f"--cam-targets must be pred, label, all or class indices, not {spec!r}"
-            ) from None
-        if any(not 0 <= v < k for v in wanted):
-            raise UserError(f"--cam-targets: class indices must be in 0..{k - 1}")
-        t = torch.tensor(wanted).repeat(len(s.paths), 1)
+        t = torch.tensor(validate_cam_targets(spec, k)).repeat(len(s.paths), 1)
     names = [[run.classes[int(c)] for c in row] for row in t]
     return t, names
 
