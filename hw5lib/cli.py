@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
 
+    lay = sub.add_parser("layers", help="list the model's layers, to pick them by index or name")
+    lay.add_argument("--checkpoint", type=Path, help="checkpoint (default: the bundled one)")
+    lay.add_argument("--trust-pickle", action="store_true", help="allow a pickled whole model")
+    lay.add_argument("--size", type=int, help="input side (default: the checkpoint's, else 128)")
+
     smp = sub.add_parser("sample", help="generate the synthetic sample dataset")
     smp.add_argument("dir", type=Path)
     smp.add_argument("--seed", type=int, default=0)
@@ -285,6 +290,21 @@ def ensure_sample(root: Path) -> None:
         generate_sample(root, seed=0)
 
 
+def print_layers(args: argparse.Namespace) -> None:
+    """The course picks layers as ``model.cnn[15]``: show index, name, type and output shape."""
+    from .models import layer_table, load_classifier
+
+    loaded = load_classifier(args.checkpoint or BUNDLED_CHECKPOINT, trust_pickle=args.trust_pickle)
+    pre = loaded.preprocess
+    channels = pre.channels if pre else 3
+    size = args.size or (pre.size[0] if pre else loaded.architecture.get("input_size", 128))
+    print(f"{'name':<12} {'index':<10} {'type':<14} output ({channels}x{size}x{size} input)")
+    for name, kind, shape in layer_table(loaded.model, (channels, size, size)):
+        parent, _, last = name.rpartition(".")
+        index = f"{parent}[{last}]" if parent and last.isdigit() else ""
+        print(f"{name:<12} {index:<10} {kind:<14} {shape}")
+
+
 def print_summary(manifest: dict, seconds: dict[str, float], out: Path) -> None:
     rows = [*sorted(manifest["outputs"]), "manifest.json", "report.pdf"]
     print(f"wrote {len(rows)} files to {out}:")
@@ -309,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             man, seconds = run_report(cfg, progress=not args.quiet)
             if not args.quiet:
                 print_summary(man, seconds, cfg.out)
+        elif args.command == "layers":
+            print_layers(args)
         elif args.command == "sample":
             from .sample import generate_sample
 

@@ -171,3 +171,26 @@ def resolve_layer(model: nn.Module, spec: str) -> tuple[str, nn.Module]:
         choices = ", ".join(n for n in modules if n and n.count(".") <= 1)
         raise UserError(f"no layer {spec!r} in the model; choose one of: {choices}")
     return name, modules[name]
+
+
+def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[str, str, str]]:
+    """(name, type, output shape) of every named module, in registration order, from one
+    zero-input forward pass; hooks are removed even if the forward raises."""
+    shapes: dict[str, str] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def record(_m: nn.Module, _i: tuple, out: object, name: str = name) -> None:
+            if isinstance(out, torch.Tensor):
+                shapes[name] = "x".join(str(d) for d in out.shape[1:])
+
+        handles.append(module.register_forward_hook(record))
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return [(n, type(m).__name__, shapes.get(n, "-")) for n, m in model.named_modules() if n]
