@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -81,7 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"output folder (default: {DEFAULT_OUT.relative_to(ROOT)})",
     )
+    r.add_argument("-o", "--out-dir", type=Path, help="output folder (instead of OUT)")
+    r.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="defaults reproducing a seed report's figure set: hw5-2020 (Food-11, the course's "
+        "picks), expression (FER2013 CSV, 48x48 gray), catdog (224x224 AlexNet, ImageNet "
+        "normalization, dog.jpg/cat.jpg/both.jpg, CAMs for both classes); flags still win",
+    )
     r.add_argument("--checkpoint", type=Path, help="checkpoint file (default: $HW5_CHECKPOINT)")
+    r.add_argument(
+        "--model",
+        help="your own architecture as path/to/file.py:ClassName, built with --model-args and "
+        "filled from the checkpoint's state_dict (default: the HW3 Classifier; TorchScript files "
+        "need no --model)",
+    )
+    r.add_argument(
+        "--model-args", help="JSON keyword arguments for --model, e.g. '{\"num_classes\": 7}'"
+    )
     r.add_argument(
         "--checkpoint-url",
         default=os.environ.get("HW5_CHECKPOINT_URL", ""),
@@ -103,7 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--mean", type=floats, help="per-channel mean subtracted after scaling to [0,1]")
     g.add_argument("--std", type=floats, help="per-channel std divided after subtracting the mean")
-    g.add_argument("--classes", help="comma-separated class names, or 'food11'")
+    g.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="input channels (default: the checkpoint's, else the first conv layer's)",
+    )
+    g.add_argument(
+        "--csv-size",
+        dest="size",
+        type=int,
+        help="side of the images in a FER2013-style CSV (same as --size)",
+    )
+    g.add_argument("--classes", help="comma-separated class names, or food11, fer2013, catdog")
     s = r.add_argument_group("what to explain")
     s.add_argument(
         "--images",
@@ -112,7 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra image files to explain (label from <label>_<n> names, else the prediction)",
     )
-    s.add_argument("--per-class", type=int, default=1, help="images per class (default 1)")
+    s.add_argument(
+        "--per-class",
+        type=int,
+        default=1,
+        help="images per class (default 1; 0: only --images and the preset's picks)",
+    )
+    s.add_argument(
+        "--targets",
+        default="label",
+        help="class each map explains: label (the "
+        "prediction where there is none), pred, or a class index (default label)",
+    )
+    s.add_argument(
+        "--training-indices",
+        type=ints,
+        default=(),
+        help="also explain these indices "
+        "into the sorted training split (the course's picks: 83,4218,4707,8598)",
+    )
+    s.add_argument(
+        "--named-images",
+        type=lambda t: tuple(t.split(",")),
+        default=(),
+        help="also explain these files of the data folder, e.g. dog.jpg,cat.jpg",
+    )
     s.add_argument(
         "--filter-layers",
         type=lambda t: tuple(t.split(",")),
@@ -125,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=ints,
         default=(),
         help="filter indices for Q2 (default: the 4 most active on the explained images)",
+    )
+    s.add_argument(
+        "--filters-per-layer",
+        type=int,
+        default=4,
+        help="filters per layer when --filters is not given (default 4)",
     )
     m = r.add_argument_group("method settings")
     m.add_argument(
@@ -200,10 +260,43 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb")
+    t.add_argument("--size", type=int, default=128, help="input side (default 128)")
+    t.add_argument("--channels", type=int, choices=(1, 3), default=3)
     t.add_argument(
         "--classes", help="comma-separated class names (default: classes.txt if present)"
     )
     return p
+
+
+PRESETS: dict[str, dict] = {
+    "hw5-2020": {
+        "classes": "food11",
+        "training_indices": (83, 4218, 4707, 8598),
+        "filter_layers": ("cnn.15",),
+        "filters": (0,),
+    },
+    "expression": {"classes": "fer2013", "channels": 1, "size": 48},
+    "catdog": {
+        "classes": "catdog",
+        "size": 224,
+        "channel_order": "rgb",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "named_images": ("dog.jpg", "cat.jpg", "both.jpg"),
+        "cam_targets": "all",
+    },
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse twice: a --preset sets new defaults, and the user's own flags still win."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None):
+        sub = parser._subparsers._group_actions[0].choices["report"]  # type: ignore[union-attr]
+        sub.set_defaults(**PRESETS[args.preset])
+        args = parser.parse_args(argv)
+    return args
 
 
 def positive(name: str, value: int | float) -> None:
@@ -214,11 +307,11 @@ def positive(name: str, value: int | float) -> None:
 def report_config(args: argparse.Namespace):  # -> RunConfig
     from .pipeline import RunConfig
 
-    data, out = args.data, args.out
+    data, out = args.data, args.out_dir or args.out
     checkpoint = args.checkpoint or (
         Path(os.environ["HW5_CHECKPOINT"]) if os.environ.get("HW5_CHECKPOINT") else None
     )
-    if data is None:
+    if data is None and not args.images:
         ensure_sample(BUNDLED_DATA)
         data, out = BUNDLED_DATA, out or DEFAULT_OUT
         checkpoint = checkpoint or BUNDLED_CHECKPOINT
@@ -228,8 +321,10 @@ def report_config(args: argparse.Namespace):  # -> RunConfig
         from .fetch import fetch_checkpoint
 
         checkpoint = fetch_checkpoint(args.checkpoint_url, CHECKPOINT_CACHE)
+    if args.per_class < 0:
+        raise UserError("--per-class must be 0 or more")
+    model_args = parse_model_args(args.model_args)
     for name in (
-        "per_class",
         "filter_steps",
         "lime_samples",
         "smooth_samples",
@@ -242,6 +337,12 @@ def report_config(args: argparse.Namespace):  # -> RunConfig
             raise UserError(f"--images: {p} is not a file")
     return RunConfig(
         data=data,
+        model=args.model,
+        model_args=model_args,
+        channels=args.channels,
+        targets=args.targets,
+        training_indices=tuple(args.training_indices),
+        named_images=tuple(args.named_images),
         out=out,
         checkpoint=checkpoint,
         seed=args.seed,
@@ -256,6 +357,7 @@ def report_config(args: argparse.Namespace):  # -> RunConfig
         filter_layers=args.filter_layers,
         filters=args.filters,
         filter_steps=args.filter_steps,
+        filters_per_layer=args.filters_per_layer,
         lime_samples=args.lime_samples,
         smooth_samples=args.smooth_samples,
         smooth_sigma=args.smooth_sigma,
@@ -280,6 +382,18 @@ def recorded_command(args: argparse.Namespace) -> str:
     out = str(args.out) if args.out is not None else None
     kept = ["OUT" if a == out else a for a in argv if a != "--quiet"]
     return " ".join(["hw5.py", *kept])
+
+
+def parse_model_args(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--model-args is not valid JSON ({err.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise UserError("--model-args must be a JSON object, e.g. '{\"num_classes\": 7}'")
+    return value
 
 
 def ensure_sample(root: Path) -> None:
@@ -316,7 +430,7 @@ def print_summary(manifest: dict, seconds: dict[str, float], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -358,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
                     epochs=args.epochs,
                     lr=args.lr,
                     seed=args.seed,
-                    preprocess=Preprocess(channel_order=args.channel_order),
+                    preprocess=Preprocess(
+                        size=(args.size, args.size),
+                        channels=args.channels,
+                        channel_order=args.channel_order,
+                    ),
                 ),
                 classes,
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -92,6 +94,7 @@ class ImageSet:
     root: Path
     paths: tuple[Path, ...]
     labels: tuple[int | None, ...] = field(default=())
+    classes: tuple[str, ...] | None = None  # class folder names of an ImageFolder
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -110,10 +113,21 @@ def label_of(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def find_split(
-    root: Path, preferred: Sequence[str] = ("validation", "training", "testing")
-) -> Path:
-    """The Food-11 split to explain: the first of ``preferred`` present, or ``root`` itself."""
+EXPLAIN_SPLITS = ("validation", "val", "training", "train", "testing", "test")
+LABELLED_SPLITS = ("validation", "val", "training", "train")
+TRAIN_SPLITS = ("training", "train")
+CSV_USAGE = {  # FER2013's Usage column, by the role a Food-11 split name plays
+    "validation": "PublicTest",
+    "val": "PublicTest",
+    "training": "Training",
+    "train": "Training",
+    "testing": "PrivateTest",
+    "test": "PrivateTest",
+}
+
+
+def find_split(root: Path, preferred: Sequence[str] = EXPLAIN_SPLITS) -> Path:
+    """The split to use: the first of ``preferred`` present under ``root``, or ``root`` itself."""
     if not root.exists():
         raise UserError(f"data folder {root} does not exist")
     if not root.is_dir():
@@ -122,6 +136,80 @@ def find_split(
         if (root / name).is_dir():
             return root / name
     return root
+
+
+def open_dataset(root: Path, preferred: Sequence[str] = EXPLAIN_SPLITS) -> ImageSet:
+    """One split of any supported layout, sorted: a Food-11 root or folder (``<label>_<n>.jpg``),
+    an ImageFolder (one subfolder per class, optionally under train/ val/), or a FER2013-style
+    CSV (``label,pixels[,Usage]``; a row is addressed as ``file.csv#row``)."""
+    if root.suffix.lower() == ".csv":
+        return csv_split(root, preferred)
+    folder = find_split(root, preferred)
+    if list_images(folder):
+        return load_split(folder)
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and list_images(d))
+    if not classes:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its class folders")
+    paths: list[Path] = []
+    labels: list[int | None] = []
+    for i, name in enumerate(classes):
+        found = list_images(folder / name)
+        paths += found
+        labels += [i] * len(found)
+    return ImageSet(folder, tuple(paths), tuple(labels), tuple(classes))
+
+
+@functools.lru_cache(maxsize=4)
+def read_csv_rows(path: Path) -> tuple[tuple[int | None, str, str], ...]:
+    """(label, pixels, usage) per row of a FER2013-style CSV, read once per run."""
+    if not path.is_file():
+        raise UserError(f"CSV file {path} does not exist")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    if "pixels" not in header:
+        raise UserError(
+            f"{path} needs a 'pixels' column in its header (FER2013: emotion,pixels,Usage)"
+        )
+    pix = header.index("pixels")
+    lab = next((i for i, h in enumerate(header) if h in ("emotion", "label")), None)
+    use = header.index("usage") if "usage" in header else None
+    return tuple(
+        (
+            int(r[lab]) if lab is not None and r[lab].strip() else None,
+            r[pix],
+            r[use] if use is not None else "",
+        )
+        for r in rows[1:]
+        if r
+    )
+
+
+def csv_split(path: Path, preferred: Sequence[str]) -> ImageSet:
+    """The rows of the first preferred split present in the Usage column (all rows if none)."""
+    rows = read_csv_rows(path)
+    usages = {u for _, _, u in rows}
+    wanted = next((CSV_USAGE[p] for p in preferred if CSV_USAGE.get(p) in usages), None)
+    picked = [i for i, (_, _, u) in enumerate(rows) if wanted is None or u == wanted]
+    if not picked:
+        raise UserError(f"{path} has no rows")
+    return ImageSet(
+        path, tuple(Path(f"{path}#{i}") for i in picked), tuple(rows[i][0] for i in picked)
+    )
+
+
+def csv_row_image(path: Path) -> Image.Image:
+    """The grayscale square image of one CSV row (FER2013: 48x48)."""
+    file, _, row = str(path).rpartition("#")
+    rows = read_csv_rows(Path(file))
+    try:
+        values = np.array(rows[int(row)][1].split(), dtype=np.float64)
+    except (IndexError, ValueError):
+        raise UserError(f"{path}: no such row, or its pixels are not numbers") from None
+    side = round(len(values) ** 0.5)
+    if side * side != len(values):
+        raise UserError(f"{path}: {len(values)} pixels do not make a square image")
+    return Image.fromarray(values.reshape(side, side).clip(0, 255).astype(np.uint8), "L")
 
 
 def load_split(folder: Path) -> ImageSet:
@@ -135,6 +223,8 @@ def load_split(folder: Path) -> ImageSet:
 def read_image(path: Path, channels: int = 3) -> Image.Image:
     """Open any common image as 8-bit RGB (or L): grayscale is repeated, alpha is dropped as
     cv2.imread does, 16-bit is scaled down rather than clipped."""
+    if ".csv#" in path.name:
+        return csv_row_image(path).convert("L" if channels == 1 else "RGB")
     try:
         with Image.open(path) as im:
             im.load()
@@ -189,3 +279,5 @@ FOOD11_CLASSES = (
     "Soup",
     "Vegetable/Fruit",
 )
+FER2013_CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+CLASS_PRESETS = {"food11": FOOD11_CLASSES, "fer2013": FER2013_CLASSES, "catdog": ("cat", "dog")}

@@ -21,7 +21,16 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import __version__, attributions, cam, dream, figures, filters, lime_adapter, metrics, report
-from .data import FOOD11_CLASSES, Preprocess, find_split, label_of, load_inputs, load_split
+from .data import (
+    CLASS_PRESETS,
+    FOOD11_CLASSES,
+    LABELLED_SPLITS,
+    TRAIN_SPLITS,
+    Preprocess,
+    label_of,
+    load_inputs,
+    open_dataset,
+)
 from .errors import UserError
 from .models import LoadedModel, load_classifier, resolve_layer
 from .outputs import atomic_write_bytes, json_bytes, npz_bytes, sha256_bytes, sha256_file
@@ -34,9 +43,15 @@ log = logging.getLogger(__name__)
 class RunConfig:
     """Everything a report run depends on; recorded in the manifest."""
 
-    data: Path
+    data: Path | None
     out: Path
     checkpoint: Path
+    model: str | None = None
+    model_args: dict | None = None
+    channels: int | None = None
+    targets: str = "label"
+    training_indices: tuple[int, ...] = ()
+    named_images: tuple[str, ...] = ()
     seed: int = 0
     trust_pickle: bool = False
     size: int | None = None
@@ -105,7 +120,10 @@ class Run:
     outputs: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     maps: dict[str, Tensor] = field(default_factory=dict)  # method -> [N,H,W], for the trust table
-    extra: dict[str, object] = field(default_factory=dict)  # more manifest keys (accuracy, trust)
+    extra: dict[str, object] = field(default_factory=dict)
+    skipped: list[str] = field(
+        default_factory=list
+    )  # stages this model cannot run  # more manifest keys (accuracy, trust)
 
     def generator(self, stream: int) -> torch.Generator:
         """An independent, seeded random stream per stage: stages never share RNG state."""
@@ -138,26 +156,33 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_preprocess(cfg: RunConfig, loaded: LoadedModel) -> Preprocess:
+def resolve_preprocess(cfg: RunConfig, loaded: LoadedModel, model_channels: int) -> Preprocess:
     """Flags win over what the checkpoint recorded, which wins over the HW3 defaults."""
-    base = loaded.preprocess or Preprocess()
+    base = loaded.preprocess or Preprocess(channels=model_channels)
     size = (cfg.size, cfg.size) if cfg.size else base.size
     return replace(
         base,
         size=size,
+        channels=cfg.channels or base.channels,
         channel_order=cfg.channel_order or base.channel_order,
         mean=cfg.mean if cfg.mean is not None else base.mean,
         std=cfg.std if cfg.std is not None else base.std,
     )
 
 
-def resolve_classes(cfg: RunConfig, loaded: LoadedModel, num_outputs: int) -> list[str]:
-    if cfg.classes == "food11":
-        names = list(FOOD11_CLASSES)
+def resolve_classes(
+    cfg: RunConfig, loaded: LoadedModel, num_outputs: int, folders: tuple[str, ...] | None
+) -> list[str]:
+    """--classes (names or a preset name), else the checkpoint's, else ImageFolder folder names,
+    else Food-11's for an 11-way model, else numbers."""
+    if cfg.classes in CLASS_PRESETS:
+        names = list(CLASS_PRESETS[cfg.classes])
     elif cfg.classes:
         names = [c.strip() for c in cfg.classes.split(",")]
     elif loaded.classes:
         names = list(loaded.classes)
+    elif folders and len(folders) == num_outputs:
+        names = list(folders)
     elif num_outputs == len(FOOD11_CLASSES):
         names = list(FOOD11_CLASSES)
     else:
@@ -194,15 +219,6 @@ def object_masks(data_root: Path, paths: list[Path], size: tuple[int, int]) -> n
     return np.stack(masks)
 
 
-def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """Softmax probabilities [N,K] under inference mode."""
-    out = []
-    with torch.inference_mode():
-        for s in attributions.chunks(len(x), batch_size):
-            out.append(torch.softmax(model(x[s]), dim=1))
-    return torch.cat(out)
-
-
 def check_layers(cfg: RunConfig, model: nn.Module) -> None:
     """Resolve every layer the user named before any stage runs: a typo fails in a second,
     not after minutes of figures."""
@@ -211,26 +227,68 @@ def check_layers(cfg: RunConfig, model: nn.Module) -> None:
             resolve_layer(model, spec)
 
 
+def infer_channels(model: nn.Module) -> int:
+    """Input channels of the first Conv2d (1 for a grayscale model); 3 if there is none."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
+
+
+def named_images(cfg: RunConfig) -> list[Path]:
+    """The preset's named images (``dog.jpg``...) found in the data folder, in the given order."""
+    root = cfg.data if cfg.data and cfg.data.is_dir() else None
+    return [root / n for n in cfg.named_images if root and (root / n).is_file()]
+
+
+def training_picks(cfg: RunConfig) -> list[Path]:
+    """Images picked by index into the sorted training split, as the course's sample code does."""
+    if not cfg.training_indices or cfg.data is None:
+        return []
+    train = open_dataset(cfg.data, TRAIN_SPLITS)
+    missing = [i for i in cfg.training_indices if i >= len(train)]
+    if missing:
+        log.warning("training split has %d images; skipping indices %s", len(train), missing)
+    return [train.paths[i] for i in cfg.training_indices if i < len(train)]
+
+
+def mask_root(data: Path | None) -> Path | None:
+    if data is None:
+        return None
+    return data.parent if data.suffix.lower() == ".csv" else data
+
+
 def prepare(cfg: RunConfig) -> Run:
-    loaded = load_classifier(cfg.checkpoint, trust_pickle=cfg.trust_pickle)
+    loaded = load_classifier(
+        cfg.checkpoint,
+        trust_pickle=cfg.trust_pickle,
+        model_spec=cfg.model,
+        model_args=cfg.model_args,
+    )
     device = pick_device(cfg.device)
     model = loaded.model.to(device).eval()
     check_layers(cfg, model)
-    pre = resolve_preprocess(cfg, loaded)
-    split = load_split(find_split(cfg.data))
-    num_outputs = int(model(torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1])
-    classes = resolve_classes(cfg, loaded, num_outputs)
+    pre = resolve_preprocess(cfg, loaded, infer_channels(model))
+    split = open_dataset(cfg.data) if cfg.data is not None else None
+    with torch.inference_mode():
+        num_outputs = int(model(torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1])
+    classes = resolve_classes(cfg, loaded, num_outputs, split.classes if split else None)
     validate_cam_targets(cfg.cam_targets, num_outputs)
-    idx = choose_images(list(split.paths), list(split.labels), cfg.per_class, num_outputs)
-    paths = [split.paths[i] for i in idx] + sorted(cfg.images)
-    labels: list[int | None] = [label_of(p) for p in paths]
+    paths: list[Path] = []
+    labels: list[int | None] = []
+    if split is not None and cfg.per_class > 0:
+        idx = choose_images(list(split.paths), list(split.labels), cfg.per_class, num_outputs)
+        paths += [split.paths[i] for i in idx]
+        labels += [split.labels[i] for i in idx]
+    extra = [*training_picks(cfg), *named_images(cfg), *sorted(cfg.images)]
+    paths += extra
+    labels += [label_of(p) for p in extra]
+    if not paths:
+        raise UserError("nothing to explain: give a data folder or --images")
     labels = [lb if lb is not None and lb < num_outputs else None for lb in labels]
     x = load_inputs(paths, pre).to(device)
-    prob = predict(model, x, cfg.batch_size).cpu()
+    prob = metrics.predict(model, x, batch_size=cfg.batch_size)[0].cpu()
     pred = prob.argmax(1)
-    target = torch.tensor(
-        [lb if lb is not None else int(p) for lb, p in zip(labels, pred, strict=True)]
-    )
+    target = explained_targets(cfg.targets, labels, pred, num_outputs)
+    root = mask_root(cfg.data)
     subject = Subject(
         paths=paths,
         x=x,
@@ -239,9 +297,27 @@ def prepare(cfg: RunConfig) -> Run:
         target=target.to(device),
         pred=pred,
         prob=prob,
-        masks=object_masks(cfg.data, paths, pre.size),
+        masks=object_masks(root, paths, pre.size) if root else None,
     )
     return Run(cfg, loaded, model, pre, classes, subject, device)
+
+
+def explained_targets(
+    spec: str, labels: list[int | None], pred: Tensor, num_classes: int
+) -> Tensor:
+    """The class each per-image method explains: the label (the prediction where there is
+    none), the prediction, or one fixed class index."""
+    if spec == "label":
+        return torch.tensor(
+            [lb if lb is not None else int(p) for lb, p in zip(labels, pred, strict=True)]
+        )
+    if spec == "pred":
+        return pred.clone()
+    if spec.isdigit() and int(spec) < num_classes:
+        return torch.full((len(labels),), int(spec))
+    raise UserError(
+        f"--targets must be label, pred or a class index below {num_classes}, not {spec!r}"
+    )
 
 
 # ---------------------------------------------------------------- stages
@@ -566,7 +642,10 @@ def stage_confusion(run: Run, bar: tqdm) -> None:
     """Accuracy on the labelled split, the confusion matrix, and per class the most confident
     correct image and the most confident mistake, each tied to its confusion-matrix cell."""
     cfg = run.cfg
-    split = load_split(find_split(cfg.data, ("validation", "training")))
+    if cfg.data is None:
+        run.extra["accuracy"] = None
+        return
+    split = open_dataset(cfg.data, LABELLED_SPLITS)
     pairs = [
         (p, lb)
         for p, lb in zip(split.paths, split.labels, strict=True)
@@ -822,8 +901,9 @@ def stage_dream(run: Run, bar: tqdm) -> None:
 def method_table(run: Run) -> dict[str, Callable[[nn.Module, Tensor, Tensor], Tensor]]:
     """Each map method as explain(model, x, target) -> [N,H,W], to rerun on a randomized model."""
     bs, cfg = run.cfg.batch_size, run.cfg
-    layer = cam_layer_name(run)
-    return {
+    scripted = isinstance(run.model, torch.jit.ScriptModule)
+    layer = None if scripted else cam_layer_name(run)
+    table = {
         "Saliency": lambda m, x, t: attributions.saliency(m, x, t, batch_size=bs),
         "SmoothGrad": lambda m, x, t: attributions.smoothgrad(
             attributions.saliency,
@@ -852,6 +932,9 @@ def method_table(run: Run) -> dict[str, Callable[[nn.Module, Tensor, Tensor], Te
         "LayerCAM": lambda m, x, t: cam.layer_cam(m, x, t, layer, batch_size=bs),
         "Edge detector (control)": lambda m, x, t: metrics.edge_map(x),
     }
+    if scripted:  # no hooks into a TorchScript module: no CAMs
+        del table["Grad-CAM"], table["LayerCAM"]
+    return table
 
 
 def stage_trust(run: Run, bar: tqdm) -> None:
@@ -887,17 +970,21 @@ def stage_trust(run: Run, bar: tqdm) -> None:
             "insertion": float(di["insertion"].mean()),
         }
         if name in methods:
-            check = metrics.randomization_check(
-                methods[name],
-                run.model,
-                s.x,
-                s.target,
-                n_top=cfg.randomize_top,
-                generator=run.generator(60),
-            )
-            row["randomization"] = check["mean"]
-            row["flagged"] = check["flagged"]
-            run.extra["randomized_layers"] = check["randomized_layers"]
+            try:
+                check = metrics.randomization_check(
+                    methods[name],
+                    run.model,
+                    s.x,
+                    s.target,
+                    n_top=cfg.randomize_top,
+                    generator=run.generator(60),
+                )
+            except TypeError as err:  # a layer type (or TorchScript) we cannot re-initialize
+                run.extra["randomization_skipped"] = str(err)
+            else:
+                row["randomization"] = check["mean"]
+                row["flagged"] = check["flagged"]
+                run.extra["randomized_layers"] = check["randomized_layers"]
         if masks is not None:
             row["pointing"] = float(metrics.pointing_game(maps, masks).float().mean())
             row["mass_inside"] = float(metrics.mass_inside(maps, masks).mean())
@@ -907,7 +994,7 @@ def stage_trust(run: Run, bar: tqdm) -> None:
     for row in rows:
         row["stability"] = stability.get(row["method"])
     if masks is not None:
-        rows += cam_layer_rows(run, masks)
+        rows += [] if isinstance(run.model, torch.jit.ScriptModule) else cam_layer_rows(run, masks)
     bar.update()
     run.extra["trust_rows"] = rows
     run.extra["mask_fraction"] = (
@@ -1016,6 +1103,8 @@ def trust_manifest(run: Run) -> dict | None:
             f"Pointing: share of images whose map maximum lies on the object; mass inside: share "
             f"of positive attribution on the object, which covers {frac:.2f} of the image. "
         )
+    if "randomization_skipped" in run.extra:
+        notes += f"Randomization check skipped: {run.extra['randomization_skipped']}. "
     notes += (
         f"Stability: SmoothGrad, rank correlation of maps from two noise seeds; LIME, top-5 "
         f"superpixel overlap of two seeds on {run.extra.get('lime_stability_images', 0)} images."
@@ -1079,7 +1168,7 @@ def manifest(run: Run) -> dict:
         "checkpoint": {"path": str(cfg.checkpoint), "sha256": run.loaded.sha256},
         "dataset": {
             "root": str(cfg.data),
-            "explained_split": find_split(cfg.data).name,
+            "explained_split": open_dataset(cfg.data).root.name if cfg.data else None,
             "images": [str(p) for p in run.subject.paths],
             "targets": run.subject.target.cpu().tolist(),
             "predictions": run.subject.pred.tolist(),
@@ -1091,8 +1180,17 @@ def manifest(run: Run) -> dict:
         "accuracy": run.extra.get("accuracy"),
         "top_confusions": run.extra.get("top_confusions", []),
         "trust": trust_manifest(run),
+        "cuts": [
+            f"{name}: skipped, a TorchScript model takes no forward hooks (pass the model "
+            "definition with --model and a state_dict to get it)"
+            for name in run.skipped
+        ],
         "outputs": dict(sorted(run.outputs.items())),
     }
+
+
+# Stages that read inside the model: TorchScript modules take no forward hooks.
+NEEDS_LAYER_HOOKS = {stage_filters, stage_cams, stage_feature_grid, stage_dream}
 
 
 def run_report(cfg: RunConfig, *, progress: bool = True) -> tuple[dict, dict[str, float]]:
@@ -1103,7 +1201,11 @@ def run_report(cfg: RunConfig, *, progress: bool = True) -> tuple[dict, dict[str
     start = time.perf_counter()
     run = prepare(cfg)
     run.seconds["load"] = time.perf_counter() - start
+    scripted = isinstance(run.model, torch.jit.ScriptModule)
     for name, units, stage in STAGES:
+        if scripted and stage in NEEDS_LAYER_HOOKS:
+            run.skipped.append(name)
+            continue
         with (
             timed(run, name),
             tqdm(

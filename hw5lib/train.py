@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from model import Classifier
 
-from .data import Preprocess, find_split, load_inputs, load_split
+from .data import TRAIN_SPLITS, ImageSet, Preprocess, load_inputs, open_dataset
 from .errors import UserError
 from .hooks import eval_mode
 from .models import save_checkpoint
@@ -33,11 +33,22 @@ class TrainConfig:
     preprocess: Preprocess = field(default_factory=lambda: Preprocess(channel_order="rgb"))
 
 
-def labelled(folder: Path, pre: Preprocess) -> tuple[Tensor, Tensor]:
-    split = load_split(folder)
+def labelled(split: ImageSet, pre: Preprocess) -> tuple[Tensor, Tensor]:
     if any(label is None for label in split.labels):
-        raise UserError(f"every file in {folder} must be named <label>_<n>.<ext> to train on it")
+        raise UserError(
+            f"every image in {split.root} needs a label (<label>_<n>.jpg, a class folder, "
+            "or a CSV label column) to train on it"
+        )
     return load_inputs(split.paths, pre), torch.tensor(split.labels)
+
+
+def validation_split(root: Path, train: ImageSet) -> ImageSet | None:
+    """The held-out split beside the training one, if the layout has one."""
+    try:
+        val = open_dataset(root, ("validation", "val"))
+    except UserError:
+        return None
+    return None if val.root == train.root and val.paths == train.paths else val
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
@@ -48,9 +59,12 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 def train(cfg: TrainConfig, classes: list[str] | None = None) -> dict:
     """Adam with random flips and shifts; returns the final accuracies. Seeded end to end."""
     root = Path(cfg.data)
-    x, y = labelled(find_split(root, ("training",)), cfg.preprocess)
-    has_val = (root / "validation").is_dir()
-    xv, yv = labelled(root / "validation", cfg.preprocess) if has_val else (x[:0], y[:0])
+    split = open_dataset(root, TRAIN_SPLITS)
+    x, y = labelled(split, cfg.preprocess)
+    val = validation_split(root, split)
+    has_val = val is not None
+    xv, yv = labelled(val, cfg.preprocess) if val is not None else (x[:0], y[:0])
+    classes = classes or (list(split.classes) if split.classes else None)
     num_classes = int(y.max()) + 1 if classes is None else len(classes)
     arch = {
         "widths": list(cfg.widths),

@@ -1,0 +1,74 @@
+"""Small models of the shapes students bring: AlexNet's layout, and a nested residual net with
+in-place ReLUs. Importable as ``tests.zoo`` so a pickled instance loads in a subprocess too."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class AlexNetLike(nn.Module):
+    """AlexNet's ``features`` / ``avgpool`` / ``classifier`` layout with in-place ReLUs, narrow."""
+
+    def __init__(self, num_classes: int = 2, width: int = 8) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w, 11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(w, 2 * w, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4 * w, 4 * w, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(),
+            nn.Linear(4 * w * 36, 32),
+            nn.ReLU(inplace=True),
+            nn.Linear(32, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+class Residual(nn.Module):
+    """conv-bn-relu-conv-bn plus the input, then ReLU: every ReLU in place."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.body(x) + x)
+
+
+class ResidualNet(nn.Module):
+    """Nested modules and a residual block, for --model tests/zoo.py:ResidualNet."""
+
+    def __init__(self, num_classes: int = 11, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        self.stage = nn.Sequential(nn.MaxPool2d(2), Residual(width))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.stage(self.stem(x)))
