@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--checkpoint", type=Path, help="checkpoint (default: the bundled one)")
     lay.add_argument("--trust-pickle", action="store_true", help="allow a pickled whole model")
     lay.add_argument("--size", type=int, help="input side (default: the checkpoint's, else 128)")
+    lay.add_argument("--channels", type=int, choices=(1, 3), help="input channels")
+    lay.add_argument("--model", help="your architecture, path/to/file.py:ClassName")
+    lay.add_argument("--model-args", help="JSON keyword arguments for --model")
 
     smp = sub.add_parser("sample", help="generate the synthetic sample dataset")
     smp.add_argument("dir", type=Path)
@@ -408,9 +411,16 @@ def print_layers(args: argparse.Namespace) -> None:
     """The course picks layers as ``model.cnn[15]``: show index, name, type and output shape."""
     from .models import layer_table, load_classifier
 
-    loaded = load_classifier(args.checkpoint or BUNDLED_CHECKPOINT, trust_pickle=args.trust_pickle)
+    from .pipeline import infer_channels
+
+    loaded = load_classifier(
+        args.checkpoint or BUNDLED_CHECKPOINT,
+        trust_pickle=args.trust_pickle,
+        model_spec=args.model,
+        model_args=parse_model_args(args.model_args),
+    )
     pre = loaded.preprocess
-    channels = pre.channels if pre else 3
+    channels = args.channels or (pre.channels if pre else infer_channels(loaded.model))
     size = args.size or (pre.size[0] if pre else loaded.architecture.get("input_size", 128))
     print(f"{'name':<12} {'index':<10} {'type':<14} output ({channels}x{size}x{size} input)")
     for name, kind, shape in layer_table(loaded.model, (channels, size, size)):

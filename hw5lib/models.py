@@ -130,7 +130,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise UserError(
             f"checkpoint does not fit {type(model).__name__}: "
             + "; ".join(parts)
-            + " - pass the model definition it was trained with"
+            + " - pass the architecture it was trained with: --model path/to/file.py:ClassName"
         )
     model.load_state_dict(state, strict=True)
 
