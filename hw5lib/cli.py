@@ -410,7 +410,6 @@ def ensure_sample(root: Path) -> None:
 def print_layers(args: argparse.Namespace) -> None:
     """The course picks layers as ``model.cnn[15]``: show index, name, type and output shape."""
     from .models import layer_table, load_classifier
-
     from .pipeline import infer_channels
 
     loaded = load_classifier(
