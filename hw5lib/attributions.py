@@ -65,7 +65,8 @@ def smoothgrad(
     """
     n = len(x)
     spread = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(n, 1, 1, 1, 1)
-    noise = torch.randn((samples, *x.shape), generator=generator, dtype=x.dtype)
+    # Drawn on the CPU generator, then moved: the same seed gives the same noise on any device.
+    noise = torch.randn((samples, *x.shape), generator=generator, dtype=x.dtype).to(x.device)
     noisy = (x.unsqueeze(0) + noise * sigma * spread.transpose(0, 1)).reshape(-1, *x.shape[1:])
     maps = method(model, noisy, target.repeat(samples), batch_size=batch_size)
     return maps.reshape(samples, n, *maps.shape[1:]).mean(dim=0)
@@ -99,8 +100,8 @@ def integrated_gradients(
     steps than the Riemann sums of the paper. All N*steps points are one chunked batch.
     """
     nodes, weights = np.polynomial.legendre.leggauss(steps)
-    alphas = torch.tensor((nodes + 1) / 2, dtype=x.dtype)  # nodes on [0, 1]
-    w = torch.tensor(weights / 2, dtype=x.dtype)
+    alphas = torch.tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device)  # nodes on [0, 1]
+    w = torch.tensor(weights / 2, dtype=x.dtype, device=x.device)
     delta = x - baseline
     path = baseline.unsqueeze(0) + alphas.view(-1, 1, 1, 1, 1) * delta.unsqueeze(0)
     grads = input_gradient(
@@ -111,7 +112,7 @@ def integrated_gradients(
 
 def logits_of(model: nn.Module, x: Tensor, target: Tensor, *, batch_size: int = 64) -> Tensor:
     """logit[target] for each image, [N]."""
-    out = torch.empty(len(x), dtype=x.dtype)
+    out = torch.empty(len(x), dtype=x.dtype, device=x.device)
     with eval_mode(model), torch.inference_mode():
         for s in chunks(len(x), batch_size):
             out[s] = model(x[s]).gather(1, target[s, None]).squeeze(1)
