@@ -188,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m = r.add_argument_group("method settings")
     m.add_argument(
-        "--filter-steps", type=int, default=100, help="gradient-ascent steps (default 100)"
+        "--filter-steps",
+        type=int,
+        default=50,
+        help="gradient-ascent steps (default 50: 0.90-0.92 of a 400-step run's activation on "
+        "the demo model)",
     )
     m.add_argument(
         "--lime-samples", type=int, default=1000, help="LIME samples per image (default 1000)"

@@ -105,15 +105,18 @@ def filter_grid(
     title: str,
 ) -> Figure:
     """One row per layer: the image each filter's gradient ascent produced.
-    pixels[l] is [F,H,W,C] in [0,1]; gains[l][f] is the activation reached / on the start noise."""
+    pixels[l] is [F,H,W,C] in [0,1]; gains[l][f] is (activation reached, on the start image, on the
+    best real image)."""
     cols = max(len(f) for f in filters)
     fig, axes = _grid(len(layers), cols)
     for r, name in enumerate(layers):
         for c, f in enumerate(filters[r]):
             img = pixels[r][c]
-            lo, hi = img.min(), img.max()
-            show_image(axes[r, c], (img - lo) / (hi - lo) if hi > lo else img)
-            axes[r, c].set_title(f"{name} filter {f}\nx{gains[r][c]:.1f} vs noise", fontsize=7)
+            show_image(axes[r, c], img)  # pixels already lie in [0,1]: no stretching
+            end, start, best = gains[r][c]
+            axes[r, c].set_title(
+                f"{name} filter {f}\n{end:.2f} (start {start:.2f}, real {best:.2f})", fontsize=7
+            )
     _finish(fig, title)
     return fig
 

@@ -64,7 +64,7 @@ class RunConfig:
     filter_layers: tuple[str, ...] = ()
     filters: tuple[int, ...] = ()
     filters_per_layer: int = 4
-    filter_steps: int = 100
+    filter_steps: int = 50
     activation_images: int = 4
     lime_samples: int = 1000
     smooth_samples: int = 50
@@ -409,7 +409,9 @@ def stage_filters(run: Run, bar: tqdm) -> None:
             steps=cfg.filter_steps,
             generator=run.generator(10 + k),
         )
-        gain = (result.activation[-1] / result.activation[0].abs().clamp_min(1e-6)).cpu()
+        # Reached vs start image vs the best explained real image, per filter.
+        real = acts[:, idx].mean(dim=(2, 3)).amax(dim=0).cpu()
+        gain = torch.stack([result.activation[-1].cpu(), result.activation[0].cpu(), real], dim=1)
         names.append(name)
         images.append(result.pixels.permute(0, 2, 3, 1).cpu().numpy())
         chosen.append(idx)
@@ -454,15 +456,22 @@ def stage_filters(run: Run, bar: tqdm) -> None:
         **{f"{n.replace('.', '_')}_images": im for n, im in zip(names, images, strict=True)},
     )
     summary = "; ".join(
-        f"{n}: filters {c}, activation x{min(g):.1f}-x{max(g):.1f} of its value on the start noise"
+        f"{n}: filters {c} reach mean activation "
+        + ", ".join(f"{end:.2f}" for end, _, _ in g)
+        + " (start image "
+        + ", ".join(f"{start:.2f}" for _, start, _ in g)
+        + "; best real image "
+        + ", ".join(f"{best:.2f}" for _, _, best in g)
+        + ")"
         for n, c, g in zip(names, chosen, gains, strict=True)
     )
     run.add_figure(
         id="q2_filters",
         section="Q2",
         title="Filter visualization by gradient ascent",
-        caption=f"Each image starts from near-gray noise and is optimized for {cfg.filter_steps} Adam "
-        f"steps to maximize one filter's mean activation (one row per layer). {summary}.",
+        caption=f"Each image starts from near-gray noise and climbs one filter's mean activation for "
+        f"{cfg.filter_steps} AdamW steps on a Fourier-parameterized image with random jitter, "
+        f"rotation and scale (Olah et al., 2017), one row per layer. {summary}.",
         png="q2_filters.png",
         npz="q2_filters.npz",
         params={"layers": names, "filters": chosen, "steps": cfg.filter_steps},

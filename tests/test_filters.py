@@ -1,0 +1,192 @@
+"""Filter ascent climbs each filter's own activation, keeps images valid, is repeatable, leaves the
+model untouched and runs it only up to the layer; the filter choice follows the data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from hw5lib.filters import (
+    filter_ascent,
+    layer_activations,
+    most_active_filters,
+    redirected_relu,
+    spectrum_to_pixels,
+)
+from hw5lib.hooks import hook_count
+from model import Classifier
+
+SIDE = 32
+SHAPE = (3, SIDE, SIDE)
+FILTERS = [2, 3, 5, 7]
+STEPS = 25
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from intra-op threads; on a busy machine those spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_classifier() -> Classifier:
+    """He-scaled seeded weights, so that deep channels still depend on the image."""
+    model = Classifier(widths=(4, 8, 8, 8, 8), hidden=(16, 16), input_size=SIDE)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:  # conv and linear weights
+                p.copy_(torch.randn(p.shape, generator=g) * (2 / p[0].numel()) ** 0.5)
+            elif name.startswith("cnn") and name.endswith("weight"):  # BatchNorm scale
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def to_input(pixels: Tensor) -> Tensor:
+    return (pixels - 0.5) / 0.25
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def ascend(model: nn.Module, k: int, filters: list[int] = FILTERS, seed: int = 0, **kw: float):
+    return filter_ascent(
+        model,
+        model.cnn[k],
+        filters,
+        shape=SHAPE,
+        to_input=to_input,
+        steps=STEPS,
+        generator=gen(seed),
+        **kw,
+    )
+
+
+def mean_activation(model: nn.Module, k: int, pixels: Tensor) -> Tensor:
+    """[N, K]: each image's mean activation of every channel of model.cnn[k]."""
+    return layer_activations(model, model.cnn[k], to_input(pixels)).mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("k", [6, 14])
+def test_ascent_raises_each_filters_activation_far_above_the_start(k: int) -> None:
+    model = tiny_classifier()
+    result = ascend(model, k)
+    start, end = result.activation[0], result.activation[-1]
+    assert result.activation.shape == (STEPS + 1, len(FILTERS))
+    assert (end >= 3 * start).all() and (end - start >= 0.5).all(), (start, end)
+
+
+def test_recorded_activation_is_that_of_the_untransformed_image() -> None:
+    model, rows = tiny_classifier(), torch.arange(len(FILTERS))
+    result = ascend(model, 10)
+    start = filter_ascent(
+        model, model.cnn[10], FILTERS, shape=SHAPE, to_input=to_input, steps=0, generator=gen(0)
+    )
+    for pixels, recorded in (
+        (result.pixels, result.activation[-1]),
+        (start.pixels, start.activation[0]),
+    ):
+        direct = mean_activation(model, 10, pixels)[rows, FILTERS]
+        torch.testing.assert_close(recorded, direct, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(result.activation[0], start.activation[0])
+
+
+def test_each_image_excites_its_own_filter_most() -> None:
+    model = tiny_classifier()
+    result = ascend(model, 10)
+    acts = mean_activation(model, 10, result.pixels)[:, FILTERS]  # [image, filter]
+    own = acts.diagonal()
+    others = acts.masked_fill(torch.eye(len(FILTERS), dtype=torch.bool), float("-inf"))
+    assert (own > others.amax(dim=0)).all(), acts
+
+
+def test_ascent_revives_a_filter_that_is_dead_on_the_start_image() -> None:
+    model = tiny_classifier()
+    with torch.no_grad():
+        model.cnn[4].bias[3] -= 3.0  # BatchNorm shift: channel 3 is negative on near-gray input
+    result = ascend(model, 6, filters=[3])
+    assert result.activation[0, 0] == 0
+    assert result.activation[-1, 0] > 0.5
+
+
+def test_pixels_stay_in_unit_range_and_keep_the_shape() -> None:
+    model = tiny_classifier()
+    pixels = ascend(model, 6, lr=0.5, weight_decay=0.0).pixels
+    assert pixels.shape == (len(FILTERS), *SHAPE)
+    assert pixels.min() >= 0 and pixels.max() <= 1
+    assert pixels.std() > 0.05  # it moved away from the gray start
+
+
+def test_spectrum_maps_to_gray_at_zero_and_to_unit_range_anywhere() -> None:
+    scale = torch.ones(SIDE, SIDE // 2 + 1)
+    gray = spectrum_to_pixels(torch.zeros(2, 3, SIDE, SIDE // 2 + 1, 2), scale, (SIDE, SIDE))
+    torch.testing.assert_close(gray, torch.full((2, 3, SIDE, SIDE), 0.5))
+    wild = spectrum_to_pixels(100 * torch.randn(2, 3, SIDE, SIDE // 2 + 1, 2), scale, (SIDE, SIDE))
+    assert wild.min() >= 0 and wild.max() <= 1
+
+
+def test_ascent_is_deterministic_for_a_seeded_generator() -> None:
+    model = tiny_classifier()
+    first, again, other = ascend(model, 6), ascend(model, 6), ascend(model, 6, seed=1)
+    assert torch.equal(first.pixels, again.pixels)
+    assert torch.equal(first.activation, again.activation)
+    assert not torch.allclose(first.pixels, other.pixels)
+
+
+def test_ascent_leaves_no_hooks_no_grads_and_restores_training_mode() -> None:
+    model = tiny_classifier().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ascend(model, 6)
+    assert hook_count(model) == 0
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    assert all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm stats untouched
+
+
+def test_ascent_removes_its_hooks_when_the_layer_is_never_reached() -> None:
+    model = tiny_classifier()
+    model.spare = nn.ReLU()  # a module of the model that its forward never calls
+    with pytest.raises(RuntimeError, match="not reached"):
+        filter_ascent(model, model.spare, [0], shape=SHAPE, to_input=to_input, steps=2)
+    assert hook_count(model) == 0
+
+
+def test_redirected_relu_changes_gradients_not_values() -> None:
+    model = tiny_classifier()
+    x = torch.randn(2, *SHAPE, generator=gen(3))
+    plain = model(x)
+    with redirected_relu(model.cnn[6]):
+        assert hook_count(model) == 1
+        torch.testing.assert_close(model(x), plain)
+    assert hook_count(model) == 0
+
+
+class _Explodes(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        raise AssertionError("ran past the visualized layer")
+
+
+def test_ascent_runs_the_model_only_up_to_the_layer() -> None:
+    model = tiny_classifier()
+    model.cnn[10] = _Explodes()
+    model.fc = _Explodes()  # type: ignore[assignment]
+    result = ascend(model, 6)
+    assert torch.isfinite(result.activation).all()
+
+
+def test_most_active_filters_picks_top_mean_channels_in_channel_order() -> None:
+    acts = torch.zeros(3, 6, 2, 2)
+    for channel, level in {0: 0.1, 1: 5.0, 2: -1.0, 3: 2.0, 4: 9.0, 5: 0.0}.items():
+        acts[:, channel] = level
+    acts[0, 5] = 30.0  # one strong image lifts channel 5's mean to 7.5
+    assert most_active_filters(acts, 3) == [1, 4, 5]
+    assert most_active_filters(acts, 10) == [0, 1, 2, 3, 4, 5]
