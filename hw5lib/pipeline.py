@@ -393,6 +393,7 @@ def stage_filters(run: Run, bar: tqdm) -> None:
     cfg, s = run.cfg, run.subject
     layer_names = list(cfg.filter_layers) or default_filter_layers(run.model)
     names, images, chosen, gains = [], [], [], []
+    first = len(run.figures)
     for k, spec in enumerate(layer_names):
         name, layer = resolve_layer(run.model, spec)
         acts = filters.layer_activations(run.model, layer, s.x, batch_size=cfg.batch_size)
@@ -465,16 +466,20 @@ def stage_filters(run: Run, bar: tqdm) -> None:
         + ")"
         for n, c, g in zip(names, chosen, gains, strict=True)
     )
-    run.add_figure(
-        id="q2_filters",
-        section="Q2",
-        title="Filter visualization by gradient ascent",
-        caption=f"Each image starts from near-gray noise and climbs one filter's mean activation for "
-        f"{cfg.filter_steps} AdamW steps on a Fourier-parameterized image with random jitter, "
-        f"rotation and scale (Olah et al., 2017), one row per layer. {summary}.",
-        png="q2_filters.png",
-        npz="q2_filters.npz",
-        params={"layers": names, "filters": chosen, "steps": cfg.filter_steps},
+    # The filters figure leads Q2, before the activation maps of the same filters.
+    run.figures.insert(
+        first,
+        dict(
+            id="q2_filters",
+            section="Q2",
+            title="Filter visualization by gradient ascent",
+            caption=f"Each image starts from near-gray noise and climbs one filter's mean activation for "
+            f"{cfg.filter_steps} AdamW steps on a Fourier-parameterized image with random jitter, "
+            f"rotation and scale (Olah et al., 2017), one row per layer. {summary}.",
+            png="q2_filters.png",
+            npz="q2_filters.npz",
+            params={"layers": names, "filters": chosen, "steps": cfg.filter_steps},
+        ),
     )
 
 

@@ -11,6 +11,7 @@ temp file in the target directory that `os.replace` moves into place.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -321,6 +322,17 @@ def _fit_image(px_w: int, px_h: int, max_w: float, max_h: float) -> tuple[float,
     return px_w * scale, px_h * scale
 
 
+def jpeg_copy(im: Image.Image, quality: int = 90) -> io.BytesIO:
+    """The figure as an RGB JPEG for embedding: noisy attribution maps make megabyte PNGs,
+    and a report of twenty of them should still mail. libjpeg output is deterministic."""
+    rgb = Image.new("RGB", im.size, "white")
+    rgb.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=quality, optimize=True)
+    buf.seek(0)
+    return buf
+
+
 def _figure(pdf: FPDF, out_dir: Path, fig: dict[str, Any], number: int) -> None:
     """The PNG at page width (shrunk to fit one page), then "Figure k. title" and its caption.
 
@@ -342,13 +354,14 @@ def _figure(pdf: FPDF, out_dir: Path, fig: dict[str, Any], number: int) -> None:
     if png is not None and png.is_file():
         with Image.open(png) as im:
             px_w, px_h = im.size
+            embedded = jpeg_copy(im)
         w, h = _fit_image(px_w, px_h, pdf.epw, body_h - text_room - 2 * _GAP_MM)
         left = pdf.page_break_trigger - pdf.y - _GAP_MM - text_room
         if h > left >= _SHRINK_TO_FIT * h:  # shrinking a little beats a half-empty page
             w, h = _fit_image(px_w, px_h, pdf.epw, left)
         elif h > left:
             pdf.add_page()
-        pdf.image(str(png), x=pdf.l_margin + (pdf.epw - w) / 2, y=pdf.y, w=w, h=h)
+        pdf.image(embedded, x=pdf.l_margin + (pdf.epw - w) / 2, y=pdf.y, w=w, h=h)
         pdf.set_y(pdf.y + h + _GAP_MM)
     else:
         logger.warning("figure %s: PNG %s not found; caption only", fig.get("id"), png)
