@@ -8,8 +8,6 @@ lime explain the requested label rather than whichever class it ranks first.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,6 +51,37 @@ def classifier_fn(
     return predict
 
 
+class BatchedLimeImageExplainer(lime_image.LimeImageExplainer):
+    """lime's explainer with ``data_labels`` vectorized: the same random on/off matrix from the
+    same ``random_state`` and the same perturbed images, built a batch at a time with one
+    fancy-index instead of a Python loop over samples and superpixels (lime 0.2.0.1 spends most
+    of its time there, not in the model)."""
+
+    def data_labels(
+        self,
+        image: np.ndarray,
+        fudged_image: np.ndarray,
+        segments: np.ndarray,
+        classifier_fn: Callable[[np.ndarray], np.ndarray],
+        num_samples: int,
+        batch_size: int = 10,
+        progress_bar: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n_features = np.unique(segments).shape[0]
+        data = self.random_state.randint(0, 2, num_samples * n_features).reshape(
+            (num_samples, n_features)
+        )
+        data[0, :] = 1
+        # float32 once: the model takes float32 anyway, and half the bytes per batch.
+        image, fudged_image = image.astype(np.float32), fudged_image.astype(np.float32)
+        labels = []
+        for start in range(0, num_samples, batch_size):
+            keep = data[start : start + batch_size][:, segments].astype(bool)  # (B, H, W)
+            batch = np.where(keep[..., None], image[None], fudged_image[None])
+            labels.append(classifier_fn(batch))
+        return data, np.concatenate(labels)
+
+
 def explain(
     model: nn.Module,
     image: np.ndarray,
@@ -65,18 +94,17 @@ def explain(
     seed: int = 0,
 ) -> LimeResult:
     """Explain ``label`` for one [H,W,3] display image in [0,1]; seeded, so reruns match."""
-    explainer = lime_image.LimeImageExplainer(random_state=seed)
-    with contextlib.redirect_stderr(io.StringIO()):  # lime draws its own progress bar
-        exp = explainer.explain_instance(
-            image.astype(np.float64),
-            classifier_fn(model, to_input, channels),
-            labels=(label,),
-            top_labels=None,
-            num_samples=samples,
-            batch_size=batch_size,
-            segmentation_fn=segment,
-            random_seed=seed,
-        )
+    explainer = BatchedLimeImageExplainer(random_state=seed)
+    exp = explainer.explain_instance(
+        image.astype(np.float64),
+        classifier_fn(model, to_input, channels),
+        labels=(label,),
+        top_labels=None,
+        num_samples=samples,
+        batch_size=batch_size,
+        segmentation_fn=segment,
+        random_seed=seed,
+    )
     weights = np.zeros(int(exp.segments.max()) + 1)
     for seg_id, w in exp.local_exp[label]:
         weights[seg_id] = w

@@ -10,7 +10,13 @@ from skimage.segmentation import slic
 from torch import Tensor, nn
 
 from hw5lib.data import Preprocess
-from hw5lib.lime_adapter import SLIC_ARGS, classifier_fn, explain, segment
+from hw5lib.lime_adapter import (
+    SLIC_ARGS,
+    BatchedLimeImageExplainer,
+    classifier_fn,
+    explain,
+    segment,
+)
 from model import Classifier
 
 SIDE, BLOCK, SAMPLES = 48, 8, 60
@@ -209,3 +215,20 @@ def test_classifier_fn_averages_rgb_into_gray_for_one_channel_models():
     with torch.no_grad():
         expected = torch.softmax(model.eval()(pre.normalize(gray)), dim=1).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_batched_data_labels_equals_stock_lime_exactly():
+    image = blocks_image()
+    model = tiny_classifier()
+    fn = classifier_fn(model, identity, 3)
+    kwargs = dict(
+        labels=(3,), top_labels=None, num_samples=40, batch_size=16, segmentation_fn=segment
+    )
+    ours = BatchedLimeImageExplainer(random_state=7).explain_instance(
+        image, fn, random_seed=7, **kwargs
+    )
+    stock = lime_image.LimeImageExplainer(random_state=7).explain_instance(
+        image, fn, random_seed=7, **kwargs
+    )
+    assert ours.local_exp[3] == stock.local_exp[3]
+    assert ours.score == stock.score
