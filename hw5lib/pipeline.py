@@ -501,22 +501,40 @@ def default_filter_layers(model: nn.Module, count: int = 4) -> list[str]:
     return [pool[i] for i in picks]
 
 
+def smoothgrad_maps(run: Run, model: nn.Module, x: Tensor, target: Tensor, stream: int) -> Tensor:
+    """SmoothGrad of saliency with the run's settings and the noise of random ``stream``."""
+    return attributions.smoothgrad(
+        attributions.saliency,
+        model,
+        x,
+        target,
+        samples=run.cfg.smooth_samples,
+        sigma=run.cfg.smooth_sigma,
+        generator=run.generator(stream),
+        batch_size=run.cfg.batch_size,
+    )
+
+
+def lime_of(run: Run, i: int, label: int, seed: int) -> lime_adapter.LimeResult:
+    """LIME for explained image ``i`` (gray images go to lime as RGB and back)."""
+    s = run.subject
+    rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
+    return lime_adapter.explain(
+        run.model,
+        rgb,
+        label,
+        to_input=run.to_input,
+        channels=run.pre.channels,
+        samples=run.cfg.lime_samples,
+        seed=seed,
+    )
+
+
 def stage_lime(run: Run, bar: tqdm) -> None:
     cfg, s = run.cfg, run.subject
     results = []
     for i in range(len(s.paths)):
-        rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
-        results.append(
-            lime_adapter.explain(
-                run.model,
-                rgb,
-                int(s.target[i]),
-                to_input=run.to_input,
-                channels=run.pre.channels,
-                samples=cfg.lime_samples,
-                seed=cfg.seed,
-            )
-        )
+        results.append(lime_of(run, i, int(s.target[i]), cfg.seed))
         bar.update()
     segs = np.stack([r.segments for r in results])
     width = max(len(r.weights) for r in results)
@@ -559,16 +577,7 @@ def stage_lime(run: Run, bar: tqdm) -> None:
 
 def stage_smoothgrad(run: Run, bar: tqdm) -> None:
     cfg, s = run.cfg, run.subject
-    maps = attributions.smoothgrad(
-        attributions.saliency,
-        run.model,
-        s.x,
-        s.target,
-        samples=cfg.smooth_samples,
-        sigma=cfg.smooth_sigma,
-        generator=run.generator(30),
-        batch_size=cfg.batch_size,
-    )
+    maps = smoothgrad_maps(run, run.model, s.x, s.target, 30)
     bar.update()
     save_attribution(
         run,
@@ -919,16 +928,7 @@ def method_table(run: Run) -> dict[str, Callable[[nn.Module, Tensor, Tensor], Te
     layer = None if scripted else cam_layer_name(run)
     table = {
         "Saliency": lambda m, x, t: attributions.saliency(m, x, t, batch_size=bs),
-        "SmoothGrad": lambda m, x, t: attributions.smoothgrad(
-            attributions.saliency,
-            m,
-            x,
-            t,
-            samples=cfg.smooth_samples,
-            sigma=cfg.smooth_sigma,
-            generator=run.generator(30),
-            batch_size=bs,
-        ),
+        "SmoothGrad": lambda m, x, t: smoothgrad_maps(run, m, x, t, 30),
         "Gradient x Input": lambda m, x, t: attributions.channel_sum(
             attributions.grad_x_input(m, x, t, batch_size=bs)
         ),
@@ -1018,17 +1018,8 @@ def stage_trust(run: Run, bar: tqdm) -> None:
 
 def smoothgrad_stability(run: Run) -> float:
     """Mean rank correlation of SmoothGrad maps drawn with two different noise seeds."""
-    s, cfg = run.subject, run.cfg
-    other = attributions.smoothgrad(
-        attributions.saliency,
-        run.model,
-        s.x,
-        s.target,
-        samples=cfg.smooth_samples,
-        sigma=cfg.smooth_sigma,
-        generator=run.generator(31),
-        batch_size=cfg.batch_size,
-    )
+    s = run.subject
+    other = smoothgrad_maps(run, run.model, s.x, s.target, 31)
     return float(metrics.rank_correlation(run.maps["SmoothGrad"], other.cpu()).mean())
 
 
@@ -1037,18 +1028,9 @@ def lime_stability(run: Run, images: int = 4) -> float | None:
     results = run.extra.get("lime_results")
     if not results:
         return None
-    s, overlaps = run.subject, []
+    overlaps = []
     for i, first in enumerate(results[:images]):
-        rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
-        second = lime_adapter.explain(
-            run.model,
-            rgb,
-            first.label,
-            to_input=run.to_input,
-            channels=run.pre.channels,
-            samples=run.cfg.lime_samples,
-            seed=run.cfg.seed + 1,
-        )
+        second = lime_of(run, i, first.label, run.cfg.seed + 1)
         overlaps.append(metrics.topk_overlap(first.weights, second.weights, 5))
     run.extra["lime_stability_images"] = min(images, len(results))
     return float(np.mean(overlaps))
