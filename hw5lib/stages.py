@@ -1,0 +1,621 @@
+"""The report's figure stages (Q1-Q4): each takes the Run and a tqdm bar, computes with the
+method modules, and writes its PNG, .npz and manifest record through the Run."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from . import attributions, cam, dream, figures, filters, lime_adapter, metrics
+from .context import Run
+from .data import (
+    LABELLED_SPLITS,
+    load_inputs,
+    open_dataset,
+)
+from .errors import UserError
+from .models import resolve_layer
+
+log = logging.getLogger(__name__)
+
+
+def mask_caption(run: Run, maps: np.ndarray) -> str:
+    """Where masks exist: share of the positive map inside the object vs the object's area."""
+    masks = run.subject.masks
+    if masks is None:
+        return ""
+    inside = metrics.mass_inside(torch.as_tensor(maps), torch.from_numpy(masks)).mean()
+    return (
+        f" Mean share of the positive attribution inside the object mask: {inside:.2f}"
+        f" (the object covers {masks.mean():.2f} of the image on average)."
+    )
+
+
+def save_attribution(
+    run: Run,
+    fid: str,
+    section: str,
+    method: str,
+    title: str,
+    caption: str,
+    maps: Tensor,
+    *,
+    signed: bool = False,
+    params: dict | None = None,
+    raw: Tensor | None = None,
+) -> None:
+    """The figure, the raw arrays and the manifest record of one per-pixel attribution method."""
+    s = run.subject
+    run.maps[method] = maps.detach().cpu()
+    arr = maps.detach().cpu().numpy().astype(np.float32)
+    fig = figures.image_map_pairs(s.pixels, arr, s.titles(run.classes), title, signed=signed)
+    run.write_png(f"{fid}.png", fig)
+    run.write_npz(
+        f"{fid}.npz",
+        input=s.x.cpu().numpy().astype(np.float32),
+        target=s.target.cpu().numpy(),
+        attribution=(raw if raw is not None else maps).detach().cpu().numpy().astype(np.float32),
+        map=arr,
+        files=np.array([p.name for p in s.paths]),
+    )
+    run.add_figure(
+        id=fid,
+        section=section,
+        title=title,
+        png=f"{fid}.png",
+        npz=f"{fid}.npz",
+        caption=caption + mask_caption(run, arr),
+        params=params or {},
+    )
+
+
+def stage_saliency(run: Run, bar: tqdm) -> None:
+    s = run.subject
+    maps = attributions.saliency(run.model, s.x, s.target, batch_size=run.cfg.batch_size)
+    bar.update()
+    save_attribution(
+        run,
+        "q1_saliency",
+        "Q1",
+        "Saliency",
+        "Saliency maps: |d score / d pixel|",
+        f"Vanilla gradient saliency (Simonyan et al., 2014) of the target class logit for "
+        f"{len(s.paths)} images, max over color channels, each map scaled to its own range.",
+        maps,
+    )
+
+
+def stage_filters(run: Run, bar: tqdm) -> None:
+    cfg, s = run.cfg, run.subject
+    layer_names = list(cfg.filter_layers) or default_filter_layers(run.model)
+    names, images, chosen, gains = [], [], [], []
+    first = len(run.figures)
+    for k, spec in enumerate(layer_names):
+        name, layer = resolve_layer(run.model, spec)
+        acts = filters.layer_activations(run.model, layer, s.x, batch_size=cfg.batch_size)
+        idx = list(cfg.filters) or filters.most_active_filters(acts, cfg.filters_per_layer)
+        bad = [f for f in idx if f >= acts.shape[1]]
+        if bad:
+            raise UserError(f"layer {name} has {acts.shape[1]} filters; no filter {bad[0]}")
+        result = filters.filter_ascent(
+            run.model,
+            layer,
+            idx,
+            shape=(run.pre.channels, *run.pre.size),
+            to_input=run.to_input,
+            steps=cfg.filter_steps,
+            generator=run.generator(10 + k),
+        )
+        # Reached vs start image vs the best explained real image, per filter.
+        real = acts[:, idx].mean(dim=(2, 3)).amax(dim=0).cpu()
+        gain = torch.stack([result.activation[-1].cpu(), result.activation[0].cpu(), real], dim=1)
+        names.append(name)
+        images.append(result.pixels.permute(0, 2, 3, 1).cpu().numpy())
+        chosen.append(idx)
+        gains.append(gain.tolist())
+        rows = min(cfg.activation_images, len(s.paths))
+        amaps = acts[:rows, idx].relu().cpu().numpy()
+        fid = f"q2_activations_{name.replace('.', '_')}"
+        fig = figures.activation_grid(
+            s.pixels[:rows],
+            amaps,
+            idx,
+            s.titles(run.classes)[:rows],
+            f"Activation maps of {name} filters {idx} on real images",
+        )
+        run.write_png(f"{fid}.png", fig)
+        run.write_npz(
+            f"{fid}.npz",
+            input=s.x[:rows].cpu().numpy(),
+            filters=np.array(idx),
+            activation=acts[:rows, idx].cpu().numpy(),
+            ascent_image=images[-1],
+            ascent_curve=result.activation.cpu().numpy(),
+        )
+        run.add_figure(
+            id=fid,
+            section="Q2",
+            title=f"Activation maps of layer {name}",
+            caption=f"Output channels {idx} of {name} ({type(layer).__name__}) on {rows} images; "
+            f"each filter's maps share one color scale. Mean activation per filter over the "
+            f"explained images: {', '.join(f'{v:.3f}' for v in acts[:, idx].mean(dim=(0, 2, 3)).tolist())}.",
+            png=f"{fid}.png",
+            npz=f"{fid}.npz",
+            params={"layer": name, "filters": idx},
+        )
+        bar.update()
+    fig = figures.filter_grid(
+        names, images, chosen, gains, "Filter visualization by gradient ascent"
+    )
+    run.write_png("q2_filters.png", fig)
+    run.write_npz(
+        "q2_filters.npz",
+        **{f"{n.replace('.', '_')}_images": im for n, im in zip(names, images, strict=True)},
+    )
+    summary = "; ".join(
+        f"{n}: filters {c} reach mean activation "
+        + ", ".join(f"{end:.2f}" for end, _, _ in g)
+        + " (start image "
+        + ", ".join(f"{start:.2f}" for _, start, _ in g)
+        + "; best real image "
+        + ", ".join(f"{best:.2f}" for _, _, best in g)
+        + ")"
+        for n, c, g in zip(names, chosen, gains, strict=True)
+    )
+    # The filters figure leads Q2, before the activation maps of the same filters.
+    run.figures.insert(
+        first,
+        dict(
+            id="q2_filters",
+            section="Q2",
+            title="Filter visualization by gradient ascent",
+            caption=f"Each image starts from near-gray noise and climbs one filter's mean activation for "
+            f"{cfg.filter_steps} AdamW steps on a Fourier-parameterized image with random jitter, "
+            f"rotation and scale (Olah et al., 2017), one row per layer. {summary}.",
+            png="q2_filters.png",
+            npz="q2_filters.npz",
+            params={"layers": names, "filters": chosen, "steps": cfg.filter_steps},
+        ),
+    )
+
+
+def default_filter_layers(model: nn.Module, count: int = 4) -> list[str]:
+    """Activation layers after the conv layers, ``count`` of them spread from first to last."""
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU))
+    ]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    pool = names or convs
+    if not pool:
+        raise UserError("the model has no Conv2d or activation layer; pass --filter-layers")
+    # Only activations that come before the classifier head: the ones inside the conv trunk.
+    trunk = [n for n in pool if n.split(".")[0] == convs[-1].split(".")[0]] if convs else pool
+    pool = trunk or pool
+    picks = np.unique(np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int))
+    return [pool[i] for i in picks]
+
+
+def smoothgrad_maps(run: Run, model: nn.Module, x: Tensor, target: Tensor, stream: int) -> Tensor:
+    """SmoothGrad of saliency with the run's settings and the noise of random ``stream``."""
+    return attributions.smoothgrad(
+        attributions.saliency,
+        model,
+        x,
+        target,
+        samples=run.cfg.smooth_samples,
+        sigma=run.cfg.smooth_sigma,
+        generator=run.generator(stream),
+        batch_size=run.cfg.batch_size,
+    )
+
+
+def lime_of(run: Run, i: int, label: int, seed: int) -> lime_adapter.LimeResult:
+    """LIME for explained image ``i`` (gray images go to lime as RGB and back)."""
+    s = run.subject
+    rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
+    return lime_adapter.explain(
+        run.model,
+        rgb,
+        label,
+        to_input=run.to_input,
+        channels=run.pre.channels,
+        samples=run.cfg.lime_samples,
+        seed=seed,
+    )
+
+
+def stage_lime(run: Run, bar: tqdm) -> None:
+    cfg, s = run.cfg, run.subject
+    results = []
+    for i in range(len(s.paths)):
+        results.append(lime_of(run, i, int(s.target[i]), cfg.seed))
+        bar.update()
+    segs = np.stack([r.segments for r in results])
+    width = max(len(r.weights) for r in results)
+    weights = np.zeros((len(results), width))
+    for i, r in enumerate(results):
+        weights[i, : len(r.weights)] = r.weights
+    fig = figures.lime_figure(
+        s.pixels,
+        segs,
+        [r.weights for r in results],
+        s.titles(run.classes),
+        "LIME: superpixels for (green) and against (red) the class",
+    )
+    run.write_png("q3_lime.png", fig)
+    run.write_npz(
+        "q3_lime.npz",
+        input=s.x.cpu().numpy(),
+        target=s.target.cpu().numpy(),
+        segments=segs,
+        weights=weights,
+        score=np.array([r.score for r in results]),
+    )
+    # The superpixel explanation as a per-pixel map, for the mask share and the trust table.
+    maps = np.stack([r.weights[r.segments] for r in results])
+    run.maps["LIME"] = torch.from_numpy(maps).float()
+    run.extra["lime_results"] = results
+    run.add_figure(
+        id="q3_lime",
+        section="Q3",
+        title="LIME explanations",
+        caption=f"LIME (Ribeiro et al., 2016) with {cfg.lime_samples} perturbed samples per image over "
+        f"SLIC superpixels (n_segments=100, compactness=1, sigma=1, numbered from 0); the 5 most "
+        f"positive superpixels are green, the 5 most negative red. Mean R^2 of lime's local linear "
+        f"model: {np.mean([r.score for r in results]):.2f}." + mask_caption(run, maps),
+        png="q3_lime.png",
+        npz="q3_lime.npz",
+        params={"samples": cfg.lime_samples, "seed": cfg.seed},
+    )
+
+
+def stage_smoothgrad(run: Run, bar: tqdm) -> None:
+    cfg, s = run.cfg, run.subject
+    maps = smoothgrad_maps(run, run.model, s.x, s.target, 30)
+    bar.update()
+    save_attribution(
+        run,
+        "q4_smoothgrad",
+        "Q4",
+        "SmoothGrad",
+        "SmoothGrad",
+        f"SmoothGrad (Smilkov et al., 2017): saliency averaged over {cfg.smooth_samples} copies "
+        f"of each image with Gaussian noise of std {cfg.smooth_sigma} x its value range.",
+        maps,
+        params={"samples": cfg.smooth_samples, "sigma": cfg.smooth_sigma},
+    )
+
+
+def stage_grad_x_input(run: Run, bar: tqdm) -> None:
+    s = run.subject
+    raw = attributions.grad_x_input(run.model, s.x, s.target, batch_size=run.cfg.batch_size)
+    bar.update()
+    save_attribution(
+        run,
+        "q4_grad_x_input",
+        "Q4",
+        "Gradient x Input",
+        "Gradient x Input",
+        "Gradient x Input (Shrikumar et al., 2016) summed over channels: red pixels raise the "
+        "class score to first order, blue ones lower it.",
+        attributions.channel_sum(raw),
+        signed=True,
+        raw=raw,
+    )
+
+
+def stage_integrated_gradients(run: Run, bar: tqdm) -> None:
+    cfg, s = run.cfg, run.subject
+    baseline = ig_baseline(run, cfg.ig_baseline)
+    raw = attributions.integrated_gradients(
+        run.model, s.x, s.target, baseline=baseline, steps=cfg.ig_steps, batch_size=cfg.batch_size
+    )
+    err = attributions.completeness_error(run.model, s.x, s.target, baseline, raw)
+    bar.update()
+    save_attribution(
+        run,
+        "q4_integrated_gradients",
+        "Q4",
+        "Integrated Gradients",
+        f"Integrated Gradients ({cfg.ig_baseline} baseline)",
+        f"Integrated Gradients (Sundararajan et al., 2017) from a {cfg.ig_baseline} baseline with "
+        f"{cfg.ig_steps} Gauss-Legendre steps, summed over channels. Completeness error "
+        f"|sum - (f(x) - f(baseline))| / |f(x) - f(baseline)|: median {float(err.median()):.4f}, "
+        f"max {float(err.max()):.4f}.",
+        attributions.channel_sum(raw),
+        signed=True,
+        raw=raw,
+        params={"baseline": cfg.ig_baseline, "steps": cfg.ig_steps},
+    )
+
+
+def ig_baseline(run: Run, kind: str) -> Tensor:
+    x = run.subject.x
+    if kind == "black":
+        return run.to_input(torch.zeros_like(x.cpu()))
+    if kind == "blur":
+        return metrics.gaussian_blur(x)
+    raise UserError(f"--ig-baseline must be 'black' or 'blur', not {kind!r}")
+
+
+# ---------------------------------------------------------------- Q3 accuracy, Q4 CAMs and more
+
+
+def stratified(labels: list[int], limit: int | None) -> list[int]:
+    """All indices, or ``limit`` of them spread evenly over each class (deterministic)."""
+    if limit is None or limit >= len(labels):
+        return list(range(len(labels)))
+    classes = sorted(set(labels))
+    per = max(1, limit // len(classes))
+    out = []
+    for c in classes:
+        idx = [i for i, lb in enumerate(labels) if lb == c]
+        picks = np.linspace(0, len(idx) - 1, min(per, len(idx))).round().astype(int)
+        out += [idx[i] for i in np.unique(picks)]
+    return sorted(out)
+
+
+def stage_confusion(run: Run, bar: tqdm) -> None:
+    """Accuracy on the labelled split, the confusion matrix, and per class the most confident
+    correct image and the most confident mistake, each tied to its confusion-matrix cell."""
+    cfg = run.cfg
+    if cfg.data is None:
+        run.extra["accuracy"] = None
+        return
+    split = open_dataset(cfg.data, LABELLED_SPLITS)
+    pairs = [
+        (p, lb)
+        for p, lb in zip(split.paths, split.labels, strict=True)
+        if lb is not None and lb < len(run.classes)
+    ]
+    bar.update()
+    if not pairs:
+        run.extra["accuracy"] = None
+        return
+    idx = stratified([lb for _, lb in pairs], cfg.eval_limit)
+    paths = [pairs[i][0] for i in idx]
+    labels = torch.tensor([pairs[i][1] for i in idx])
+    probs = torch.cat(
+        [
+            metrics.predict(
+                run.model, load_inputs(paths[s], run.pre).to(run.device), batch_size=cfg.batch_size
+            )[0].cpu()
+            for s in attributions.chunks(len(paths), 256)
+        ]
+    )
+    preds = probs.argmax(1)
+    k = len(run.classes)
+    cm = metrics.confusion_matrix(labels, preds, k)
+    acc = metrics.per_class_accuracy(cm)
+    overall = float(np.trace(cm) / cm.sum())
+    subset = (
+        "all of " + split.root.name
+        if len(idx) == len(pairs)
+        else (f"a stratified subset of {len(idx)} of {len(pairs)} images in {split.root.name}")
+    )
+    conf = metrics.top_confusions(cm, 5)
+    run.extra["accuracy"] = {
+        "overall": round(overall, 6),
+        "evaluated": len(idx),
+        "subset": subset,
+        "per_class": [None if np.isnan(a) else round(float(a), 6) for a in acc],
+    }
+    run.extra["top_confusions"] = [
+        {"true": run.classes[t], "pred": run.classes[p], "count": n} for t, p, n in conf
+    ]
+    fig = figures.confusion_figure(
+        cm, run.classes, f"Confusion matrix ({subset}), accuracy {overall:.1%}"
+    )
+    run.write_png("q3_confusion.png", fig)
+    run.write_npz(
+        "q3_confusion.npz",
+        confusion=cm,
+        per_class_accuracy=acc,
+        labels=labels.numpy(),
+        preds=preds.numpy(),
+    )
+    best = int(np.nanargmax(acc)) if not np.isnan(acc).all() else 0
+    worst = int(np.nanargmin(acc)) if not np.isnan(acc).all() else 0
+    confusions = (
+        "; ".join(f"{run.classes[t]} -> {run.classes[p]}: {n}" for t, p, n in conf) or "none"
+    )
+    run.add_figure(
+        id="q3_confusion",
+        section="Q3",
+        title="Confusion matrix",
+        caption=f"Predictions on {subset} (rows: true class, columns: predicted; color is the row "
+        f"share, numbers are counts). Overall accuracy {overall:.1%}; best class {run.classes[best]} "
+        f"({acc[best]:.0%}), worst {run.classes[worst]} ({acc[worst]:.0%}). Top confusions: {confusions}.",
+        png="q3_confusion.png",
+        npz="q3_confusion.npz",
+        params={"evaluated": len(idx)},
+    )
+    examples = metrics.select_examples(labels, preds, probs)
+    tiles, titles = [], []
+    h, w = run.pre.size
+    blank = np.full((h, w, run.pre.channels), np.nan, dtype=np.float32)
+    chosen = []
+    for c in range(k):
+        for kind in ("correct", "mistake"):
+            ex = examples[c][kind]
+            if ex is None:
+                tiles.append(blank)
+                titles.append(f"{run.classes[c]}\nno {kind}")
+                continue
+            chosen.append(paths[ex["index"]])
+            t, p = ex["cell"]
+            tiles.append(None)
+            titles.append(
+                f"{kind}: {run.classes[t]}\n-> {run.classes[p]} {ex['prob']:.0%} cell({t},{p})"
+            )
+    pix = (
+        run.pre.denormalize(load_inputs(chosen, run.pre)).permute(0, 2, 3, 1).numpy()
+        if chosen
+        else []
+    )
+    it = iter(pix)
+    tiles = [next(it) if t is None else t for t in tiles]
+    fig = figures.example_grid(
+        np.stack(tiles), titles, 6, "Most confident correct image and mistake per class"
+    )
+    run.write_png("q3_examples.png", fig)
+    run.add_figure(
+        id="q3_examples",
+        section="Q3",
+        title="Most confident correct image and mistake per class",
+        caption="For each true class, the image the model got right with the highest confidence and "
+        "the wrong prediction it made with the highest confidence; cell(t,p) names the confusion "
+        "matrix cell each one illustrates.",
+        png="q3_examples.png",
+        npz=None,
+        params={"files": [p.name for p in chosen]},
+    )
+
+
+def validate_cam_targets(spec: str, num_classes: int) -> list[int]:
+    """``pred``, ``label``, ``all`` or class indices; returns the indices (empty for the words)."""
+    if spec in ("pred", "label", "all"):
+        return []
+    try:
+        wanted = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise UserError(
+            f"--cam-targets must be pred, label, all or class indices, not {spec!r}"
+        ) from None
+    if any(not 0 <= v < num_classes for v in wanted):
+        raise UserError(f"--cam-targets: class indices must be in 0..{num_classes - 1}")
+    return wanted
+
+
+def cam_target_columns(run: Run) -> tuple[Tensor, list[list[str]]]:
+    """Targets [N,T] for the CAM figures: the prediction, every class, or a list of classes."""
+    s, k = run.subject, len(run.classes)
+    spec = run.cfg.cam_targets
+    if spec == "pred":
+        t = s.pred.view(-1, 1)
+    elif spec == "label":
+        t = s.target.cpu().view(-1, 1)
+    elif spec == "all":
+        t = torch.arange(k).repeat(len(s.paths), 1)
+    else:
+        t = torch.tensor(validate_cam_targets(spec, k)).repeat(len(s.paths), 1)
+    names = [[run.classes[int(c)] for c in row] for row in t]
+    return t, names
+
+
+def cam_layer_name(run: Run) -> str:
+    if run.cfg.cam_layer:
+        return resolve_layer(run.model, run.cfg.cam_layer)[0]
+    return cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size))
+
+
+def stage_cams(run: Run, bar: tqdm) -> None:
+    s = run.subject
+    layer = cam_layer_name(run)
+    targets, names = cam_target_columns(run)
+    n, t = targets.shape
+    xs = s.x.repeat_interleave(t, dim=0)
+    flat = targets.reshape(-1).to(run.device)
+    for method, fn, paper in (
+        ("Grad-CAM", cam.grad_cam, "Selvaraju et al., 2017: channel weights are the mean gradient"),
+        (
+            "LayerCAM",
+            cam.layer_cam,
+            "Jiang et al., 2021: every element weighted by its positive gradient",
+        ),
+    ):
+        maps = (
+            fn(run.model, xs, flat, layer, batch_size=run.cfg.batch_size)
+            .cpu()
+            .reshape(n, t, *s.x.shape[-2:])
+        )
+        bar.update()
+        # The trust table scores the map of the explained target, as for the other methods.
+        run.maps[method] = fn(run.model, s.x, s.target, layer, batch_size=run.cfg.batch_size).cpu()
+        fid = "q4_" + method.lower().replace("-", "_")
+        fig = figures.cam_grid(
+            s.pixels,
+            maps.numpy(),
+            s.titles(run.classes),
+            [[f"{method}: {c}" for c in row] for row in names],
+            f"{method} at {layer}",
+        )
+        run.write_png(f"{fid}.png", fig)
+        run.write_npz(
+            f"{fid}.npz", input=s.x.cpu().numpy(), target=targets.numpy(), attribution=maps.numpy()
+        )
+        run.add_figure(
+            id=fid,
+            section="Q4",
+            title=f"{method} at {layer}",
+            caption=f"{method} ({paper}) at layer {layer}, upsampled bilinearly and overlaid on the "
+            f"image, for target(s) '{run.cfg.cam_targets}'."
+            + mask_caption(run, run.maps[method].numpy()),
+            png=f"{fid}.png",
+            npz=f"{fid}.npz",
+            params={"layer": layer, "targets": run.cfg.cam_targets},
+        )
+
+
+def stage_feature_grid(run: Run, bar: tqdm) -> None:
+    s = run.subject
+    layer = (
+        resolve_layer(run.model, run.cfg.feature_layer)[0]
+        if run.cfg.feature_layer
+        else cam_layer_name(run)
+    )
+    acts = cam.feature_maps(run.model, s.x[:1], layer)[0].cpu().numpy()
+    bar.update()
+    fig = figures.feature_grid(
+        acts, f"All {len(acts)} channels of {layer} for {s.paths[0].name} (ReLU'd)"
+    )
+    run.write_png("q4_feature_maps.png", fig)
+    run.write_npz("q4_feature_maps.npz", input=s.x[:1].cpu().numpy(), activation=acts)
+    active = int((acts.reshape(len(acts), -1).max(1) > 0).sum())
+    run.add_figure(
+        id="q4_feature_maps",
+        section="Q4",
+        title=f"Feature maps of {layer}",
+        caption=f"Every channel of {layer} for {s.paths[0].name} (class {run.classes[int(s.target[0])]}), "
+        f"16 per row, each on its own color scale; {active} of {len(acts)} channels are non-zero anywhere.",
+        png="q4_feature_maps.png",
+        npz="q4_feature_maps.npz",
+        params={"layer": layer},
+    )
+
+
+def stage_dream(run: Run, bar: tqdm) -> None:
+    s = run.subject
+    layer = (
+        run.cfg.dream_layer
+        or default_filter_layers(run.model)[len(default_filter_layers(run.model)) // 2]
+    )
+    name, module = resolve_layer(run.model, layer)
+    n = min(run.cfg.dream_images, len(s.paths))
+    out = dream.deep_dream(run.model, s.x[:n], module, generator=run.generator(40))
+    bar.update()
+    before = filters.layer_activations(run.model, module, s.x[:n]).pow(2).mean().item()
+    after = filters.layer_activations(run.model, module, out).pow(2).mean().item()
+    dreamt = run.pre.denormalize(out).permute(0, 2, 3, 1).numpy()
+    fig = figures.before_after(
+        s.pixels[:n], dreamt, s.titles(run.classes)[:n], f"DeepDream on {name}"
+    )
+    run.write_png("q4_deepdream.png", fig)
+    run.write_npz("q4_deepdream.npz", input=s.x[:n].cpu().numpy(), dream=out.cpu().numpy())
+    run.add_figure(
+        id="q4_deepdream",
+        section="Q4",
+        title=f"DeepDream on {name}",
+        caption=f"DeepDream (Mordvintsev et al., 2015): gradient ascent on the image to amplify the "
+        f"mean square activation of {name}, over 3 octaves with jitter, each pixel kept within 0.3 "
+        f"of the original. The layer's mean square activation rose from {before:.3f} to {after:.3f}.",
+        png="q4_deepdream.png",
+        npz="q4_deepdream.npz",
+        params={"layer": name},
+    )
