@@ -7,16 +7,14 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test report clean
 
-# torch first and pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build.
+# torch pinned in the same call: pip then takes the local CPU wheel, not a multi-GB CUDA build.
 $(BIN)/.core: requirements.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -r requirements.txt
 	touch $@
 
 $(BIN)/.dev: $(BIN)/.core requirements-dev.txt
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 demo: $(BIN)/.core
