@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from hw5lib.cli import main
 from hw5lib.data import Preprocess
@@ -224,3 +225,28 @@ def test_flat_image_list_needs_no_data_folder(small_sample, tiny_checkpoint, tmp
         == 0
     )
     assert [Path(p).name for p in manifest(out)["dataset"]["images"]] == [p.name for p in images]
+
+
+def test_pickle_needing_torchvision_says_how_to_install_it(tmp_path, monkeypatch, capsys) -> None:
+    # A stand-in package named torchvision pickles a model, then disappears, as on a machine
+    # without torchvision: loading must name the missing package and the pip command.
+    pkg = tmp_path / "site" / "torchvision"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(
+        "from torch import nn\nclass AlexNet(nn.Sequential):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    import importlib
+    import sys
+
+    models = importlib.import_module("torchvision.models")
+    path = tmp_path / "alexnet.pth"
+    torch.save(models.AlexNet(nn.Flatten(), nn.Linear(3 * 224 * 224, 2)), path)
+    for name in ("torchvision", "torchvision.models"):
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "site")])
+    code = report(tmp_path, tmp_path / "out", "--checkpoint", path, "--trust-pickle")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "torchvision" in err[0] and "pip install torchvision" in err[0]
