@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .hooks import eval_mode, frozen_params
@@ -70,19 +69,6 @@ def smoothgrad(
     noisy = (x.unsqueeze(0) + noise * sigma * spread.transpose(0, 1)).reshape(-1, *x.shape[1:])
     maps = method(model, noisy, target.repeat(samples), batch_size=batch_size)
     return maps.reshape(samples, n, *maps.shape[1:]).mean(dim=0)
-
-
-def blurred(x: Tensor, sigma: float | None = None) -> Tensor:
-    """A Gaussian-blurred copy of x [N,C,H,W]; the default sigma removes detail finer than ~1/8."""
-    sigma = sigma or max(x.shape[-2:]) / 16
-    radius = int(3 * sigma)
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    out = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(out, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def integrated_gradients(

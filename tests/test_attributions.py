@@ -8,7 +8,6 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
 from hw5lib.attributions import (
-    blurred,
     completeness_error,
     grad_x_input,
     input_gradient,
@@ -18,6 +17,7 @@ from hw5lib.attributions import (
     smoothgrad,
 )
 from hw5lib.hooks import hook_count
+from hw5lib.metrics import gaussian_blur as blurred
 from model import Classifier
 
 SIDE = 32
