@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hw5lib.hooks import eval_mode, forward_until, frozen_params, record_layer
+from .hooks import eval_mode, forward_until, frozen_params, record_layer
+from .models import as_module
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ def grad_cam_weights(activation: Tensor, gradient: Tensor) -> Tensor:
 def layer_cam_weights(activation: Tensor, gradient: Tensor) -> Tensor:
     """LayerCAM element weights (Jiang et al., 2021): ReLU(gradient) -> [N,K,h,w]."""
     return gradient.clamp(min=0)
-
-
-def _resolve(model: nn.Module, layer: nn.Module | str) -> nn.Module:
-    """Accept a module or its dotted name in ``model.named_modules()`` (as torchcam does)."""
-    if isinstance(layer, nn.Module):
-        return layer
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        raise KeyError(f"no module named {layer!r} in the model")
-    return modules[layer]
 
 
 @dataclass
@@ -121,7 +112,7 @@ def cam(
     """
     if target.shape != (x.shape[0],):
         raise ValueError(f"target must have shape [{x.shape[0]}], got {list(target.shape)}")
-    module = _resolve(model, layer)
+    module = as_module(model, layer)
     chunks = []
     with eval_mode(model), frozen_params(model), torch.enable_grad():
         for xb, tb in zip(x.split(batch_size), target.split(batch_size), strict=True):
@@ -162,7 +153,7 @@ def feature_maps(model: nn.Module, x: Tensor, layer: nn.Module | str) -> Tensor:
     Used for the feature-map grid (Zeiler & Fergus, 2014, "Visualizing and Understanding
     Convolutional Networks"); the model is run only as far as the layer.
     """
-    module = _resolve(model, layer)
+    module = as_module(model, layer)
     with torch.inference_mode(), eval_mode(model):
         return forward_until(model, module, x).relu()
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hw5lib.hooks import eval_mode, forward_until, frozen_params
+from .hooks import eval_mode, forward_until, frozen_params
+from .models import as_module
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -76,7 +77,7 @@ def deep_dream(
     Returns a detached [N,C,H,W].
     """
     if isinstance(layer, str):
-        layer = dict(model.named_modules())[layer]
+        layer = as_module(model, layer)
     lo, hi = x.min(), x.max()
     x = x.detach()
     detail = torch.zeros_like(x)

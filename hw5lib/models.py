@@ -255,3 +255,8 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tup
         for h in handles:
             h.remove()
     return [(n, type(m).__name__, shapes.get(n, "-")) for n, m in model.named_modules() if n]
+
+
+def as_module(model: nn.Module, layer: nn.Module | str) -> nn.Module:
+    """A layer given as a module of ``model`` or as anything ``resolve_layer`` accepts."""
+    return layer if isinstance(layer, nn.Module) else resolve_layer(model, layer)[1]
