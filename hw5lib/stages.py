@@ -510,9 +510,15 @@ def cam_target_columns(run: Run) -> tuple[Tensor, list[list[str]]]:
 
 
 def cam_layer_name(run: Run) -> str:
-    if run.cfg.cam_layer:
-        return resolve_layer(run.model, run.cfg.cam_layer)[0]
-    return cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size))
+    """--cam-layer, else the automatic choice; found once per run (the choice costs a probe
+    forward pass, and four stages ask)."""
+    if "cam_layer" not in run.extra:
+        run.extra["cam_layer"] = (
+            resolve_layer(run.model, run.cfg.cam_layer)[0]
+            if run.cfg.cam_layer
+            else cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size))
+        )
+    return str(run.extra["cam_layer"])
 
 
 def stage_cams(run: Run, bar: tqdm) -> None:
@@ -592,10 +598,8 @@ def stage_feature_grid(run: Run, bar: tqdm) -> None:
 
 def stage_dream(run: Run, bar: tqdm) -> None:
     s = run.subject
-    layer = (
-        run.cfg.dream_layer
-        or default_filter_layers(run.model)[len(default_filter_layers(run.model)) // 2]
-    )
+    candidates = default_filter_layers(run.model)
+    layer = run.cfg.dream_layer or candidates[len(candidates) // 2]
     name, module = resolve_layer(run.model, layer)
     n = min(run.cfg.dream_images, len(s.paths))
     out = dream.deep_dream(run.model, s.x[:n], module, generator=run.generator(40))

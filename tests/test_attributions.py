@@ -19,31 +19,16 @@ from hw5lib.attributions import (
 from hw5lib.hooks import hook_count
 from hw5lib.metrics import gaussian_blur as blurred
 from model import Classifier
+from tests.zoo import seeded_
 
 SIDE = 32
 C, H, W, K = 3, 6, 5, 4  # closed-form models: small, non-square
 
 
-def seeded_(model: nn.Module, seed: int) -> nn.Module:
-    """Overwrite every parameter and BatchNorm running stat from a seeded generator."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif p.ndim == 1:  # BatchNorm weight
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / p[0].numel()) ** 0.5)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return model.eval()
-
-
 def tiny_classifier(seed: int = 0) -> Classifier:
-    return seeded_(Classifier(widths=(4, 8, 8, 8, 8), hidden=(16, 16), input_size=SIDE), seed)
+    return seeded_(
+        Classifier(widths=(4, 8, 8, 8, 8), hidden=(16, 16), input_size=SIDE), seed
+    ).eval()
 
 
 def images(n: int = 3, seed: int = 1, shape: tuple[int, ...] = (3, SIDE, SIDE)) -> Tensor:
@@ -52,7 +37,7 @@ def images(n: int = 3, seed: int = 1, shape: tuple[int, ...] = (3, SIDE, SIDE)) 
 
 def linear_model(seed: int = 0) -> nn.Sequential:
     model = nn.Sequential(nn.Flatten(), nn.Linear(C * H * W, K))
-    return seeded_(model, seed)
+    return seeded_(model, seed).eval()
 
 
 class Quadratic(nn.Module):

@@ -18,27 +18,9 @@ from hw5lib.cam import (
 )
 from hw5lib.hooks import hook_count
 from model import Classifier
+from tests.zoo import seeded_
 
 SIDE = 32
-
-
-def seeded_(model: nn.Module, seed: int) -> nn.Module:
-    """Overwrite every parameter and BatchNorm running stat from a seeded generator."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif p.ndim == 1:  # BatchNorm weight
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
-            else:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return model
 
 
 def tiny_classifier(seed: int = 0) -> Classifier:

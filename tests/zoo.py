@@ -3,6 +3,7 @@ in-place ReLUs. Importable as ``tests.zoo`` so a pickled instance loads in a sub
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -72,3 +73,23 @@ class ResidualNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.stage(self.stem(x)))
+
+
+def seeded_(model: nn.Module, seed: int) -> nn.Module:
+    """Overwrite every parameter and BatchNorm running stat from a seeded generator (He-scaled
+    weights, non-trivial running stats), leaving the training flag as it was."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:  # BatchNorm weight
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+    return model
