@@ -7,6 +7,8 @@ set -euo pipefail
 # The one place your checkpoint's location is configured: a Google Drive link or file id
 # (uploaded with "anyone with the link"). $HW5_CHECKPOINT (a local file) wins over it.
 CHECKPOINT_URL="${HW5_CHECKPOINT_URL:-}"
+# The assignment fails a run past 10 minutes: plan the work to finish in 9 (seconds).
+budget="${HW5_BUDGET:-540}"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-}"
@@ -15,7 +17,7 @@ if [ -z "$py" ]; then
 fi
 
 if [ "$#" -eq 0 ]; then
-  exec "$py" "$here/hw5.py" report
+  exec "$py" "$here/hw5.py" report --budget "$budget"
 fi
 if [ "$#" -lt 2 ]; then
   echo "usage: bash hw5.sh <food_dir> <out_dir> [hw5.py report options]   (or no arguments for the bundled demo)" >&2
@@ -23,4 +25,4 @@ if [ "$#" -lt 2 ]; then
 fi
 data="$1" out="$2"
 shift 2
-exec "$py" "$here/hw5.py" report "$data" "$out" --checkpoint-url "$CHECKPOINT_URL" "$@"
+exec "$py" "$here/hw5.py" report "$data" "$out" --checkpoint-url "$CHECKPOINT_URL" --budget "$budget" "$@"

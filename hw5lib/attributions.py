@@ -6,6 +6,7 @@ Every method scores the pre-softmax logit of ``target``; x is [N,C,H,W] in the m
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -69,6 +70,121 @@ def smoothgrad(
     noisy = (x.unsqueeze(0) + noise * sigma * spread.transpose(0, 1)).reshape(-1, *x.shape[1:])
     maps = method(model, noisy, target.repeat(samples), batch_size=batch_size)
     return maps.reshape(samples, n, *maps.shape[1:]).mean(dim=0)
+
+
+@dataclass
+class Converged:
+    """A sampled or iterated estimate and how it got there."""
+
+    value: Tensor  # the estimate, per image
+    used: Tensor  # [N] samples (SmoothGrad) or steps (IG) spent on each image
+    quality: Tensor  # [N] the stopping statistic at the end (see each method)
+    trace: list[list[float]] = field(default_factory=list)  # per round: the statistic per image
+
+
+def split_half_agreement(a: Tensor, b: Tensor) -> Tensor:
+    """Predicted correlation of the mean of two half-estimates a, b [N,...] with the exact
+    (infinitely sampled) value: the halves' correlation r is the reliability of one half, the
+    Spearman-Brown formula 2r/(1+r) that of the whole, and its square root the correlation with
+    the noise-free value (classical test theory)."""
+    a, b = a.flatten(1), b.flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    r = ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)).clamp_min(0)
+    return (2 * r / (1 + r)).sqrt()
+
+
+def smoothgrad_until_converged(
+    method: Method,
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    *,
+    max_samples: int = 50,
+    min_samples: int = 10,
+    round_samples: int = 10,
+    agreement: float = 0.98,
+    sigma: float = 0.15,
+    generator: torch.Generator | None = None,
+    batch_size: int = 64,
+    stop: Callable[[], bool] | None = None,
+) -> Converged:
+    """SmoothGrad that stops per image once its map has converged (at most ``max_samples``).
+
+    Samples come in rounds of ``round_samples``, alternately into two half-sums; an image stops
+    when the halves predict a correlation of at least ``agreement`` between its map and the
+    exact expectation (``split_half_agreement``). Every round draws noise for all images from
+    ``generator`` (converged ones discard theirs), so the result is independent of batching.
+    ``quality`` is that predicted correlation: also a free seed-stability measure.
+    """
+    n = len(x)
+    spread = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(n, 1, 1, 1)
+    halves: list[Tensor | None] = [None, None]
+    used = torch.zeros(n, dtype=torch.long)
+    quality = torch.zeros(n)
+    active = torch.ones(n, dtype=torch.bool)
+    trace = []
+    while active.any() and int(used.max()) < max_samples:
+        k = min(round_samples, max_samples - int(used.max()))
+        noise = torch.randn((k, *x.shape), generator=generator, dtype=x.dtype).to(x.device)
+        idx = active.nonzero().squeeze(1)
+        noisy = x[idx].unsqueeze(0) + noise[:, idx] * sigma * spread[idx].unsqueeze(0)
+        maps = method(
+            model, noisy.reshape(-1, *x.shape[1:]), target[idx].repeat(k), batch_size=batch_size
+        )
+        maps = maps.reshape(k, len(idx), *maps.shape[1:]).cpu()
+        for h in (0, 1):
+            part = maps[h::2].sum(dim=0)
+            if halves[h] is None:
+                halves[h] = torch.zeros(n, *part.shape[1:], dtype=part.dtype)
+            halves[h][idx] += part  # type: ignore[index]
+        used[idx] += k
+        quality[idx] = split_half_agreement(halves[0][idx], halves[1][idx])  # type: ignore[index]
+        trace.append(quality.tolist())
+        active &= ~((used >= min_samples) & (quality >= agreement))
+        if stop is not None and stop():  # out of time: one round is still a SmoothGrad map
+            break
+    total = halves[0] + halves[1]  # type: ignore[operator]
+    value = total / used.view(-1, *[1] * (total.dim() - 1))
+    return Converged(value.to(x.device), used, quality, trace)
+
+
+def integrated_gradients_until_converged(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    *,
+    baseline: Tensor,
+    max_steps: int = 64,
+    first_steps: int = 8,
+    tolerance: float = 0.01,
+    batch_size: int = 64,
+    stop: Callable[[], bool] | None = None,
+) -> Converged:
+    """Integrated Gradients that doubles its Gauss-Legendre steps (``first_steps``, 2x, ... up
+    to ``max_steps``) for each image until its completeness error is at most ``tolerance``.
+    ``quality`` is the completeness error reached; ``used`` counts every gradient evaluated."""
+    n = len(x)
+    value = torch.zeros_like(x)
+    used = torch.zeros(n, dtype=torch.long)
+    error = torch.full((n,), float("inf"))
+    active = torch.ones(n, dtype=torch.bool)
+    trace = []
+    steps = first_steps
+    while active.any() and steps <= max_steps:
+        idx = active.nonzero().squeeze(1).to(x.device)
+        attr = integrated_gradients(
+            model, x[idx], target[idx], baseline=baseline[idx], steps=steps, batch_size=batch_size
+        )
+        err = completeness_error(model, x[idx], target[idx], baseline[idx], attr).cpu()
+        value[idx] = attr
+        cpu_idx = idx.cpu()
+        error[cpu_idx], used[cpu_idx] = err, used[cpu_idx] + steps
+        trace.append(error.tolist())
+        active &= error > tolerance
+        steps *= 2
+        if stop is not None and stop():
+            break
+    return Converged(value, used, error, trace)
 
 
 def integrated_gradients(

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import figures
+from .budget import Deadline
 from .data import (
     Preprocess,
 )
@@ -42,9 +43,11 @@ class RunConfig:
     filter_layers: tuple[str, ...] = ()
     filters: tuple[int, ...] = ()
     filters_per_layer: int = 4
-    filter_steps: int = 50
+    filter_layer_count: int = 4  # layers picked when filter_layers is empty
+    filter_steps: int = 80
     activation_images: int = 4
     lime_samples: int = 1000
+    adaptive: bool = True  # stop sampled/iterated methods once converged (caps below)
     smooth_samples: int = 50
     smooth_sigma: float = 0.15
     ig_steps: int = 32
@@ -58,6 +61,10 @@ class RunConfig:
     trust: bool = True
     deletion_steps: int = 16
     randomize_top: int = 5
+    randomize_sampled: bool = True  # also re-run SmoothGrad and IG on the randomized model
+    lime_stability_images: int = 4
+    budget: float | None = None  # seconds; None plans nothing
+    skip_stages: tuple[str, ...] = ()  # stages the budget planner cut
     batch_size: int = 64
     device: str = "auto"
     command: str = ""
@@ -99,9 +106,15 @@ class Run:
     seconds: dict[str, float] = field(default_factory=dict)
     maps: dict[str, Tensor] = field(default_factory=dict)  # method -> [N,H,W], for the trust table
     extra: dict[str, object] = field(default_factory=dict)
-    skipped: list[str] = field(
-        default_factory=list
-    )  # stages this model cannot run  # more manifest keys (accuracy, trust)
+    skipped: list[str] = field(default_factory=list)  # stages this model cannot run
+    cuts: list[str] = field(default_factory=list)  # what the budget cut, and why
+    deadline: Deadline = field(default_factory=lambda: Deadline(None))
+    infer: nn.Module | None = None  # a faster copy of the model for forward-only work
+    convergence: dict[str, object] = field(default_factory=dict)  # per method, for the appendix
+
+    @property
+    def inference(self) -> nn.Module:
+        return self.infer if self.infer is not None else self.model
 
     def generator(self, stream: int) -> torch.Generator:
         """An independent, seeded random stream per stage: stages never share RNG state."""

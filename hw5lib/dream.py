@@ -8,6 +8,8 @@ of one layer's activation, with normalized steps, a random jitter (roll) per ste
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -67,6 +69,7 @@ def deep_dream(
     jitter: int = 8,
     max_change: float = 0.3,
     generator: torch.Generator | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Tensor:
     """Dream x [N,C,H,W] toward a larger ``layer`` (module or dotted name) activation.
 
@@ -86,6 +89,8 @@ def deep_dream(
             base = _resize(x, size)  # [N,C,h,w]
             img = _clamp(base + _resize(detail, size), base, max_change, lo, hi)
             for _ in range(steps):
+                if stop is not None and stop():  # out of time: keep the detail so far
+                    break
                 img = _ascent_step(model, layer, img, lr, jitter, generator)
                 img = _clamp(img, base, max_change, lo, hi)
             detail = img - base

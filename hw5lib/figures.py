@@ -304,3 +304,47 @@ def example_grid(images: np.ndarray, titles: Sequence[str], cols: int, title: st
         axes[i // cols, i % cols].set_title(titles[i], fontsize=6)
     _finish(fig, title)
     return fig
+
+
+def convergence_figure(
+    lime_samples: Sequence[int] | None,
+    lime_cap: int,
+    smooth_trace: Sequence[Sequence[float]] | None,
+    smooth_round: int,
+    ig_trace: Sequence[Sequence[float]] | None,
+    ig_first: int,
+    ascent: Sequence[np.ndarray],
+    title: str,
+) -> Figure:
+    """Four panels: LIME samples per image; SmoothGrad's predicted agreement and IG's
+    completeness error per round, one line per image; filter ascent curves over steps."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), dpi=DPI)
+    ax = axes[0]
+    if lime_samples:
+        ax.bar(range(len(lime_samples)), lime_samples, color="tab:green")
+        ax.axhline(lime_cap, color="k", ls="--", lw=1, label=f"cap {lime_cap}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set(title="LIME: samples drawn", xlabel="image", ylabel="samples")
+    ax = axes[1]
+    if smooth_trace:
+        rows = np.array(smooth_trace)  # (rounds, N)
+        samples = smooth_round * np.arange(1, len(rows) + 1)
+        ax.plot(samples, rows, marker="o", lw=1, ms=3)
+    ax.axhline(0.98, color="k", ls="--", lw=1)
+    ax.set(title="SmoothGrad: predicted agreement", xlabel="samples", ylabel="correlation")
+    ax = axes[2]
+    if ig_trace:
+        rows = np.array(ig_trace, dtype=float)
+        steps = ig_first * 2 ** np.arange(len(rows))
+        ax.plot(steps, np.clip(rows, 1e-6, None), marker="o", lw=1, ms=3)
+        ax.set_yscale("log")
+        ax.set_xscale("log", base=2)
+    ax.axhline(0.01, color="k", ls="--", lw=1)
+    ax.set(title="IG: completeness error", xlabel="Gauss-Legendre steps", ylabel="error")
+    ax = axes[3]
+    for curve in ascent:  # (steps+1, F) activations, each filter over its own final value
+        ax.plot(curve / np.where(np.abs(curve[-1]) > 1e-12, curve[-1], 1.0), lw=1)
+    ax.axhline(0.9, color="k", ls="--", lw=1)
+    ax.set(title="Filter ascent: activation / final", xlabel="step", ylabel="share")
+    _finish(fig, title)
+    return fig

@@ -165,13 +165,14 @@ def filter_ascent(
     shape: tuple[int, int, int],
     to_input: Callable[[Tensor], Tensor],
     steps: int = 100,
-    lr: float = 0.1,
+    lr: float = 0.2,
     generator: torch.Generator | None = None,
     decay_power: float = 2.0,
     weight_decay: float = 3.0,
     rotate: float = 10.0,
     rescale: float = 0.1,
     shift: float = 4.0,
+    stop: Callable[[], bool] | None = None,
 ) -> AscentResult:
     """Images [F,C,H,W] in [0,1] (mapped to model input by ``to_input``) maximizing the mean
     activation of ``filters`` of ``layer``; one image per filter, all in one batch.
@@ -181,7 +182,8 @@ def filter_ascent(
     cosine learning rate climbs the activation of a randomly rotated, scaled and shifted copy.
     A ReLU ``layer``'s gradient is redirected, so a filter dead on the start image can climb.
     ``activation[t]`` is the mean activation on the un-transformed image before step t (the last
-    row: on the result); about 50 steps reach 90% of what 400 do.
+    row: on the result); 80 steps reach 90% of what 400 do. ``stop()`` true ends the
+    ascent early (a deadline): fewer rows.
     """
     idx = torch.as_tensor(list(filters), dtype=torch.long)
     n, (c, h, w) = len(idx), shape
@@ -200,7 +202,7 @@ def filter_ascent(
         for step in range(steps + 1):
             with torch.no_grad():
                 history.append(score(spectrum_to_pixels(spectrum, scale, (h, w))))
-            if step == steps:
+            if step == steps or (stop is not None and stop()):
                 break
             pixels = spectrum_to_pixels(spectrum, scale, (h, w))
             moved = random_affine(pixels, generator, rotate=rotate, rescale=rescale, shift=shift)

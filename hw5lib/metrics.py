@@ -348,6 +348,7 @@ def randomization_check(
     n_top: int | None = None,
     generator: torch.Generator,
     threshold: float = 0.5,
+    trained_maps: Tensor | None = None,
 ) -> dict[str, Any]:
     """Does the method notice when the model's weights are destroyed? (Adebayo et al. 2018)
 
@@ -355,11 +356,14 @@ def randomization_check(
     Spearman correlation. ``n_top=None`` re-initializes every parameterized layer. ``flagged``
     = mean |correlation| > ``threshold``: the maps barely change when the weights are destroyed,
     so the method does not explain the model. Images whose map is constant (nan) are skipped.
+    ``trained_maps`` reuses maps already computed on ``model`` (with the same settings).
     """
     layers = parameterized_layers(model)
     n_top = len(layers) if n_top is None else n_top
     random_model = randomized_copy(model, n_top, generator)
-    trained_maps = explain(model, x, target).detach().abs()  # (N, H, W)
+    if trained_maps is None:
+        trained_maps = explain(model, x, target)
+    trained_maps = trained_maps.detach().abs().to(x.device)  # (N, H, W)
     random_maps_ = explain(random_model, x, target).detach().abs()
     corr = rank_correlation(trained_maps, random_maps_)  # (N,)
     mean = float(corr.nanmean())

@@ -13,7 +13,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,23 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import __version__, metrics, report
+from . import __version__, lime_adapter, metrics, report
+from .budget import (
+    EXPECTED_SHARE,
+    FIGURE_SECONDS,
+    Clock,
+    Cut,
+    Deadline,
+    Rates,
+    Work,
+    measure_rates,
+    plan,
+)
 from .context import Run, RunConfig, Subject
 from .data import (
     CLASS_PRESETS,
     FOOD11_CLASSES,
+    LABELLED_SPLITS,
     TRAIN_SPLITS,
     Preprocess,
     label_of,
@@ -33,7 +46,7 @@ from .data import (
     open_dataset,
 )
 from .errors import UserError
-from .models import LoadedModel, load_classifier, resolve_layer
+from .models import LoadedModel, inference_copy, load_classifier, resolve_layer
 from .outputs import atomic_write_bytes, json_bytes, sha256_file
 from .sample import load_mask
 from .stages import (
@@ -49,6 +62,7 @@ from .stages import (
     stage_saliency,
     stage_smoothgrad,
     validate_cam_targets,
+    write_convergence,
 )
 from .trust import stage_trust, trust_manifest
 
@@ -173,6 +187,9 @@ def prepare(cfg: RunConfig) -> Run:
     )
     device = pick_device(cfg.device)
     model = loaded.model.to(device).eval()
+    if device.type == "cpu" and not isinstance(model, torch.jit.ScriptModule):
+        # oneDNN's convolutions run ~1.3-1.5x faster on NHWC tensors (bench/RESULTS.md).
+        model = model.to(memory_format=torch.channels_last)
     check_layers(cfg, model)
     pre = resolve_preprocess(cfg, loaded, infer_channels(model))
     split = open_dataset(cfg.data) if cfg.data is not None else None
@@ -197,6 +214,7 @@ def prepare(cfg: RunConfig) -> Run:
     pred = prob.argmax(1)
     target = explained_targets(cfg.targets, labels, pred, num_outputs)
     root = mask_root(cfg.data)
+    infer = inference_copy(model, x[: min(len(x), 8)])
     subject = Subject(
         paths=paths,
         x=x,
@@ -207,7 +225,7 @@ def prepare(cfg: RunConfig) -> Run:
         prob=prob,
         masks=object_masks(root, paths, pre.size) if root else None,
     )
-    return Run(cfg, loaded, model, pre, classes, subject, device)
+    return Run(cfg, loaded, model, pre, classes, subject, device, infer=infer)
 
 
 def explained_targets(
@@ -228,33 +246,200 @@ def explained_targets(
     )
 
 
-Stage = tuple[str, Callable[[Run], int], Callable[[Run, tqdm], None]]
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    units: Callable[[Run], int]  # progress-bar steps
+    fn: Callable[[Run, tqdm], None]
+    cost: Callable[[Run, RunConfig], Work]  # the work it will do under a config, for --budget
+    hooks: bool = False  # reads inside the model (no TorchScript)
+
+
+def explained(run: Run) -> int:
+    return len(run.subject.paths)
+
+
+def share(run: Run, method: str) -> float:
+    """Share of its cap an adaptive method is expected to spend: what it spent on the images
+    done so far in this run, else the sample set's mean (budget.EXPECTED_SHARE)."""
+    return float(run.extra.get(f"{method}_share", EXPECTED_SHARE[method]))  # type: ignore[arg-type]
+
+
+def lime_expected(run: Run, cfg: RunConfig) -> float:
+    """LIME samples per image: never fewer than the floor of its stopping rule."""
+    floor = min(cfg.lime_samples, lime_adapter.MIN_SAMPLES)
+    return max(floor, cfg.lime_samples * share(run, "lime"))
+
+
+def filter_layer_names(run: Run, cfg: RunConfig) -> list[str]:
+    return list(cfg.filter_layers) or default_filter_layers(run.model, cfg.filter_layer_count)
+
+
+def eval_count(run: Run, cfg: RunConfig) -> int:
+    """Images the confusion matrix will classify (the labelled split, or --eval-limit)."""
+    if cfg.data is None:
+        return 0
+    if "labelled" not in run.extra:
+        run.extra["labelled"] = len(open_dataset(cfg.data, LABELLED_SPLITS))
+    total = int(run.extra["labelled"])  # type: ignore[call-overload]
+    return total if cfg.eval_limit is None else min(total, cfg.eval_limit)
+
+
+def cam_columns(run: Run, cfg: RunConfig) -> int:
+    """Targets per image in the CAM figures."""
+    if cfg.cam_targets == "all":
+        return len(run.classes)
+    return 1 if cfg.cam_targets in ("pred", "label") else len(cfg.cam_targets.split(","))
+
+
+def trust_cost(run: Run, cfg: RunConfig) -> Work:
+    if not cfg.trust:
+        return Work()
+    n = explained(run)
+    rows = 10  # methods with a map, LIME, the random map
+    sampled = n * (cfg.smooth_samples * share(run, "smoothgrad") + cfg.ig_steps * share(run, "ig"))
+    return Work(
+        forward=rows * n * (cfg.deletion_steps + 1) * 2
+        + cfg.lime_stability_images * lime_expected(run, cfg),
+        backward=4 * n + (sampled if cfg.randomize_sampled else 0) + 4 * n,  # + CAM layers
+        seconds=3 * FIGURE_SECONDS,
+    )
+
+
+def dream_cost(run: Run, cfg: RunConfig) -> Work:
+    octave_area = sum(1.4 ** (-2 * k) for k in range(3))  # 3 octaves, scale 1.4
+    images = min(cfg.dream_images, explained(run))
+    return Work(backward=images * 20 * octave_area, forward=2 * images, seconds=FIGURE_SECONDS)
+
+
 STAGES: list[Stage] = [
-    ("Q1 saliency", lambda r: 1, stage_saliency),
-    (
-        "Q2 filters",
-        lambda r: len(r.cfg.filter_layers or default_filter_layers(r.model)),
-        stage_filters,
+    Stage(
+        "Q1 saliency",
+        lambda r: 1,
+        stage_saliency,
+        lambda r, c: Work(backward=explained(r), seconds=FIGURE_SECONDS),
     ),
-    ("Q3 LIME", lambda r: len(r.subject.paths), stage_lime),
-    ("Q4 SmoothGrad", lambda r: 1, stage_smoothgrad),
-    ("Q4 Grad x Input", lambda r: 1, stage_grad_x_input),
-    ("Q4 Integrated Gradients", lambda r: 1, stage_integrated_gradients),
-    ("Q3 confusion matrix", lambda r: 1, stage_confusion),
-    ("Q4 Grad-CAM, LayerCAM", lambda r: 2, stage_cams),
-    ("Q4 feature maps", lambda r: 1, stage_feature_grid),
-    ("Q4 DeepDream", lambda r: 1, stage_dream),
-    ("trust checks", lambda r: 11 if r.cfg.trust else 0, stage_trust),
+    Stage(
+        "Q2 filters",
+        lambda r: len(filter_layer_names(r, r.cfg)),
+        stage_filters,
+        # Ascent runs the model only up to the layer: about half of it on average.
+        lambda r, c: Work(
+            backward=0.5
+            * len(filter_layer_names(r, c))
+            * (len(c.filters) or c.filters_per_layer)
+            * (c.filter_steps + 1),
+            forward=explained(r) * len(filter_layer_names(r, c)),
+            seconds=FIGURE_SECONDS * (1 + len(filter_layer_names(r, c))),
+        ),
+        hooks=True,
+    ),
+    Stage(
+        "Q3 LIME",
+        explained,
+        stage_lime,
+        lambda r, c: Work(
+            forward=explained(r) * lime_expected(r, c),
+            seconds=0.3 * explained(r) + FIGURE_SECONDS,
+        ),
+    ),
+    Stage(
+        "Q4 SmoothGrad",
+        lambda r: 1,
+        stage_smoothgrad,
+        lambda r, c: Work(
+            backward=explained(r) * c.smooth_samples * share(r, "smoothgrad"),
+            seconds=FIGURE_SECONDS,
+        ),
+    ),
+    Stage(
+        "Q4 Grad x Input",
+        lambda r: 1,
+        stage_grad_x_input,
+        lambda r, c: Work(backward=explained(r), seconds=FIGURE_SECONDS),
+    ),
+    Stage(
+        "Q4 Integrated Gradients",
+        lambda r: 1,
+        stage_integrated_gradients,
+        lambda r, c: Work(
+            backward=explained(r) * c.ig_steps * share(r, "ig"),
+            forward=4 * explained(r),
+            seconds=FIGURE_SECONDS,
+        ),
+    ),
+    Stage(
+        "Q3 confusion matrix",
+        lambda r: 1,
+        stage_confusion,
+        lambda r, c: Work(
+            forward=eval_count(r, c), seconds=0.004 * eval_count(r, c) + 2 * FIGURE_SECONDS
+        ),
+    ),
+    Stage(
+        "Q4 Grad-CAM, LayerCAM",
+        lambda r: 2,
+        stage_cams,
+        lambda r, c: Work(
+            backward=2 * explained(r) * (1 + cam_columns(r, c)), seconds=2 * FIGURE_SECONDS
+        ),
+        hooks=True,
+    ),
+    Stage(
+        "Q4 feature maps",
+        lambda r: 1,
+        stage_feature_grid,
+        lambda r, c: Work(forward=1, seconds=FIGURE_SECONDS),
+        hooks=True,
+    ),
+    Stage("Q4 DeepDream", lambda r: 1, stage_dream, dream_cost, hooks=True),
+    Stage("trust checks", lambda r: 11 if r.cfg.trust else 0, stage_trust, trust_cost),
+]
+
+# What the budget planner gives up, cheapest to lose first: cross-checks before figures, fewer
+# samples than the matched precision only after whole optional stages are gone.
+CUTS: list[Cut] = [
+    Cut("trust checks", "LIME seed stability not measured", {"lime_stability_images": 0}),
+    Cut(
+        "trust checks",
+        "randomization check run for the single-pass methods only (not SmoothGrad, IG)",
+        {"randomize_sampled": False},
+    ),
+    Cut(
+        "Q3 confusion matrix",
+        "accuracy on a stratified subset of 500 images",
+        {"eval_limit": 500},
+    ),
+    Cut("Q4 DeepDream", "one image instead of three", {"dream_images": 1}),
+    Cut(
+        "trust checks",
+        "deletion/insertion curves with 8 steps instead of 16",
+        {"deletion_steps": 8},
+    ),
+    Cut("Q2 filters", "two layers instead of four", {"filter_layer_count": 2}),
+    Cut("Q3 LIME", "600 samples per image, no more", {"lime_samples": 600}),
+    Cut("trust checks", "trust checks not run", {"skip": True}),
+    Cut("Q4 DeepDream", "DeepDream not run", {"skip": True}),
+    Cut(
+        "Q3 confusion matrix", "accuracy on a stratified subset of 100 images", {"eval_limit": 100}
+    ),
+    Cut("Q4 Integrated Gradients", "at most 16 steps", {"ig_steps": 16}),
+    Cut("Q4 SmoothGrad", "at most 20 samples", {"smooth_samples": 20}),
+    Cut("Q2 filters", "one layer", {"filter_layer_count": 1}),
+    Cut("Q2 filters", "40 ascent steps", {"filter_steps": 40}),
+    Cut("Q3 LIME", "300 samples per image (less precise than stock lime)", {"lime_samples": 300}),
+    Cut("Q4 feature maps", "feature-map grid not drawn", {"skip": True}),
+    Cut("Q4 Grad-CAM, LayerCAM", "Grad-CAM and LayerCAM not run", {"skip": True}),
 ]
 
 
 @contextmanager
-def timed(run: Run, name: str) -> Iterator[None]:
-    start = time.perf_counter()
+def timed(run: Run, name: str, clock: Clock = time.perf_counter) -> Iterator[None]:
+    start = clock()
     try:
         yield
     finally:
-        run.seconds[name] = time.perf_counter() - start
+        run.seconds[name] = clock() - start
 
 
 def manifest(run: Run) -> dict:
@@ -296,44 +481,91 @@ def manifest(run: Run) -> dict:
         "accuracy": run.extra.get("accuracy"),
         "top_confusions": run.extra.get("top_confusions", []),
         "trust": trust_manifest(run),
+        "budget": {"seconds": cfg.budget} if cfg.budget is not None else None,
         "cuts": [
             f"{name}: skipped, a TorchScript model takes no forward hooks (pass the model "
             "definition with --model and a state_dict to get it)"
             for name in run.skipped
-        ],
+        ]
+        + run.cuts,
+        "convergence": run.convergence,
         "outputs": dict(sorted(run.outputs.items())),
     }
 
 
-# Stages that read inside the model: TorchScript modules take no forward hooks.
-NEEDS_LAYER_HOOKS = {stage_filters, stage_cams, stage_feature_grid, stage_dream}
+def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> bool:
+    """Re-plan the stages from ``index`` on to the time left; set the stage's config and record
+    its cuts. False when the stage is cut altogether."""
+    stage = STAGES[index]
+    costs = [(s.name, partial(s.cost, run)) for s in STAGES[index:] if s.name not in run.skipped]
+    p = plan(base, costs, rates, run.deadline.left(), CUTS)
+    run.cfg = p.cfg
+    for cut in p.cuts:
+        if cut.stage == stage.name:
+            run.cuts.append(f"{stage.name}: {cut.what}, to fit the {base.budget:.0f} s budget")
+    return stage.name not in p.cfg.skip_stages
 
 
-def run_report(cfg: RunConfig, *, progress: bool = True) -> tuple[dict, dict[str, float]]:
-    """Run every stage, write the figures, arrays and manifest.json; return them and timings."""
+def run_report(
+    cfg: RunConfig, *, progress: bool = True, clock: Clock = time.perf_counter
+) -> tuple[dict, dict[str, float]]:
+    """Run every stage, write the figures, arrays and manifest.json; return them and timings.
+
+    With ``cfg.budget`` the model's speed is measured first and every stage is planned to the
+    time left (budget.py); past the deadline, stages stop and the manifest names what was cut.
+    """
     if cfg.out.exists() and not cfg.out.is_dir():
         raise UserError(f"output path {cfg.out} exists and is not a folder")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    deadline = Deadline(cfg.budget, clock)
     run = prepare(cfg)
-    run.seconds["load"] = time.perf_counter() - start
+    run.deadline = deadline
+    run.seconds["load"] = deadline.elapsed()
     scripted = isinstance(run.model, torch.jit.ScriptModule)
-    for name, units, stage in STAGES:
-        if scripted and stage in NEEDS_LAYER_HOOKS:
-            run.skipped.append(name)
+    run.skipped = [s.name for s in STAGES if scripted and s.hooks]
+    rates = None
+    if cfg.budget is not None:
+        probe = run.subject.x[: min(16, cfg.batch_size)].repeat(2, 1, 1, 1)[
+            : min(16, cfg.batch_size)
+        ]
+        rates = measure_rates(run.inference, run.model, probe, clock=clock)
+        run.extra["rates"] = rates.to_dict()
+        run.seconds["measure speed"] = deadline.elapsed() - run.seconds["load"]
+    for index, stage in enumerate(STAGES):
+        if stage.name in run.skipped:
+            continue
+        if deadline.passed():
+            run.cuts.append(f"{stage.name}: not run, the {cfg.budget:.0f} s budget was spent")
+            continue
+        if rates is not None and not plan_stage(run, cfg, rates, index):
             continue
         with (
-            timed(run, name),
+            timed(run, stage.name, clock),
             tqdm(
-                total=units(run), desc=name, disable=not progress, file=sys.stderr, leave=False
+                total=stage.units(run),
+                desc=stage.name,
+                disable=not progress,
+                file=sys.stderr,
+                leave=False,
             ) as bar,
         ):
-            stage(run, bar)
+            stage.fn(run, bar)
+    run.cfg = cfg
+    write_convergence(run)
     man = manifest(run)
     atomic_write_bytes(cfg.out / "manifest.json", json_bytes(man))
-    with timed(run, "report.pdf"):
+    with timed(run, "report.pdf", clock):
         report.write_report(man, cfg.out, cfg.out / "report.pdf")
-    run.seconds["total"] = time.perf_counter() - start
+    run.seconds["total"] = deadline.elapsed()
+    atomic_write_bytes(
+        cfg.out / "timings.json",
+        json_bytes(
+            {
+                "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
+                "rates": run.extra.get("rates"),
+            }
+        ),
+    )
     return man, run.seconds
 
 

@@ -4,6 +4,7 @@ method modules, and writes its PNG, .npz and manifest record through the Run."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -91,10 +92,15 @@ def stage_saliency(run: Run, bar: tqdm) -> None:
 
 def stage_filters(run: Run, bar: tqdm) -> None:
     cfg, s = run.cfg, run.subject
-    layer_names = list(cfg.filter_layers) or default_filter_layers(run.model)
+    layer_names = list(cfg.filter_layers) or default_filter_layers(
+        run.model, cfg.filter_layer_count
+    )
     names, images, chosen, gains = [], [], [], []
     first = len(run.figures)
     for k, spec in enumerate(layer_names):
+        if k and run.deadline.passed():
+            run.cuts.append(f"Q2 filters: layers {layer_names[k:]} not run, the budget was spent")
+            break
         name, layer = resolve_layer(run.model, spec)
         acts = filters.layer_activations(run.model, layer, s.x, batch_size=cfg.batch_size)
         idx = list(cfg.filters) or filters.most_active_filters(acts, cfg.filters_per_layer)
@@ -109,11 +115,19 @@ def stage_filters(run: Run, bar: tqdm) -> None:
             to_input=run.to_input,
             steps=cfg.filter_steps,
             generator=run.generator(10 + k),
+            stop=run.deadline.passed,
         )
+        done = len(result.activation) - 1
+        if done < cfg.filter_steps:
+            run.cuts.append(
+                f"Q2 filters: ascent on {name} stopped after {done} of {cfg.filter_steps} "
+                "steps, the budget was spent"
+            )
         # Reached vs start image vs the best explained real image, per filter.
         real = acts[:, idx].mean(dim=(2, 3)).amax(dim=0).cpu()
         gain = torch.stack([result.activation[-1].cpu(), result.activation[0].cpu(), real], dim=1)
         names.append(name)
+        run.extra.setdefault("ascent_curves", []).append(result.activation.cpu().numpy())  # type: ignore[union-attr]
         images.append(result.pixels.permute(0, 2, 3, 1).cpu().numpy())
         chosen.append(idx)
         gains.append(gain.tolist())
@@ -184,35 +198,45 @@ def stage_filters(run: Run, bar: tqdm) -> None:
 
 
 def default_filter_layers(model: nn.Module, count: int = 4) -> list[str]:
-    """Activation layers after the conv layers, ``count`` of them spread from first to last."""
-    names = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU))
-    ]
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    pool = names or convs
+    """Activation layers of the conv trunk (before the first Linear, in definition order),
+    ``count`` of them spread from first to last; the convs if there is no activation layer."""
+    modules = list(model.named_modules())
+    head = next((i for i, (_, m) in enumerate(modules) if isinstance(m, nn.Linear)), len(modules))
+    acts = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU)
+    trunk = [n for n, m in modules[:head] if isinstance(m, acts)]
+    pool = (
+        trunk
+        or [n for n, m in modules if isinstance(m, acts)]
+        or [n for n, m in modules if isinstance(m, nn.Conv2d)]
+    )
     if not pool:
         raise UserError("the model has no Conv2d or activation layer; pass --filter-layers")
-    # Only activations that come before the classifier head: the ones inside the conv trunk.
-    trunk = [n for n in pool if n.split(".")[0] == convs[-1].split(".")[0]] if convs else pool
-    pool = trunk or pool
     picks = np.unique(np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int))
     return [pool[i] for i in picks]
 
 
-def smoothgrad_maps(run: Run, model: nn.Module, x: Tensor, target: Tensor, stream: int) -> Tensor:
-    """SmoothGrad of saliency with the run's settings and the noise of random ``stream``."""
-    return attributions.smoothgrad(
+def smoothgrad_of(
+    run: Run, model: nn.Module, x: Tensor, target: Tensor, stream: int
+) -> attributions.Converged:
+    """SmoothGrad of saliency with the run's settings and the noise of random ``stream``: until
+    converged (at most --smooth-samples), or exactly that many with --no-adaptive."""
+    cfg = run.cfg
+    return attributions.smoothgrad_until_converged(
         attributions.saliency,
         model,
         x,
         target,
-        samples=run.cfg.smooth_samples,
-        sigma=run.cfg.smooth_sigma,
+        max_samples=cfg.smooth_samples,
+        min_samples=min(10, cfg.smooth_samples) if cfg.adaptive else cfg.smooth_samples,
+        sigma=cfg.smooth_sigma,
         generator=run.generator(stream),
-        batch_size=run.cfg.batch_size,
+        batch_size=cfg.batch_size,
+        stop=run.deadline.passed,
     )
+
+
+def smoothgrad_maps(run: Run, model: nn.Module, x: Tensor, target: Tensor, stream: int) -> Tensor:
+    return smoothgrad_of(run, model, x, target, stream).value
 
 
 def lime_of(run: Run, i: int, label: int, seed: int) -> lime_adapter.LimeResult:
@@ -220,13 +244,15 @@ def lime_of(run: Run, i: int, label: int, seed: int) -> lime_adapter.LimeResult:
     s = run.subject
     rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
     return lime_adapter.explain(
-        run.model,
+        run.inference,
         rgb,
         label,
         to_input=run.to_input,
         channels=run.pre.channels,
         samples=run.cfg.lime_samples,
         seed=seed,
+        adaptive=run.cfg.adaptive,
+        stop=run.deadline.passed,
     )
 
 
@@ -234,8 +260,28 @@ def stage_lime(run: Run, bar: tqdm) -> None:
     cfg, s = run.cfg, run.subject
     results = []
     for i in range(len(s.paths)):
-        results.append(lime_of(run, i, int(s.target[i]), cfg.seed))
+        try:
+            results.append(lime_of(run, i, int(s.target[i]), cfg.seed))
+        except lime_adapter.OutOfTime:
+            run.cuts.append(
+                f"Q3 LIME: {len(s.paths) - i} of {len(s.paths)} images not explained, "
+                "the budget was spent"
+            )
+            break
+        run.extra["lime_share"] = np.mean([r.samples for r in results]) / cfg.lime_samples
         bar.update()
+    if not results:
+        return
+    used = [r.samples for r in results]
+    run.convergence["LIME"] = {
+        "rule": f"antithetic samples in rounds of {lime_adapter.ROUND_SAMPLES}, at least "
+        f"{lime_adapter.MIN_SAMPLES}, until as precise as {lime_adapter.MATCHED_SAMPLES} "
+        f"independent ones; cap {cfg.lime_samples}",
+        "samples": used,
+        "needed": [[round(t[1], 1) for t in r.trace] for r in results],
+    }
+    n = len(results)
+    s = replace(s, pixels=s.pixels[:n], x=s.x[:n], target=s.target[:n], paths=s.paths[:n])
     segs = np.stack([r.segments for r in results])
     width = max(len(r.weights) for r in results)
     weights = np.zeros((len(results), width))
@@ -259,25 +305,43 @@ def stage_lime(run: Run, bar: tqdm) -> None:
     )
     # The superpixel explanation as a per-pixel map, for the mask share and the trust table.
     maps = np.stack([r.weights[r.segments] for r in results])
-    run.maps["LIME"] = torch.from_numpy(maps).float()
-    run.extra["lime_results"] = results
+    complete = n == len(run.subject.paths)
+    if complete:  # the trust table compares methods on the same images
+        run.maps["LIME"] = torch.from_numpy(maps).float()
+        run.extra["lime_results"] = results
+    sampling = (
+        f"{min(used)}-{max(used)} (mean {np.mean(used):.0f}) antithetic perturbed samples per "
+        f"image, stopped once as precise as {lime_adapter.MATCHED_SAMPLES} independent ones"
+        if cfg.adaptive
+        else f"{cfg.lime_samples} antithetic perturbed samples per image"
+    )
     run.add_figure(
         id="q3_lime",
         section="Q3",
         title="LIME explanations",
-        caption=f"LIME (Ribeiro et al., 2016) with {cfg.lime_samples} perturbed samples per image over "
-        f"SLIC superpixels (n_segments=100, compactness=1, sigma=1, numbered from 0); the 5 most "
+        caption=f"LIME (Ribeiro et al., 2016) with {sampling}, over SLIC superpixels "
+        f"(n_segments=100, compactness=1, sigma=1, numbered from 0); the 5 most "
         f"positive superpixels are green, the 5 most negative red. Mean R^2 of lime's local linear "
-        f"model: {np.mean([r.score for r in results]):.2f}." + mask_caption(run, maps),
+        f"model: {np.mean([r.score for r in results]):.2f}."
+        + (mask_caption(run, maps) if complete else ""),
         png="q3_lime.png",
         npz="q3_lime.npz",
-        params={"samples": cfg.lime_samples, "seed": cfg.seed},
+        params={"samples": used, "cap": cfg.lime_samples, "seed": cfg.seed},
     )
 
 
 def stage_smoothgrad(run: Run, bar: tqdm) -> None:
     cfg, s = run.cfg, run.subject
-    maps = smoothgrad_maps(run, run.model, s.x, s.target, 30)
+    result = smoothgrad_of(run, run.model, s.x, s.target, 30)
+    maps = result.value
+    run.extra["smoothgrad_share"] = float(result.used.float().mean()) / cfg.smooth_samples
+    run.extra["smoothgrad_agreement"] = result.quality
+    run.convergence["SmoothGrad"] = {
+        "rule": f"rounds of 10 samples, at least 10, until the split-half predicted correlation "
+        f"with the exact expectation is >= 0.98; cap {cfg.smooth_samples}",
+        "samples": result.used.tolist(),
+        "agreement": [[round(v, 4) for v in row] for row in result.trace],
+    }
     bar.update()
     save_attribution(
         run,
@@ -285,10 +349,16 @@ def stage_smoothgrad(run: Run, bar: tqdm) -> None:
         "Q4",
         "SmoothGrad",
         "SmoothGrad",
-        f"SmoothGrad (Smilkov et al., 2017): saliency averaged over {cfg.smooth_samples} copies "
-        f"of each image with Gaussian noise of std {cfg.smooth_sigma} x its value range.",
+        f"SmoothGrad (Smilkov et al., 2017): saliency averaged over {samples_text(result.used)} "
+        f"copies of each image with Gaussian noise of std {cfg.smooth_sigma} x its value range"
+        f" (predicted correlation with the exact expectation: min "
+        f"{float(result.quality.min()):.3f}).",
         maps,
-        params={"samples": cfg.smooth_samples, "sigma": cfg.smooth_sigma},
+        params={
+            "samples": result.used.tolist(),
+            "cap": cfg.smooth_samples,
+            "sigma": cfg.smooth_sigma,
+        },
     )
 
 
@@ -312,11 +382,15 @@ def stage_grad_x_input(run: Run, bar: tqdm) -> None:
 
 def stage_integrated_gradients(run: Run, bar: tqdm) -> None:
     cfg, s = run.cfg, run.subject
-    baseline = ig_baseline(run, cfg.ig_baseline)
-    raw = attributions.integrated_gradients(
-        run.model, s.x, s.target, baseline=baseline, steps=cfg.ig_steps, batch_size=cfg.batch_size
-    )
-    err = attributions.completeness_error(run.model, s.x, s.target, baseline, raw)
+    result = integrated_gradients_of(run, run.model, s.x, s.target)
+    raw, err = result.value, result.quality
+    run.extra["ig_share"] = float(result.used.float().mean()) / cfg.ig_steps
+    run.convergence["Integrated Gradients"] = {
+        "rule": f"Gauss-Legendre steps 8, 16, 32, ... until the completeness error is <= "
+        f"{IG_TOLERANCE}; cap {cfg.ig_steps}",
+        "gradients": result.used.tolist(),
+        "completeness_error": [[round(v, 5) for v in row] for row in result.trace],
+    }
     bar.update()
     save_attribution(
         run,
@@ -324,15 +398,48 @@ def stage_integrated_gradients(run: Run, bar: tqdm) -> None:
         "Q4",
         "Integrated Gradients",
         f"Integrated Gradients ({cfg.ig_baseline} baseline)",
-        f"Integrated Gradients (Sundararajan et al., 2017) from a {cfg.ig_baseline} baseline with "
-        f"{cfg.ig_steps} Gauss-Legendre steps, summed over channels. Completeness error "
+        f"Integrated Gradients (Sundararajan et al., 2017) from a {cfg.ig_baseline} baseline, "
+        f"Gauss-Legendre steps doubled from 8 until the completeness error is at most "
+        f"{IG_TOLERANCE:.0%} ({samples_text(result.used)} gradients per image), summed over "
+        f"channels. Completeness error "
         f"|sum - (f(x) - f(baseline))| / |f(x) - f(baseline)|: median {float(err.median()):.4f}, "
         f"max {float(err.max()):.4f}.",
         attributions.channel_sum(raw),
         signed=True,
         raw=raw,
-        params={"baseline": cfg.ig_baseline, "steps": cfg.ig_steps},
+        params={
+            "baseline": cfg.ig_baseline,
+            "gradients": result.used.tolist(),
+            "cap": cfg.ig_steps,
+        },
     )
+
+
+IG_TOLERANCE = 0.01  # completeness error at which IG stops adding steps
+
+
+def integrated_gradients_of(
+    run: Run, model: nn.Module, x: Tensor, target: Tensor
+) -> attributions.Converged:
+    """IG with the run's baseline: steps doubled until converged (at most --ig-steps), or
+    exactly --ig-steps with --no-adaptive."""
+    cfg = run.cfg
+    return attributions.integrated_gradients_until_converged(
+        model,
+        x,
+        target,
+        baseline=ig_baseline(run, cfg.ig_baseline),
+        max_steps=cfg.ig_steps,
+        first_steps=min(8, cfg.ig_steps) if cfg.adaptive else cfg.ig_steps,
+        tolerance=IG_TOLERANCE,
+        batch_size=cfg.batch_size,
+        stop=run.deadline.passed,
+    )
+
+
+def samples_text(used: Tensor) -> str:
+    lo, hi = int(used.min()), int(used.max())
+    return str(lo) if lo == hi else f"{lo}-{hi} (mean {float(used.float().mean()):.0f})"
 
 
 def ig_baseline(run: Run, kind: str) -> Tensor:
@@ -384,7 +491,9 @@ def stage_confusion(run: Run, bar: tqdm) -> None:
     probs = torch.cat(
         [
             metrics.predict(
-                run.model, load_inputs(paths[s], run.pre).to(run.device), batch_size=cfg.batch_size
+                run.inference,
+                load_inputs(paths[s], run.pre).to(run.device),
+                batch_size=cfg.batch_size,
             )[0].cpu()
             for s in attributions.chunks(len(paths), 256)
         ]
@@ -602,7 +711,9 @@ def stage_dream(run: Run, bar: tqdm) -> None:
     layer = run.cfg.dream_layer or candidates[len(candidates) // 2]
     name, module = resolve_layer(run.model, layer)
     n = min(run.cfg.dream_images, len(s.paths))
-    out = dream.deep_dream(run.model, s.x[:n], module, generator=run.generator(40))
+    out = dream.deep_dream(
+        run.model, s.x[:n], module, generator=run.generator(40), stop=run.deadline.passed
+    )
     bar.update()
     before = filters.layer_activations(run.model, module, s.x[:n]).pow(2).mean().item()
     after = filters.layer_activations(run.model, module, out).pow(2).mean().item()
@@ -622,4 +733,40 @@ def stage_dream(run: Run, bar: tqdm) -> None:
         png="q4_deepdream.png",
         npz="q4_deepdream.npz",
         params={"layer": name},
+    )
+
+
+def write_convergence(run: Run) -> None:
+    """Appendix figure: how each sampled or iterated method converged in this run."""
+    conv = run.convergence
+    if not conv and "ascent_curves" not in run.extra:
+        return
+    lime = conv.get("LIME") or {}
+    smooth = conv.get("SmoothGrad") or {}
+    ig = conv.get("Integrated Gradients") or {}
+    curves = list(run.extra.get("ascent_curves", []))  # type: ignore[call-overload]
+    fig = figures.convergence_figure(
+        lime.get("samples"),  # type: ignore[union-attr]
+        run.cfg.lime_samples,
+        smooth.get("agreement"),  # type: ignore[union-attr]
+        10,
+        ig.get("completeness_error"),  # type: ignore[union-attr]
+        8,
+        curves,
+        "Convergence of the sampled and iterated methods in this run",
+    )
+    run.write_png("appendix_convergence.png", fig)
+    rules = "; ".join(f"{k}: {v['rule']}" for k, v in conv.items())  # type: ignore[index]
+    run.add_figure(
+        id="appendix_convergence",
+        section="Appendix",
+        title="Convergence of the sampled and iterated methods",
+        caption="Each method stops once converged rather than at a fixed count. "
+        + rules
+        + ". The filter-ascent panel shows each filter's mean activation over its final value. "
+        "Agreement with generous references (1000-sample LIME, 200-sample SmoothGrad, 300-step "
+        "IG, 400-step ascent) is measured in bench/RESULTS.md.",
+        png="appendix_convergence.png",
+        npz=None,
+        params={},
     )

@@ -12,9 +12,12 @@ from hw5lib.attributions import (
     grad_x_input,
     input_gradient,
     integrated_gradients,
+    integrated_gradients_until_converged,
     logits_of,
     saliency,
     smoothgrad,
+    smoothgrad_until_converged,
+    split_half_agreement,
 )
 from hw5lib.hooks import hook_count
 from hw5lib.metrics import gaussian_blur as blurred
@@ -285,3 +288,78 @@ def test_mode_and_requires_grad_are_restored_when_forward_raises():
         saliency(model, images(1, shape=(3, 4, 4)), torch.tensor([0]))
     assert all(m.training for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
+
+
+# ------------------------------------------------------------ stopping once converged
+
+
+def test_converging_smoothgrad_with_one_full_round_is_plain_smoothgrad():
+    model, x = tiny_classifier(), images()
+    t = targets(len(x))
+    plain = smoothgrad(saliency, model, x, t, samples=8, generator=torch.Generator().manual_seed(3))
+    rounds = smoothgrad_until_converged(
+        saliency, model, x, t, max_samples=8, min_samples=8, round_samples=8,
+        generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    torch.testing.assert_close(rounds.value, plain, rtol=1e-5, atol=1e-7)
+    assert rounds.used.tolist() == [8] * len(x)
+
+
+def test_split_half_agreement_predicts_the_correlation_with_the_noise_free_map():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(6, 192, 192, generator=g)
+    a = truth + 1.5 * torch.randn(truth.shape, generator=g)
+    b = truth + 1.5 * torch.randn(truth.shape, generator=g)
+    predicted = split_half_agreement(a, b)
+    mean, t = ((a + b) / 2).flatten(1), truth.flatten(1)
+    mean, t = mean - mean.mean(1, keepdim=True), t - t.mean(1, keepdim=True)
+    actual = (mean * t).sum(1) / (mean.norm(dim=1) * t.norm(dim=1))
+    torch.testing.assert_close(predicted, actual, atol=0.01, rtol=0)
+    assert split_half_agreement(a, a).allclose(torch.ones(6))
+
+
+def test_smoothgrad_of_a_linear_model_stops_after_the_first_round():
+    # Saliency of a linear model ignores the noise: the halves agree at once.
+    model, x = linear_model(), images(shape=(C, H, W))
+    result = smoothgrad_until_converged(
+        saliency, model, x, targets(len(x)), max_samples=50, min_samples=10, round_samples=10,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert result.used.tolist() == [10] * len(x)
+    assert (result.quality > 0.999).all()
+
+
+def test_noisy_smoothgrad_runs_longer_than_a_smooth_one_and_stops_at_the_cap():
+    model, x = tiny_classifier(), images()
+    result = smoothgrad_until_converged(
+        saliency, model, x, targets(len(x)), max_samples=30, agreement=0.9999,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert result.used.tolist() == [30] * len(x)
+    assert len(result.trace) == 3
+
+
+def test_converging_ig_stops_at_the_first_steps_for_a_linear_model():
+    model, x = linear_model(), images(shape=(C, H, W))
+    base = torch.zeros_like(x)
+    result = integrated_gradients_until_converged(
+        model, x, targets(len(x)), baseline=base, first_steps=4, max_steps=32
+    )
+    assert result.used.tolist() == [4] * len(x)
+    assert (result.quality < 1e-4).all()
+
+
+def test_converging_ig_doubles_steps_until_complete_and_keeps_the_last_estimate():
+    model, x = tiny_classifier(), images()
+    t, base = targets(len(x)), torch.zeros_like(x)
+    result = integrated_gradients_until_converged(
+        model, x, t, baseline=base, first_steps=2, max_steps=64, tolerance=1e-3
+    )
+    allowed = {2, 6, 14, 30, 62, 126}  # 2 + 4 + 8 + ... gradients
+    assert set(result.used.tolist()) <= allowed
+    for i, used in enumerate(result.used.tolist()):
+        steps = (used + 2) // 2  # the last round's step count
+        direct = integrated_gradients(model, x[i : i + 1], t[i : i + 1], baseline=base[i : i + 1],
+                                      steps=steps)  # fmt: skip
+        torch.testing.assert_close(result.value[i : i + 1], direct, rtol=1e-4, atol=1e-6)
+        assert result.quality[i] <= 1e-3 or steps == 64

@@ -45,7 +45,7 @@ LIGHT = [*FAST, "--no-trust", "--filter-layers", "2"]
 FIGURES = {
     "q1_saliency", "q2_filters", "q3_lime", "q3_confusion", "q3_examples", "q4_smoothgrad",
     "q4_grad_x_input", "q4_integrated_gradients", "q4_grad_cam", "q4_layercam",
-    "q4_feature_maps", "q4_deepdream",
+    "q4_feature_maps", "q4_deepdream", "appendix_convergence",
 }  # fmt: skip
 ACTIVATIONS = re.compile(r"q2_activations_\w+")
 USER_FILE = "notes.txt"
@@ -114,8 +114,12 @@ def copy_images(src: Path, dest: Path, count: int) -> Path:
     return dest
 
 
+# Wall-clock seconds of the run: the one output that differs between two runs by design.
+TIMINGS = "timings.json"
+
+
 def listing(out: Path) -> set[str]:
-    return {p.name for p in out.iterdir()} - {USER_FILE}
+    return {p.name for p in out.iterdir()} - {USER_FILE, TIMINGS}
 
 
 @dataclass

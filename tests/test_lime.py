@@ -11,8 +11,10 @@ from torch import Tensor, nn
 
 from hw5lib.data import Preprocess
 from hw5lib.lime_adapter import (
+    MIN_SAMPLES,
     SLIC_ARGS,
-    BatchedLimeImageExplainer,
+    AntitheticLimeExplainer,
+    antithetic_masks,
     classifier_fn,
     explain,
     segment,
@@ -217,18 +219,77 @@ def test_classifier_fn_averages_rgb_into_gray_for_one_channel_models():
     np.testing.assert_allclose(probs, expected, atol=1e-6)
 
 
-def test_batched_data_labels_equals_stock_lime_exactly():
-    image = blocks_image()
-    model = tiny_classifier()
-    fn = classifier_fn(model, identity, 3)
-    kwargs = dict(
-        labels=(3,), top_labels=None, num_samples=40, batch_size=16, segmentation_fn=segment
+def lime_loop_images(image: np.ndarray, fudged: np.ndarray, segments: np.ndarray, rows: np.ndarray):
+    """The perturbed images as lime 0.2.0.1's own loop builds them (its data_labels)."""
+    out = []
+    for row in rows:
+        temp = image.copy()
+        mask = np.zeros(segments.shape, bool)
+        for z in np.where(row == 0)[0]:
+            mask[segments == z] = True
+        temp[mask] = fudged[mask]
+        out.append(temp)
+    return np.stack(out)
+
+
+def test_perturbed_images_are_the_ones_lime_builds():
+    image = blocks_image().astype(np.float32)
+    segments = segment(image)
+    fudged = np.random.default_rng(2).uniform(0, 1, image.shape).astype(np.float32)
+    seen = []
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.copy())
+        return np.zeros((len(batch), 2))
+
+    explainer = AntitheticLimeExplainer(random_state=3, adaptive=False)
+    data, labels = explainer.data_labels(image, fudged, segments, fn, 50, batch_size=16)
+    assert data.shape == (50, segments.max() + 1) and labels.shape == (50, 2)
+    np.testing.assert_array_equal(
+        np.concatenate(seen), lime_loop_images(image, fudged, segments, data)
     )
-    ours = BatchedLimeImageExplainer(random_state=7).explain_instance(
-        image, fn, random_seed=7, **kwargs
-    )
-    stock = lime_image.LimeImageExplainer(random_state=7).explain_instance(
-        image, fn, random_seed=7, **kwargs
-    )
-    assert ours.local_exp[3] == stock.local_exp[3]
-    assert ours.score == stock.score
+    assert (data[0] == 1).all()  # the first sample is the image itself, as in lime
+
+
+def test_masks_come_in_complementary_pairs():
+    rows = antithetic_masks(np.random.RandomState(0), 9, 30)
+    assert rows.shape == (9, 30)
+    assert ((rows[0:8:2] + rows[1:8:2]) == 1).all()
+    assert 0.4 < rows.mean() < 0.6
+
+
+def sampled(response) -> int:
+    """Samples the adaptive explainer draws when lime's label is ``response(on/off rows)``."""
+    image = blocks_image().astype(np.float32)
+    segments = segment(image)
+    fudged = np.full_like(image, 0.5)
+    means = np.array([image[segments == z].mean() for z in range(segments.max() + 1)])
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        # Recover each sample's on/off row from its pixels, then score it.
+        on = np.array(
+            [[np.allclose(b[segments == z].mean(), m) for z, m in enumerate(means)] for b in batch]
+        ).astype(float)
+        return np.stack([response(on), np.zeros(len(batch))], axis=1)
+
+    explainer = AntitheticLimeExplainer(random_state=0)
+    explainer.label = 0
+    data, _ = explainer.data_labels(image, fudged, segments, fn, 1000, batch_size=100)
+    return len(data)
+
+
+def test_a_linear_response_stops_at_the_floor():
+    weights = np.random.default_rng(0).normal(size=200)
+    assert sampled(lambda on: on @ weights[: on.shape[1]]) == MIN_SAMPLES
+
+
+def test_pairwise_interactions_cancel_in_pairs_and_stop_at_the_floor():
+    # A product of two superpixels is even under the complement: each pair cancels it.
+    weights = np.random.default_rng(0).normal(size=200)
+    assert sampled(lambda on: on @ weights[: on.shape[1]] + 5 * on[:, 0] * on[:, 1]) == MIN_SAMPLES
+
+
+def test_an_odd_interaction_response_samples_to_the_cap():
+    # (on count - half)^3 is odd under the complement: pairing doubles its noise, so
+    # antithetic sampling can never match independent samples and runs to the cap.
+    assert sampled(lambda on: (on.sum(1) - on.shape[1] / 2) ** 3) == 1000

@@ -93,3 +93,28 @@ def seeded_(model: nn.Module, seed: int) -> nn.Module:
                 m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
     return model
+
+
+class SlowNet(nn.Module):
+    """The tiny HW3 Classifier (32x32 input) whose every forward costs ``delay`` seconds per
+    image on ``tests.fake_clock.CLOCK``; after ``slow_after`` images it gets ``slowdown`` times
+    slower (an estimate the planner cannot foresee). Tracing is refused, so no optimized copy
+    skips the clock."""
+
+    def __init__(self, delay: float = 0.05, slow_after: int = 10**9, slowdown: float = 1.0):
+        super().__init__()
+        from model import Classifier
+
+        self.net = Classifier((4, 8, 8, 8, 8), (16, 16), input_size=32)
+        self.delay, self.slow_after, self.slowdown = delay, slow_after, slowdown
+        self.images = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_tracing():
+            raise RuntimeError("SlowNet cannot be traced")
+        from tests.fake_clock import CLOCK
+
+        self.images += len(x)
+        factor = self.slowdown if self.images > self.slow_after else 1.0
+        CLOCK.advance(self.delay * factor * len(x))
+        return self.net(x)

@@ -1,0 +1,157 @@
+"""--budget: the planner prices stages with the measured speed, cuts the cheapest-to-lose work
+first, and a hard deadline stops what overruns. Time here is a fake clock that only a
+deliberately slow model moves, so every assertion is exact and no test depends on the machine."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from hw5lib.budget import RESERVE_SECONDS, Cut, Deadline, Rates, Work, plan
+from hw5lib.context import RunConfig
+from hw5lib.pipeline import CUTS, STAGES, run_report
+from hw5lib.sample import SampleInfo
+from tests.fake_clock import CLOCK
+from tests.zoo import SlowNet
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def config(data: Path, out: Path, checkpoint: Path, **changes: object) -> RunConfig:
+    base = RunConfig(
+        data=data,
+        out=out,
+        checkpoint=checkpoint,
+        model=f"{REPO / 'tests' / 'zoo.py'}:SlowNet",
+        size=32,
+        channel_order="rgb",
+        per_class=1,
+        lime_samples=100,
+        filter_steps=5,
+        smooth_samples=10,
+        ig_steps=8,
+        device="cpu",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("slow") / "slow.pt"
+    torch.manual_seed(0)
+    torch.save(SlowNet().state_dict(), path)
+    return path
+
+
+def run_on_fake_clock(cfg: RunConfig) -> tuple[dict, dict[str, float]]:
+    CLOCK.now = 0.0
+    return run_report(cfg, progress=False, clock=CLOCK)
+
+
+def test_unplanned_run_of_the_slow_model_takes_far_longer_than_the_budget(
+    small_sample: SampleInfo, slow_checkpoint: Path, tmp_path: Path
+) -> None:
+    _, seconds = run_on_fake_clock(config(small_sample.root, tmp_path, slow_checkpoint))
+    assert seconds["total"] > 4 * 60  # so the next test's 120 s budget must cut
+
+
+def test_planner_fits_a_tiny_budget_by_cutting_and_says_what(
+    small_sample: SampleInfo, slow_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = config(small_sample.root, tmp_path, slow_checkpoint, budget=120.0)
+    man, seconds = run_on_fake_clock(cfg)
+    assert seconds["total"] <= 120.0
+    assert man["budget"] == {"seconds": 120.0}
+    assert man["cuts"] and all("budget" in c for c in man["cuts"])
+    # The cheapest work to lose went first; the explanations themselves are still there.
+    assert any(CUTS[0].what in c for c in man["cuts"])
+    # What ran is complete: the manifest, the report, the first figures.
+    assert (tmp_path / "report.pdf").is_file()
+    assert {"q1_saliency", "q3_lime", "q4_smoothgrad"} <= {f["id"] for f in man["figures"]}
+    assert not any("budget was spent" in c for c in man["cuts"])  # planned, not stopped
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["rates"]["forward_per_s"] == pytest.approx(1 / 0.05)
+
+
+def test_hard_deadline_stops_a_model_that_slows_down_after_planning(
+    small_sample: SampleInfo, slow_checkpoint: Path, tmp_path: Path
+) -> None:
+    # 5x slower once past the speed measurement: every estimate is far too low.
+    slowdown = 5.0
+    cfg = config(
+        small_sample.root,
+        tmp_path,
+        slow_checkpoint,
+        budget=120.0,
+        model_args={"slow_after": 200, "slowdown": slowdown},
+    )
+    man, seconds = run_on_fake_clock(cfg)
+    assert any("budget was spent" in c for c in man["cuts"])
+    # Stages stop between model batches: past the deadline by at most one batch (a LIME
+    # round of 100 images here), which the reserve kept for the report absorbs.
+    one_batch = 100 * 0.05 * slowdown
+    assert seconds["total"] <= 120.0 - RESERVE_SECONDS + one_batch
+    assert (tmp_path / "manifest.json").is_file() and (tmp_path / "report.pdf").is_file()
+
+
+def test_generous_budget_cuts_nothing(
+    small_sample: SampleInfo, slow_checkpoint: Path, tmp_path: Path
+) -> None:
+    man, _ = run_on_fake_clock(
+        config(small_sample.root, tmp_path, slow_checkpoint, budget=10_000.0)
+    )
+    assert [c for c in man["cuts"] if "budget" in c] == []
+
+
+# ---------------------------------------------------------------------- the planner alone
+
+RATES = Rates(forward=10.0, backward=5.0)
+
+
+def test_plan_applies_cuts_in_order_until_the_estimate_fits() -> None:
+    cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"))
+    costs = [
+        ("A", lambda c: Work(forward=c.lime_samples)),  # 100 s at 1000 samples
+        ("B", lambda c: Work(backward=c.smooth_samples)),  # 10 s at 50 samples
+    ]
+    cuts = [
+        Cut("B", "fewer B", {"smooth_samples": 25}),
+        Cut("C", "not a remaining stage", {"trust": False}),
+        Cut("A", "fewer A", {"lime_samples": 500}),
+        Cut("A", "no A", {"skip": True}),
+    ]
+    p = plan(cfg, costs, RATES, 80.0, cuts)
+    assert [c.what for c in p.cuts] == ["fewer B", "fewer A"]
+    assert p.total == pytest.approx(55.0)
+    assert p.cfg.smooth_samples == 25 and p.cfg.lime_samples == 500 and p.cfg.trust
+    p = plan(cfg, costs, RATES, 1.0, cuts)
+    assert "A" in p.cfg.skip_stages and p.seconds["A"] == 0.0
+    assert plan(cfg, costs, RATES, 200.0, cuts).cuts == []
+
+
+def test_every_cut_names_a_stage_and_changes_a_real_setting() -> None:
+    names = {s.name for s in STAGES}
+    cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"))
+    for cut in CUTS:
+        assert cut.stage in names
+        assert cut.apply(cfg) != cfg
+
+
+def test_deadline_counts_the_reserve_and_never_expires_without_a_budget() -> None:
+    CLOCK.now = 100.0
+    d = Deadline(60.0, CLOCK)
+    CLOCK.advance(60.0 - RESERVE_SECONDS - 1)
+    assert d.left() == pytest.approx(1.0) and not d.passed()
+    CLOCK.advance(2)
+    assert d.passed()
+    assert Deadline(None, CLOCK).left() == float("inf")
+
+
+def test_a_cut_never_raises_a_setting_the_user_set_lower() -> None:
+    cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), lime_samples=100)
+    assert Cut("Q3 LIME", "cap", {"lime_samples": 600}).apply(cfg) == cfg
+    assert Cut("Q3 confusion matrix", "subset", {"eval_limit": 500}).apply(cfg).eval_limit == 500
