@@ -155,3 +155,24 @@ def test_a_cut_never_raises_a_setting_the_user_set_lower() -> None:
     cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), lime_samples=100)
     assert Cut("Q3 LIME", "cap", {"lime_samples": 600}).apply(cfg) == cfg
     assert Cut("Q3 confusion matrix", "subset", {"eval_limit": 500}).apply(cfg).eval_limit == 500
+
+
+def test_a_budget_that_is_not_positive_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hw5lib.cli import main
+
+    code = main(["report", str(tmp_path), str(tmp_path / "out"), "--checkpoint", "x.pt",
+                 "--budget", "-5"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "hw5: error: --budget must be positive, got -5.0"
+
+
+def test_help_states_the_stopping_rules_and_the_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    from hw5lib.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    text = capsys.readouterr().out
+    for rule in ("antithetic", "at least 600", "0.98", "completeness error", "--budget SECONDS"):
+        assert rule in text
