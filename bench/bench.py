@@ -188,7 +188,6 @@ def seed_style_figures(
                 segmentation_fn=lime_adapter.segment,
                 random_seed=0,
                 hide_color=None,
-                progress_bar=False,
             )
             for i in range(len(x))
         ]
@@ -267,7 +266,6 @@ def quality(images: int, long_steps: int) -> dict[str, object]:
             batch_size=250,
             segmentation_fn=lime_adapter.segment,
             random_seed=seed,
-            progress_bar=False,
         )
         w = np.zeros(int(exp.segments.max()) + 1)
         for j, v in exp.local_exp[int(target[i])]:
