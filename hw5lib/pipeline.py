@@ -26,6 +26,7 @@ from . import __version__, lime_adapter, metrics, report
 from .budget import (
     EXPECTED_SHARE,
     FIGURE_SECONDS,
+    PLAN_MARGIN,
     Clock,
     Cut,
     Deadline,
@@ -262,6 +263,8 @@ def explained(run: Run) -> int:
 def share(run: Run, method: str) -> float:
     """Share of its cap an adaptive method is expected to spend: what it spent on the images
     done so far in this run, else the sample set's mean (budget.EXPECTED_SHARE)."""
+    if run.extra.get("worst_case"):
+        return 1.0
     return float(run.extra.get(f"{method}_share", EXPECTED_SHARE[method]))  # type: ignore[arg-type]
 
 
@@ -498,16 +501,36 @@ def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> bool:
     its cuts. False when the stage is cut altogether."""
     stage = STAGES[index]
     costs = [(s.name, partial(s.cost, run)) for s in STAGES[index:] if s.name not in run.skipped]
-    p = plan(base, costs, rates, run.deadline.left(), CUTS)
+    left = run.deadline.left()
+    p = plan(base, costs, rates, left * PLAN_MARGIN, CUTS)
     run.cfg = p.cfg
     for cut in p.cuts:
         if cut.stage == stage.name:
             run.cuts.append(f"{stage.name}: {cut.what}, to fit the {base.budget:.0f} s budget")
-    return stage.name not in p.cfg.skip_stages
+    if stage.name in p.cfg.skip_stages:
+        return False
+    # A stage that may not finish in the time left is not started: a sampled method at its
+    # cap (it need not converge early) must fit, or its figure would be cut off half-done.
+    run.extra["worst_case"] = True
+    try:
+        worst = stage.cost(run, p.cfg).at(rates)
+    finally:
+        run.extra["worst_case"] = False
+    if worst > left:
+        run.cuts.append(
+            f"{stage.name}: not run, it may need {worst:.0f} s and {max(left, 0):.0f} s of the "
+            f"{base.budget:.0f} s budget were left"
+        )
+        return False
+    return True
 
 
 def run_report(
-    cfg: RunConfig, *, progress: bool = True, clock: Clock = time.perf_counter
+    cfg: RunConfig,
+    *,
+    progress: bool = True,
+    clock: Clock = time.perf_counter,
+    started: float | None = None,
 ) -> tuple[dict, dict[str, float]]:
     """Run every stage, write the figures, arrays and manifest.json; return them and timings.
 
@@ -517,7 +540,7 @@ def run_report(
     if cfg.out.exists() and not cfg.out.is_dir():
         raise UserError(f"output path {cfg.out} exists and is not a folder")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    deadline = Deadline(cfg.budget, clock)
+    deadline = Deadline(cfg.budget, clock, started)  # the clock runs from the command's start
     run = prepare(cfg)
     run.deadline = deadline
     run.seconds["load"] = deadline.elapsed()
