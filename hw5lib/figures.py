@@ -236,17 +236,25 @@ def cam_grid(
 
 
 def feature_grid(activations: np.ndarray, title: str, per_row: int = 16) -> Figure:
-    """Every channel [K,h,w] of one layer for one image, ``per_row`` to a row."""
-    k = len(activations)
+    """Every channel [K,h,w] of one layer for one image, ``per_row`` to a row, each on its own
+    color scale. One mosaic image, not K axes: a 512-channel layer drew in 20 s as axes."""
+    k, h, w = activations.shape
     rows = math.ceil(k / per_row)
-    fig, axes = plt.subplots(
-        rows, per_row, figsize=(per_row * 0.8, rows * 0.8 + 0.6), squeeze=False
-    )
-    for ax in axes.flat:
-        ax.set_axis_off()
+    lo = activations.reshape(k, -1).min(axis=1)[:, None, None]
+    span = activations.reshape(k, -1).max(axis=1)[:, None, None] - lo
+    scaled = (activations - lo) / np.where(span > 0, span, 1.0)  # (K, h, w) in [0, 1]
+    mosaic = np.full((rows * (h + 1) - 1, per_row * (w + 1) - 1), np.nan)  # NaN gaps: white
     for i in range(k):
-        axes[i // per_row, i % per_row].imshow(activations[i], cmap="viridis")
-        axes[i // per_row, i % per_row].set_title(str(i), fontsize=5, pad=1)
+        r, c = divmod(i, per_row)
+        mosaic[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = scaled[i]
+    fig, ax = plt.subplots(figsize=(per_row * 0.8, rows * 0.8 * h / w + 0.8))
+    ax.imshow(mosaic, cmap="viridis", interpolation="nearest")
+    ax.set_xticks(np.arange(per_row) * (w + 1) + (w - 1) / 2, [str(c) for c in range(per_row)])
+    ax.set_yticks(np.arange(rows) * (h + 1) + (h - 1) / 2, [str(r * per_row) for r in range(rows)])
+    ax.tick_params(labelsize=6, length=0)
+    ax.set_xlabel("channel = row label + column", fontsize=7)
+    for side in ax.spines.values():
+        side.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(pad=0.3)
     return fig
