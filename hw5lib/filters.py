@@ -182,7 +182,8 @@ def filter_ascent(
     cosine learning rate climbs the activation of a randomly rotated, scaled and shifted copy.
     A ReLU ``layer``'s gradient is redirected, so a filter dead on the start image can climb.
     ``activation[t]`` is the mean activation on the un-transformed image before step t (the last
-    row: on the result); 80 steps reach 90% of what 400 do. ``stop()`` true ends the
+    row: on the result); 80 steps reach on average 95% of what 400 do (the slowest of 16
+    demo filters: 82%). ``stop()`` true ends the
     ascent early (a deadline): fewer rows.
     """
     idx = torch.as_tensor(list(filters), dtype=torch.long)
