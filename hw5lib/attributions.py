@@ -47,6 +47,13 @@ def channel_sum(attr: Tensor) -> Tensor:
     return attr.sum(dim=1)
 
 
+def noisy_copies(x: Tensor, noise: Tensor, sigma: float) -> Tensor:
+    """x [N,C,H,W] plus standard-normal ``noise`` [S,N,C,H,W] scaled to ``sigma`` times each
+    image's value range (Smilkov et al. recommend 10-20%) -> [S*N,C,H,W], sample-major."""
+    spread = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(1, -1, 1, 1, 1)
+    return (x.unsqueeze(0) + noise * sigma * spread).reshape(-1, *x.shape[1:])
+
+
 def smoothgrad(
     method: Method,
     model: nn.Module,
@@ -63,13 +70,12 @@ def smoothgrad(
     Noise std is ``sigma`` times each image's value range, as the paper recommends (10-20%).
     All N*samples noisy images go through ``method`` as one batch, chunked by ``batch_size``.
     """
-    n = len(x)
-    spread = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(n, 1, 1, 1, 1)
     # Drawn on the CPU generator, then moved: the same seed gives the same noise on any device.
     noise = torch.randn((samples, *x.shape), generator=generator, dtype=x.dtype).to(x.device)
-    noisy = (x.unsqueeze(0) + noise * sigma * spread.transpose(0, 1)).reshape(-1, *x.shape[1:])
-    maps = method(model, noisy, target.repeat(samples), batch_size=batch_size)
-    return maps.reshape(samples, n, *maps.shape[1:]).mean(dim=0)
+    maps = method(
+        model, noisy_copies(x, noise, sigma), target.repeat(samples), batch_size=batch_size
+    )
+    return maps.reshape(samples, len(x), *maps.shape[1:]).mean(dim=0)
 
 
 @dataclass
@@ -117,7 +123,6 @@ def smoothgrad_until_converged(
     ``quality`` is that predicted correlation: also a free seed-stability measure.
     """
     n = len(x)
-    spread = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(n, 1, 1, 1)
     halves: list[Tensor | None] = [None, None]
     used = torch.zeros(n, dtype=torch.long)
     quality = torch.zeros(n)
@@ -127,10 +132,8 @@ def smoothgrad_until_converged(
         k = min(round_samples, max_samples - int(used.max()))
         noise = torch.randn((k, *x.shape), generator=generator, dtype=x.dtype).to(x.device)
         idx = active.nonzero().squeeze(1)
-        noisy = x[idx].unsqueeze(0) + noise[:, idx] * sigma * spread[idx].unsqueeze(0)
-        maps = method(
-            model, noisy.reshape(-1, *x.shape[1:]), target[idx].repeat(k), batch_size=batch_size
-        )
+        noisy = noisy_copies(x[idx], noise[:, idx], sigma)
+        maps = method(model, noisy, target[idx].repeat(k), batch_size=batch_size)
         maps = maps.reshape(k, len(idx), *maps.shape[1:]).cpu()
         for h in (0, 1):
             part = maps[h::2].sum(dim=0)
