@@ -66,6 +66,21 @@ def best(fn: Callable[[], object]) -> tuple[float, object]:
     return seconds, out
 
 
+def race(
+    theirs: Callable[[], object], ours: Callable[[], object], repeats: int = 5
+) -> tuple[float, object, object]:
+    """(our seconds / theirs, their result, ours). A pair of calls that takes under 5 s is a
+    warm-up for ``repeats`` alternating rounds, each side's best counted: on a shared machine a
+    slow moment then hits both sides alike instead of whichever happened to run second."""
+    t_theirs, ref = timed(theirs)
+    t_ours, out = timed(ours)
+    if t_theirs + t_ours < 5:
+        for _ in range(repeats):
+            t_theirs = min(t_theirs, timed(theirs)[0])
+            t_ours = min(t_ours, timed(ours)[0])
+    return t_ours / t_theirs, ref, out
+
+
 def per_second(step: Callable[[], object], images: int, repeats: int = 3) -> float:
     step()  # warm-up: first calls allocate and pick kernels
     seconds, _ = timed(lambda: [step() for _ in range(repeats)])
@@ -300,19 +315,20 @@ def quality(images: int, long_steps: int) -> dict[str, object]:
     ig = attributions.integrated_gradients_until_converged(model, x, target, baseline=base)
     ig_corr = pearson(attributions.channel_sum(ig.value), attributions.channel_sum(ig_ref))
 
-    reached = []
+    reached, filter_steps = [], []
     for name in default_filter_layers(model):
         _, layer = resolve_layer(model, name)
         acts = filters.layer_activations(model, layer, x)
         idx = filters.most_active_filters(acts, 4)
-        final = [
+        ours, long = [
             filters.filter_ascent(
                 model, layer, idx, shape=tuple(x.shape[1:]), to_input=pre.normalize,
-                steps=steps, generator=torch.Generator().manual_seed(0),
-            ).activation[-1]
-            for steps in (FILTER_STEPS, long_steps)
+                steps=steps, generator=torch.Generator().manual_seed(0), redo_climbing=redo,
+            )
+            for steps, redo in ((FILTER_STEPS, True), (long_steps, False))
         ]  # fmt: skip
-        reached += (final[0] / final[1]).tolist()
+        reached += (ours.final / long.final).tolist()
+        filter_steps += ours.steps.tolist()
     return {
         "images": len(x),
         "lime": lime_q,
@@ -331,6 +347,8 @@ def quality(images: int, long_steps: int) -> dict[str, object]:
             "min_share": float(min(reached)),
             "mean_share": float(np.mean(reached)),
             "count": len(reached),
+            "mean_steps": float(np.mean(filter_steps)),
+            "redone": sum(n > FILTER_STEPS for n in filter_steps),
             "long_steps": long_steps,
         },
     }
@@ -348,9 +366,12 @@ def captum_side_by_side(
 
     model = model.eval().to(memory_format=torch.channels_last)
     out = []
-    t_c, ref = best(lambda: Saliency(model).attribute(x, target=target).amax(dim=1))
-    t_o, ours = best(lambda: attributions.saliency(model, x, target))
-    out.append(("saliency", t_o / t_c, float((ours - ref).abs().max() / ref.abs().max())))
+    ratio, ref, ours = race(
+        lambda: Saliency(model).attribute(x, target=target).amax(dim=1),
+        lambda: attributions.saliency(model, x, target),
+        repeats=9,
+    )
+    out.append(("saliency", ratio, float((ours - ref).abs().max() / ref.abs().max())))
     # Same noise for both: Captum adds its own, so ours is fed the same draws by a fixed seed.
     torch.manual_seed(0)
     t_c, ref = best(
@@ -381,7 +402,7 @@ def captum_side_by_side(
     )
     out.append(("SmoothGrad (50, fixed)", t_o / t_c, float(1 - pearson(ours, ref).min())))
     base = torch.zeros_like(x)
-    t_c, ref = best(
+    ratio, ref, ours = race(
         lambda: IntegratedGradients(model).attribute(
             x,
             baselines=base,
@@ -389,25 +410,24 @@ def captum_side_by_side(
             n_steps=32,
             method="gausslegendre",
             internal_batch_size=64,
-        )
-    )
-    t_o, ours = best(
-        lambda: attributions.integrated_gradients(model, x, target, baseline=base, steps=32)
+        ),
+        lambda: attributions.integrated_gradients(model, x, target, baseline=base, steps=32),
     )
     out.append(
-        ("Integrated Gradients (32)", t_o / t_c, float((ours - ref).abs().max() / ref.abs().max()))
+        ("Integrated Gradients (32)", ratio, float((ours - ref).abs().max() / ref.abs().max()))
     )
     layer = "cnn.18"
-    t_c, ref = best(
+    ratio, ref, ours = race(
         lambda: F.interpolate(
             LayerGradCam(model, resolve_layer(model, layer)[1]).attribute(x, target=target).relu(),
             size=x.shape[-2:],
             mode="bilinear",
             align_corners=False,
-        )[:, 0]
+        )[:, 0],
+        lambda: cam.grad_cam(model, x, target, layer),
+        repeats=9,
     )
-    t_o, ours = best(lambda: cam.grad_cam(model, x, target, layer))
-    out.append(("Grad-CAM", t_o / t_c, float((ours - ref).abs().max() / ref.abs().max())))
+    out.append(("Grad-CAM", ratio, float((ours - ref).abs().max() / ref.abs().max())))
     return out
 
 
@@ -529,8 +549,10 @@ def main() -> None:
         f"completeness error {iq['max_completeness_error']:.4f}."
     )
     say(
-        f"- Filter ascent, {FILTER_STEPS} steps vs {fq['long_steps']}: activation share min "
-        f"{fq['min_share']:.3f}, mean {fq['mean_share']:.3f} over {fq['count']} filters."
+        f"- Filter ascent, {FILTER_STEPS} steps (filters still climbing redone with "
+        f"{2 * FILTER_STEPS}) vs {fq['long_steps']}: activation share min "
+        f"{fq['min_share']:.3f}, mean {fq['mean_share']:.3f} over {fq['count']} filters; "
+        f"{fq['redone']} redone, {fq['mean_steps']:.0f} steps per filter on average."
     )
 
     say("\n## 3. Side by side with Captum (same 11 images, HW3 Classifier)\n")

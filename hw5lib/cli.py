@@ -39,7 +39,10 @@ Sampled and iterated methods stop once converged (--no-adaptive: always the caps
               >= 0.98 with the exact expectation (Spearman-Brown); cap --smooth-samples.
   IG          Gauss-Legendre steps 8, 16, 32 until the completeness error is <= 1%; cap
               --ig-steps.
-Measured agreement with 1000-sample / 200-sample / 300-step references: bench/RESULTS.md.
+  Filters     --filter-steps of cosine-scheduled ascent; filters whose activation still rose
+              by > 2% over the last 10 steps are redone with twice the steps.
+Measured agreement with 1000-sample / 200-sample / 300-step / 400-step references:
+bench/RESULTS.md.
 
 --budget SECONDS measures the model's speed, plans every stage to fit, and cuts the
 cheapest-to-lose work first (cross-checks, then sample sizes, then optional stages); the
@@ -205,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--filter-steps",
         type=int,
         default=80,
-        help="gradient-ascent steps (default 80: on 16 demo-model filters, mean 0.95 and min "
-        "0.82 of the activation 400 steps reach; bench/RESULTS.md)",
+        help="gradient-ascent steps (default 80; filters still climbing are redone with twice "
+        "as many; bench/RESULTS.md measures the result against 400 steps)",
     )
     m.add_argument(
         "--lime-samples",

@@ -321,7 +321,7 @@ def convergence_figure(
     smooth_round: int,
     ig_trace: Sequence[Sequence[float]] | None,
     ig_first: int,
-    ascent: Sequence[np.ndarray],
+    ascent: Sequence[tuple[np.ndarray, np.ndarray]],
     title: str,
 ) -> Figure:
     """Four panels: LIME samples per image; SmoothGrad's predicted agreement and IG's
@@ -350,8 +350,8 @@ def convergence_figure(
     ax.axhline(0.01, color="k", ls="--", lw=1)
     ax.set(title="IG: completeness error", xlabel="Gauss-Legendre steps", ylabel="error")
     ax = axes[3]
-    for curve in ascent:  # (steps+1, F) activations, each filter over its own final value
-        ax.plot(curve / np.where(np.abs(curve[-1]) > 1e-12, curve[-1], 1.0), lw=1)
+    for steps, curve in ascent:  # one filter: its activation over its own final value
+        ax.plot(steps, curve / (curve[-1] if abs(curve[-1]) > 1e-12 else 1.0), lw=1)
     ax.axhline(0.9, color="k", ls="--", lw=1)
     ax.set(title="Filter ascent: activation / final", xlabel="step", ylabel="share")
     _finish(fig, title)

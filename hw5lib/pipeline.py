@@ -327,11 +327,14 @@ STAGES: list[Stage] = [
         lambda r: len(filter_layer_names(r, r.cfg)),
         stage_filters,
         # Ascent runs the model only up to the layer: about half of it on average.
+        # A filter still climbing is redone with twice the steps: 3 x steps at the cap.
         lambda r, c: Work(
             backward=0.5
             * len(filter_layer_names(r, c))
             * (len(c.filters) or c.filters_per_layer)
-            * (c.filter_steps + 1),
+            * 3
+            * c.filter_steps
+            * (share(r, "filters") if c.adaptive else 1 / 3),
             forward=explained(r) * len(filter_layer_names(r, c)),
             seconds=FIGURE_SECONDS * (1 + len(filter_layer_names(r, c))),
         ),

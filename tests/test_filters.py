@@ -10,11 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from hw5lib.filters import (
+    CLIMBING,
     filter_ascent,
     layer_activations,
     most_active_filters,
     redirected_relu,
     spectrum_to_pixels,
+    still_climbing,
 )
 from hw5lib.hooks import hook_count
 from model import Classifier
@@ -57,7 +59,7 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def ascend(model: nn.Module, k: int, filters: list[int] = FILTERS, seed: int = 0, **kw: float):
+def ascend(model: nn.Module, k: int, filters: list[int] = FILTERS, seed: int = 0, **kw: object):
     return filter_ascent(
         model,
         model.cnn[k],
@@ -79,24 +81,52 @@ def mean_activation(model: nn.Module, k: int, pixels: Tensor) -> Tensor:
 def test_ascent_raises_each_filters_activation_far_above_the_start(k: int) -> None:
     model = tiny_classifier()
     result = ascend(model, k)
-    start, end = result.activation[0], result.activation[-1]
-    assert result.activation.shape == (STEPS + 1, len(FILTERS))
+    start, end = result.activation[0], result.final
+    ends = result.steps.tolist()
+    assert result.recorded.tolist() == sorted({*range(0, max(ends) + 1, 10), *ends})
+    assert result.activation.shape == (len(result.recorded), len(FILTERS))
     assert (end >= 3 * start).all() and (end - start >= 0.5).all(), (start, end)
 
 
 def test_recorded_activation_is_that_of_the_untransformed_image() -> None:
     model, rows = tiny_classifier(), torch.arange(len(FILTERS))
-    result = ascend(model, 10)
+    result = ascend(model, 10, redo_climbing=False)
     start = filter_ascent(
         model, model.cnn[10], FILTERS, shape=SHAPE, to_input=to_input, steps=0, generator=gen(0)
     )
     for pixels, recorded in (
-        (result.pixels, result.activation[-1]),
+        (result.pixels, result.final),
         (start.pixels, start.activation[0]),
     ):
         direct = mean_activation(model, 10, pixels)[rows, FILTERS]
         torch.testing.assert_close(recorded, direct, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(result.activation[0], start.activation[0])
+
+
+def test_still_climbing_compares_the_last_recorded_interval_with_the_threshold() -> None:
+    rows = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 2.0, 0.0]])
+    rows = torch.cat([rows, rows[-1:] * torch.tensor([1.0, 1 + 2 * CLIMBING, 1.0, 1.0])])
+    rows[-1, 2] = 2.0 * (1 + CLIMBING / 2)  # rising, but by less than the threshold
+    assert still_climbing(rows).tolist() == [False, True, False, False]
+
+
+def test_filters_still_climbing_are_redone_with_twice_the_steps_and_the_rest_kept() -> None:
+    model = tiny_classifier()
+    once = ascend(model, 6, redo_climbing=False)
+    twice = ascend(model, 6)
+    climbing = still_climbing(once.activation)
+    assert climbing.any() and not climbing.all(), once.activation  # both kinds in this setup
+    assert twice.steps.tolist() == [2 * STEPS if c else STEPS for c in climbing.tolist()]
+    kept = ~climbing
+    assert torch.equal(twice.pixels[kept], once.pixels[kept])
+    assert torch.equal(twice.final[kept], once.final[kept])
+    later = twice.recorded > STEPS
+    assert twice.activation[later][:, kept].isnan().all()  # their schedule had ended
+    on_their_schedule = (twice.recorded % 10 == 0) | (twice.recorded == 2 * STEPS)
+    assert not twice.activation[on_their_schedule][:, climbing].isnan().any()
+    assert twice.recorded[-1] == 2 * STEPS
+    direct = mean_activation(model, 6, twice.pixels)[torch.arange(len(FILTERS)), FILTERS]
+    torch.testing.assert_close(twice.final, direct, rtol=1e-4, atol=1e-5)
 
 
 def test_each_image_excites_its_own_filter_most() -> None:
@@ -114,7 +144,7 @@ def test_ascent_revives_a_filter_that_is_dead_on_the_start_image() -> None:
         model.cnn[4].bias[3] -= 3.0  # BatchNorm shift: channel 3 is negative on near-gray input
     result = ascend(model, 6, filters=[3])
     assert result.activation[0, 0] == 0
-    assert result.activation[-1, 0] > 0.5
+    assert result.final[0] > 0.5
 
 
 def test_pixels_stay_in_unit_range_and_keep_the_shape() -> None:
@@ -137,7 +167,7 @@ def test_ascent_is_deterministic_for_a_seeded_generator() -> None:
     model = tiny_classifier()
     first, again, other = ascend(model, 6), ascend(model, 6), ascend(model, 6, seed=1)
     assert torch.equal(first.pixels, again.pixels)
-    assert torch.equal(first.activation, again.activation)
+    torch.testing.assert_close(first.activation, again.activation, rtol=0, atol=0, equal_nan=True)
     assert not torch.allclose(first.pixels, other.pixels)
 
 
@@ -180,7 +210,7 @@ def test_ascent_runs_the_model_only_up_to_the_layer() -> None:
     model.cnn[10] = _Explodes()
     model.fc = _Explodes()  # type: ignore[assignment]
     result = ascend(model, 6)
-    assert torch.isfinite(result.activation).all()
+    assert torch.isfinite(result.final).all()
 
 
 def test_most_active_filters_picks_top_mean_channels_in_channel_order() -> None:
