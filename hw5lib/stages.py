@@ -187,7 +187,8 @@ def stage_filters(run: Run, bar: tqdm) -> None:
         for n, c, g in zip(names, chosen, gains, strict=True)
     )
     redo_note = (
-        f"{len(redone)} filters still climbing at the end were redone with {max(redone)} steps"
+        f"{len(redone)} {'filter' if len(redone) == 1 else 'filters'} still climbing at the end "
+        f"{'was' if len(redone) == 1 else 'were'} redone with {max(redone)} steps"
         if redone
         else "every filter had stopped climbing by the end"
     )
