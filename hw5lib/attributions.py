@@ -85,6 +85,9 @@ class Converged:
     value: Tensor  # the estimate, per image
     used: Tensor  # [N] samples (SmoothGrad) or steps (IG) spent on each image
     quality: Tensor  # [N] the stopping statistic at the end (see each method)
+    # [N] size of the estimate returned: its samples (SmoothGrad, = used) or its last step
+    # count (IG, whose doublings each start afresh).
+    final: Tensor
     trace: list[list[float]] = field(default_factory=list)  # per round: the statistic per image
 
 
@@ -148,7 +151,7 @@ def smoothgrad_until_converged(
             break
     total = halves[0] + halves[1]  # type: ignore[operator]
     value = total / used.view(-1, *[1] * (total.dim() - 1))
-    return Converged(value.to(x.device), used, quality, trace)
+    return Converged(value.to(x.device), used, quality, used, trace)
 
 
 def integrated_gradients_until_converged(
@@ -165,10 +168,12 @@ def integrated_gradients_until_converged(
 ) -> Converged:
     """Integrated Gradients that doubles its Gauss-Legendre steps (``first_steps``, 2x, ... up
     to ``max_steps``) for each image until its completeness error is at most ``tolerance``.
-    ``quality`` is the completeness error reached; ``used`` counts every gradient evaluated."""
+    ``quality`` is the completeness error reached; ``used`` counts every gradient evaluated and
+    ``final`` the steps of the estimate returned."""
     n = len(x)
     value = torch.zeros_like(x)
     used = torch.zeros(n, dtype=torch.long)
+    final = torch.zeros(n, dtype=torch.long)
     error = torch.full((n,), float("inf"))
     active = torch.ones(n, dtype=torch.bool)
     trace = []
@@ -182,12 +187,13 @@ def integrated_gradients_until_converged(
         value[idx] = attr
         cpu_idx = idx.cpu()
         error[cpu_idx], used[cpu_idx] = err, used[cpu_idx] + steps
+        final[cpu_idx] = steps
         trace.append(error.tolist())
         active &= error > tolerance
         steps *= 2
         if stop is not None and stop():
             break
-    return Converged(value, used, error, trace)
+    return Converged(value, used, error, final, trace)
 
 
 def integrated_gradients(

@@ -34,7 +34,8 @@ BGR channel order (it read images with cv2.imread), no mean/std.
 
 Sampled and iterated methods stop once converged (--no-adaptive: always the caps):
   LIME        antithetic mask pairs in rounds of 100, at least 600, until as precise as stock
-              lime's 1000 independent samples (sandwich estimate); cap --lime-samples.
+              lime's 1000 independent samples (sandwich estimate) and the 5th weight stands
+              >= 1 standard error above the next three; cap --lime-samples.
   SmoothGrad  rounds of 10 noisy copies until the two half-averages predict a correlation
               >= 0.98 with the exact expectation (Spearman-Brown); cap --smooth-samples.
   IG          Gauss-Legendre steps 8, 16, 32 until the completeness error is <= 1%; cap

@@ -62,7 +62,6 @@ class RunConfig:
     deletion_steps: int = 16
     randomize_top: int = 5
     randomize_sampled: bool = True  # also re-run SmoothGrad and IG on the randomized model
-    lime_stability_images: int = 4
     budget: float | None = None  # seconds; None plans nothing
     skip_stages: tuple[str, ...] = ()  # stages the budget planner cut
     batch_size: int = 64

@@ -300,10 +300,12 @@ def trust_cost(run: Run, cfg: RunConfig) -> Work:
         return Work()
     n = explained(run)
     rows = 10  # methods with a map, LIME, the random map
-    sampled = n * (cfg.smooth_samples * share(run, "smoothgrad") + cfg.ig_steps * share(run, "ig"))
+    # The randomized model reruns SmoothGrad until converged, IG at the trained maps' last step
+    # count (trust.ig_like_trained).
+    ig_steps = run.extra.get("ig_final_steps", cfg.ig_steps)
+    sampled = n * (cfg.smooth_samples * share(run, "smoothgrad") + ig_steps)  # type: ignore[operator]
     return Work(
-        forward=rows * n * (cfg.deletion_steps + 1) * 2
-        + cfg.lime_stability_images * lime_expected(run, cfg),
+        forward=rows * n * (cfg.deletion_steps + 1) * 2,
         backward=4 * n + (sampled if cfg.randomize_sampled else 0) + 4 * n,  # + CAM layers
         seconds=3 * FIGURE_SECONDS,
     )
@@ -405,7 +407,6 @@ STAGES: list[Stage] = [
 # What the budget planner gives up, cheapest to lose first: cross-checks before figures, fewer
 # samples than the matched precision only after whole optional stages are gone.
 CUTS: list[Cut] = [
-    Cut("trust checks", "LIME seed stability not measured", {"lime_stability_images": 0}),
     Cut(
         "trust checks",
         "randomization check run for the single-pass methods only (not SmoothGrad, IG)",

@@ -256,8 +256,14 @@ def smoothgrad_maps(run: Run, model: nn.Module, x: Tensor, target: Tensor, strea
     return smoothgrad_of(run, model, x, target, stream).value
 
 
+# Bootstrap refit pairs per image behind the trust table's LIME stability: ten pairs put the
+# mean over a report's images within a few hundredths of its value with more pairs.
+LIME_STABILITY_ROUNDS = 10
+
+
 def lime_of(run: Run, i: int, label: int, seed: int) -> lime_adapter.LimeResult:
-    """LIME for explained image ``i`` (gray images go to lime as RGB and back)."""
+    """LIME for explained image ``i`` (gray images go to lime as RGB and back); with the trust
+    checks on, also its predicted agreement with a rerun (no extra model forwards)."""
     s = run.subject
     rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
     return lime_adapter.explain(
@@ -270,6 +276,7 @@ def lime_of(run: Run, i: int, label: int, seed: int) -> lime_adapter.LimeResult:
         seed=seed,
         adaptive=run.cfg.adaptive,
         stop=run.deadline.passed,
+        stability_rounds=LIME_STABILITY_ROUNDS if run.cfg.trust else 0,
     )
 
 
@@ -293,9 +300,11 @@ def stage_lime(run: Run, bar: tqdm) -> None:
     run.convergence["LIME"] = {
         "rule": f"antithetic samples in rounds of {lime_adapter.ROUND_SAMPLES}, at least "
         f"{lime_adapter.MIN_SAMPLES}, until as precise as {lime_adapter.MATCHED_SAMPLES} "
-        f"independent ones; cap {cfg.lime_samples}",
+        f"independent ones and the top {lime_adapter.TOP_K} separated by "
+        f">= {lime_adapter.TOP_SEPARATION:g} standard error; cap {cfg.lime_samples}",
         "samples": used,
         "needed": [[round(t[1], 1) for t in r.trace] for r in results],
+        "separation": [[round(t[2], 2) for t in r.trace] for r in results],
     }
     n = len(results)
     s = replace(s, pixels=s.pixels[:n], x=s.x[:n], target=s.target[:n], paths=s.paths[:n])
@@ -328,7 +337,8 @@ def stage_lime(run: Run, bar: tqdm) -> None:
         run.extra["lime_results"] = results
     sampling = (
         f"{min(used)}-{max(used)} (mean {np.mean(used):.0f}) antithetic perturbed samples per "
-        f"image, stopped once as precise as {lime_adapter.MATCHED_SAMPLES} independent ones"
+        f"image, stopped once as precise as {lime_adapter.MATCHED_SAMPLES} independent ones "
+        f"and the top {lime_adapter.TOP_K} settled"
         if cfg.adaptive
         else f"{cfg.lime_samples} antithetic perturbed samples per image"
     )
@@ -402,9 +412,7 @@ def stage_integrated_gradients(run: Run, bar: tqdm) -> None:
     result = integrated_gradients_of(run, run.model, s.x, s.target)
     raw, err = result.value, result.quality
     run.extra["ig_share"] = float(result.used.float().mean()) / cfg.ig_steps
-    # Steps doubled from the first count: ``used`` = first * (2**k - 1) ... + first * 2**k.
-    first = min(8, cfg.ig_steps) if cfg.adaptive else cfg.ig_steps
-    run.extra["ig_final_steps"] = int(result.used.max() + first) // 2
+    run.extra["ig_final_steps"] = int(result.final.max())
     run.convergence["Integrated Gradients"] = {
         "rule": f"Gauss-Legendre steps 8, 16, 32, ... until the completeness error is <= "
         f"{IG_TOLERANCE}; cap {cfg.ig_steps}",

@@ -357,8 +357,10 @@ def test_converging_ig_doubles_steps_until_complete_and_keeps_the_last_estimate(
     )
     allowed = {2, 6, 14, 30, 62, 126}  # 2 + 4 + 8 + ... gradients
     assert set(result.used.tolist()) <= allowed
-    for i, used in enumerate(result.used.tolist()):
-        steps = (used + 2) // 2  # the last round's step count
+    for i, (used, steps) in enumerate(
+        zip(result.used.tolist(), result.final.tolist(), strict=True)
+    ):
+        assert used == 2 * steps - 2  # 2 + 4 + ... + steps: the last round's count is final
         direct = integrated_gradients(model, x[i : i + 1], t[i : i + 1], baseline=base[i : i + 1],
                                       steps=steps)  # fmt: skip
         torch.testing.assert_close(result.value[i : i + 1], direct, rtol=1e-4, atol=1e-6)

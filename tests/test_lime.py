@@ -9,14 +9,19 @@ from lime import lime_image
 from skimage.segmentation import slic
 from torch import Tensor, nn
 
+from hw5lib import metrics
 from hw5lib.data import Preprocess
 from hw5lib.lime_adapter import (
+    MATCHED_SAMPLES,
     MIN_SAMPLES,
     SLIC_ARGS,
+    TOP_SEPARATION,
     AntitheticLimeExplainer,
     antithetic_masks,
     classifier_fn,
     explain,
+    lime_weights,
+    resampled_agreement,
     segment,
 )
 from model import Classifier
@@ -258,8 +263,9 @@ def test_masks_come_in_complementary_pairs():
     assert 0.4 < rows.mean() < 0.6
 
 
-def sampled(response) -> int:
-    """Samples the adaptive explainer draws when lime's label is ``response(on/off rows)``."""
+def sampled(response) -> AntitheticLimeExplainer:
+    """The adaptive explainer after sampling, when lime's label is ``response(on/off rows)``:
+    its ``trace`` holds (samples so far, samples needed, top-5 separation) per round."""
     image = blocks_image().astype(np.float32)
     segments = segment(image)
     fudged = np.full_like(image, 0.5)
@@ -275,21 +281,87 @@ def sampled(response) -> int:
     explainer = AntitheticLimeExplainer(random_state=0)
     explainer.label = 0
     data, _ = explainer.data_labels(image, fudged, segments, fn, 1000, batch_size=100)
-    return len(data)
+    assert len(data) == explainer.trace[-1][0]
+    return explainer
+
+
+def drawn(explainer: AntitheticLimeExplainer) -> int:
+    return explainer.trace[-1][0]
 
 
 def test_a_linear_response_stops_at_the_floor():
     weights = np.random.default_rng(0).normal(size=200)
-    assert sampled(lambda on: on @ weights[: on.shape[1]]) == MIN_SAMPLES
+    assert drawn(sampled(lambda on: on @ weights[: on.shape[1]])) == MIN_SAMPLES
 
 
-def test_pairwise_interactions_cancel_in_pairs_and_stop_at_the_floor():
-    # A product of two superpixels is even under the complement: each pair cancels it.
+def test_pairwise_interactions_cancel_in_pairs_and_a_clear_top_five_stops_at_the_floor():
+    # A product of two superpixels is even under the complement: each pair cancels most of it.
     weights = np.random.default_rng(0).normal(size=200)
-    assert sampled(lambda on: on @ weights[: on.shape[1]] + 5 * on[:, 0] * on[:, 1]) == MIN_SAMPLES
+    weights[2:7] += 10  # five superpixels far above the rest
+    explainer = sampled(lambda on: on @ weights[: on.shape[1]] + 5 * on[:, 0] * on[:, 1])
+    assert drawn(explainer) == MIN_SAMPLES
+    assert explainer.trace[0][1] < 0.2 * MATCHED_SAMPLES
+    assert explainer.trace[0][2] >= TOP_SEPARATION
+
+
+def test_a_tie_at_the_fifth_place_samples_to_the_cap_though_precise_enough_overall():
+    weights = np.random.default_rng(0).normal(size=200)
+    weights[2:12] = 10  # ten tied superpixels: which five lead is never settled
+    explainer = sampled(lambda on: on @ weights[: on.shape[1]] + 5 * on[:, 0] * on[:, 1])
+    assert drawn(explainer) == 1000
+    assert all(needed < samples for samples, needed, _ in explainer.trace)
+    assert all(separation < TOP_SEPARATION for *_, separation in explainer.trace)
 
 
 def test_an_odd_interaction_response_samples_to_the_cap():
     # (on count - half)^3 is odd under the complement: pairing doubles its noise, so
     # antithetic sampling can never match independent samples and runs to the cap.
-    assert sampled(lambda on: (on.sum(1) - on.shape[1] / 2) ** 3) == 1000
+    assert drawn(sampled(lambda on: (on.sum(1) - on.shape[1] / 2) ** 3)) == 1000
+
+
+# --- predicted agreement with a rerun (bootstrap of the run's own samples) ---------------------
+
+
+def toy_lime_samples(problem: int, seed: int, n: int = 600, features: int = 40):
+    """(masks, outputs) as the explainer draws them, for a toy model of ``problem``: a sigmoid
+    of a linear score plus odd three-way interactions, so the fit has real sampling noise."""
+    rng = np.random.default_rng(problem)
+    w = rng.normal(size=features)
+    triples = rng.integers(0, features, size=(30, 3))
+    masks = antithetic_masks(np.random.RandomState(seed), n, features)
+    masks[0] = 1
+    masks[1] = 0
+    score = masks @ w + 1.5 * masks[:, triples].prod(axis=2).sum(axis=1) - w.sum() / 2
+    return masks, 1 / (1 + np.exp(-score / 3))[:, None]
+
+
+def test_resampled_agreement_predicts_the_overlap_of_real_reruns():
+    base = AntitheticLimeExplainer(random_state=0).base
+    predicted, rerun = [], []
+    for problem in range(30):
+        first = toy_lime_samples(problem, seed=1)
+        second = toy_lime_samples(problem, seed=2)  # an independent draw: what a rerun sees
+        rerun.append(
+            metrics.topk_overlap(lime_weights(base, *first, 0), lime_weights(base, *second, 0), 5)
+        )
+        predicted.append(resampled_agreement(base, *first, 0, rounds=10, seed=problem))
+    assert 0.3 < np.mean(rerun) < 0.95  # the toy is noisy enough for the check to mean something
+    assert abs(np.mean(predicted) - np.mean(rerun)) < 0.08
+
+
+def test_resampled_agreement_is_one_for_a_response_with_no_noise():
+    base = AntitheticLimeExplainer(random_state=0).base
+    masks = antithetic_masks(np.random.RandomState(0), 600, 40)
+    masks[0], masks[1] = 1, 0
+    outputs = (masks @ np.linspace(-1, 1, 40))[:, None]
+    assert resampled_agreement(base, masks, outputs, 0, rounds=5) == 1.0
+
+
+def test_explain_reports_stability_only_when_asked():
+    image = blocks_image()
+    model = Halves(image)
+    plain = explain(model, image, 0, to_input=identity, samples=SAMPLES)
+    asked = explain(model, image, 0, to_input=identity, samples=SAMPLES, stability_rounds=3)
+    assert plain.stability is None
+    assert asked.stability is not None and 0.0 <= asked.stability <= 1.0
+    np.testing.assert_array_equal(plain.weights, asked.weights)  # no extra samples drawn
