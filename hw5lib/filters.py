@@ -216,17 +216,14 @@ def filter_ascent(
     a redo it interrupts is dropped, keeping the finished first schedule.
     """
     idx = torch.as_tensor(list(filters), dtype=torch.long)
-    settings = dict(
-        shape=shape, to_input=to_input, lr=lr, generator=generator, decay_power=decay_power,
-        weight_decay=weight_decay, rotate=rotate, rescale=rescale, shift=shift, stop=stop,
-    )  # fmt: skip
-    first = _ascend(model, layer, idx, steps=steps, **settings)
+    how = _Climb(shape, to_input, lr, decay_power, weight_decay, rotate, rescale, shift)
+    first = _ascend(model, layer, idx, steps, how, generator, stop)
     if not redo_climbing or first.stopped or steps < RECORD_EVERY:
         return first
     rows = still_climbing(first.activation).nonzero().flatten()
     if not len(rows):
         return first
-    redo = _ascend(model, layer, idx[rows], steps=2 * steps, **settings)
+    redo = _ascend(model, layer, idx[rows], 2 * steps, how, generator, stop)
     if redo.stopped:
         return first
     return _merge(first, redo, rows)
@@ -254,33 +251,39 @@ def _merge(first: AscentResult, redo: AscentResult, rows: Tensor) -> AscentResul
     return AscentResult(pixels, activation[used], recorded[used], steps)
 
 
+@dataclass(frozen=True)
+class _Climb:
+    """The settings one ascent schedule runs with (see ``filter_ascent``)."""
+
+    shape: tuple[int, int, int]
+    to_input: Callable[[Tensor], Tensor]
+    lr: float
+    decay_power: float
+    weight_decay: float
+    rotate: float
+    rescale: float
+    shift: float
+
+
 def _ascend(
     model: nn.Module,
     layer: nn.Module,
     idx: Tensor,
-    *,
-    shape: tuple[int, int, int],
-    to_input: Callable[[Tensor], Tensor],
     steps: int,
-    lr: float,
+    how: _Climb,
     generator: torch.Generator | None,
-    decay_power: float,
-    weight_decay: float,
-    rotate: float,
-    rescale: float,
-    shift: float,
     stop: Callable[[], bool] | None,
 ) -> AscentResult:
     """One cosine schedule of ``steps`` for the filters ``idx`` (see ``filter_ascent``)."""
-    n, (c, h, w) = len(idx), shape
+    n, (c, h, w) = len(idx), how.shape
     rows = torch.arange(n)
-    scale = spectrum_scale((h, w), decay_power)  # (H, W//2+1)
+    scale = spectrum_scale((h, w), how.decay_power)  # (H, W//2+1)
     spectrum = _INIT_STD * torch.randn((n, c, h, w // 2 + 1, 2), generator=generator)
     spectrum.requires_grad_(True)
-    opt = _AdamW(lr, weight_decay)
+    opt = _AdamW(how.lr, how.weight_decay)
 
     def score(pixels: Tensor) -> Tensor:
-        act = forward_until(model, layer, to_input(pixels))  # (F, K, h', w')
+        act = forward_until(model, layer, how.to_input(pixels))  # (F, K, h', w')
         return act[rows, idx].mean(dim=(1, 2))  # (F,)
 
     history, recorded, stopped = [], [], False
@@ -294,9 +297,11 @@ def _ascend(
             if step == steps or stopped:
                 break
             pixels = spectrum_to_pixels(spectrum, scale, (h, w))
-            moved = random_affine(pixels, generator, rotate=rotate, rescale=rescale, shift=shift)
+            moved = random_affine(
+                pixels, generator, rotate=how.rotate, rescale=how.rescale, shift=how.shift
+            )
             (grad,) = torch.autograd.grad(-score(moved).sum(), spectrum)
-            opt.lr = cosine_lr(lr, step, steps)
+            opt.lr = cosine_lr(how.lr, step, steps)
             with torch.no_grad():
                 opt.update(spectrum, grad)
     pixels = spectrum_to_pixels(spectrum.detach(), scale, (h, w))

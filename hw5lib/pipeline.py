@@ -52,6 +52,7 @@ from .outputs import atomic_write_bytes, json_bytes, sha256_file
 from .sample import load_mask
 from .stages import (
     default_filter_layers,
+    ig_first_steps,
     stage_cams,
     stage_confusion,
     stage_dream,
@@ -263,9 +264,15 @@ def explained(run: Run) -> int:
 def share(run: Run, method: str) -> float:
     """Share of its cap an adaptive method is expected to spend: what it spent on the images
     done so far in this run, else the sample set's mean (budget.EXPECTED_SHARE)."""
-    if run.extra.get("worst_case"):
-        return 1.0
     return float(run.extra.get(f"{method}_share", EXPECTED_SHARE[method]))  # type: ignore[arg-type]
+
+
+def shares_at_cap(cfg: RunConfig) -> dict[str, float]:
+    """Each adaptive method's share when nothing converges: its cap, except IG, whose doublings
+    (8, 16, 32, ... while within --ig-steps) evaluate the gradients of every round."""
+    first = ig_first_steps(cfg)
+    rounds = [first * 2**k for k in range(32) if first * 2**k <= cfg.ig_steps]
+    return {f"{m}_share": 1.0 for m in EXPECTED_SHARE} | {"ig_share": sum(rounds) / cfg.ig_steps}
 
 
 def lime_expected(run: Run, cfg: RunConfig) -> float:
@@ -515,11 +522,8 @@ def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> bool:
         return False
     # A stage that may not finish in the time left is not started: a sampled method at its
     # cap (it need not converge early) must fit, or its figure would be cut off half-done.
-    run.extra["worst_case"] = True
-    try:
-        worst = stage.cost(run, p.cfg).at(rates)
-    finally:
-        run.extra["worst_case"] = False
+    at_cap = replace(run, extra=run.extra | shares_at_cap(p.cfg))
+    worst = stage.cost(at_cap, p.cfg).at(rates)
     if worst > left:
         run.cuts.append(
             f"{stage.name}: not run, it may need {worst:.0f} s and {max(left, 0):.0f} s of the "

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import attributions, cam, dream, figures, filters, lime_adapter, metrics
-from .context import Run
+from .context import Run, RunConfig
 from .data import (
     LABELLED_SPLITS,
     load_inputs,
@@ -446,6 +446,11 @@ def stage_integrated_gradients(run: Run, bar: tqdm) -> None:
 IG_TOLERANCE = 0.01  # completeness error at which IG stops adding steps
 
 
+def ig_first_steps(cfg: RunConfig) -> int:
+    """IG's first step count: 8, doubled until converged; the cap itself with --no-adaptive."""
+    return min(8, cfg.ig_steps) if cfg.adaptive else cfg.ig_steps
+
+
 def integrated_gradients_of(
     run: Run, model: nn.Module, x: Tensor, target: Tensor
 ) -> attributions.Converged:
@@ -458,7 +463,7 @@ def integrated_gradients_of(
         target,
         baseline=ig_baseline(run, cfg.ig_baseline),
         max_steps=cfg.ig_steps,
-        first_steps=min(8, cfg.ig_steps) if cfg.adaptive else cfg.ig_steps,
+        first_steps=ig_first_steps(cfg),
         tolerance=IG_TOLERANCE,
         batch_size=cfg.batch_size,
         stop=run.deadline.passed,

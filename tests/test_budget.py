@@ -13,7 +13,7 @@ import torch
 
 from hw5lib.budget import RESERVE_SECONDS, Cut, Deadline, Rates, Work, plan
 from hw5lib.context import RunConfig
-from hw5lib.pipeline import CUTS, STAGES, run_report
+from hw5lib.pipeline import CUTS, STAGES, run_report, shares_at_cap
 from hw5lib.sample import SampleInfo
 from tests.fake_clock import CLOCK
 from tests.zoo import SlowNet
@@ -149,6 +149,16 @@ def test_deadline_counts_the_reserve_and_never_expires_without_a_budget() -> Non
     CLOCK.advance(2)
     assert d.passed()
     assert Deadline(None, CLOCK).left() == float("inf")
+
+
+def test_worst_case_prices_ig_at_every_doubling_it_may_run() -> None:
+    # IG at its cap evaluates 8 + 16 + 32 steps for a cap of 32, not 32: pricing the cap alone
+    # would start a stage that cannot finish in the time left.
+    cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), ig_steps=32)
+    shares = shares_at_cap(cfg)
+    assert shares["ig_share"] == pytest.approx(56 / 32)
+    assert all(v == 1.0 for k, v in shares.items() if k != "ig_share")
+    assert shares_at_cap(replace(cfg, adaptive=False))["ig_share"] == 1.0
 
 
 def test_a_cut_never_raises_a_setting_the_user_set_lower() -> None:
