@@ -109,11 +109,16 @@ class Run:
     cuts: list[str] = field(default_factory=list)  # what the budget cut, and why
     deadline: Deadline = field(default_factory=lambda: Deadline(None))
     infer: nn.Module | None = None  # a faster copy of the model for forward-only work
+    grad: nn.Module | None = None  # BatchNorm folded: a faster copy for input gradients
     convergence: dict[str, object] = field(default_factory=dict)  # per method, for the appendix
 
     @property
     def inference(self) -> nn.Module:
         return self.infer if self.infer is not None else self.model
+
+    @property
+    def gradients(self) -> nn.Module:
+        return self.grad if self.grad is not None else self.model
 
     def generator(self, stream: int) -> torch.Generator:
         """An independent, seeded random stream per stage: stages never share RNG state."""

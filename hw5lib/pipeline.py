@@ -47,7 +47,13 @@ from .data import (
     open_dataset,
 )
 from .errors import UserError
-from .models import LoadedModel, inference_copy, load_classifier, resolve_layer
+from .models import (
+    LoadedModel,
+    gradient_copy,
+    inference_copy,
+    load_classifier,
+    resolve_layer,
+)
 from .outputs import atomic_write_bytes, json_bytes, sha256_file
 from .sample import load_mask
 from .stages import (
@@ -217,6 +223,9 @@ def prepare(cfg: RunConfig) -> Run:
     target = explained_targets(cfg.targets, labels, pred, num_outputs)
     root = mask_root(cfg.data)
     infer = inference_copy(model, x[: min(len(x), 8)])
+    grad = gradient_copy(model, x[: min(len(x), 8)])
+    if device.type == "cpu" and grad is not model:
+        grad = grad.to(memory_format=torch.channels_last)
     subject = Subject(
         paths=paths,
         x=x,
@@ -227,7 +236,7 @@ def prepare(cfg: RunConfig) -> Run:
         prob=prob,
         masks=object_masks(root, paths, pre.size) if root else None,
     )
-    return Run(cfg, loaded, model, pre, classes, subject, device, infer=infer)
+    return Run(cfg, loaded, model, pre, classes, subject, device, infer=infer, grad=grad)
 
 
 def explained_targets(

@@ -14,9 +14,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from hw5lib.attributions import input_gradient
 from hw5lib.data import Preprocess, find_split, label_of, list_images, load_split, read_image
 from hw5lib.errors import UserError
 from hw5lib.models import (
+    gradient_copy,
     infer_classifier_args,
     load_classifier,
     read_checkpoint,
@@ -25,6 +27,7 @@ from hw5lib.models import (
 )
 from hw5lib.outputs import atomic_write_bytes, npz_bytes
 from model import Classifier
+from tests.zoo import ResidualNet, seeded_
 
 NARROW = {"widths": [4, 6, 8, 8, 10], "hidden": [12, 14], "num_classes": 5, "input_size": 32}
 
@@ -401,3 +404,29 @@ def test_atomic_write_that_fails_keeps_the_old_file_and_no_temp_file(tmp_path):
         atomic_write_bytes(path, "text, not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["keep.bin"]
+
+
+def test_gradient_copy_folds_batchnorm_and_keeps_the_input_gradient() -> None:
+    # float64 so that the comparison tests the algebra, not float32 rounding.
+    model = seeded_(ResidualNet(), 3).double().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 3, 5, 10])
+    fast = gradient_copy(model, x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3  # untouched
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    torch.testing.assert_close(
+        input_gradient(fast, x, target), input_gradient(model, x, target), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_gradient_copy_is_the_model_itself_when_folding_would_be_wrong() -> None:
+    x = torch.randn(2, 3, 16, 16)
+    training = seeded_(ResidualNet(), 3).train()
+    assert gradient_copy(training, x) is training  # batch statistics: not an affine map
+    bn_first = nn.Sequential(
+        nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2)
+    ).eval()
+    bn_first(x)
+    assert gradient_copy(bn_first, x) is bn_first  # no conv -> BatchNorm pair to fold

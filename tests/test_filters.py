@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from hw5lib.filters import (
+    CLIMB_WINDOW,
     CLIMBING,
     filter_ascent,
     layer_activations,
@@ -103,29 +104,39 @@ def test_recorded_activation_is_that_of_the_untransformed_image() -> None:
     torch.testing.assert_close(result.activation[0], start.activation[0])
 
 
-def test_still_climbing_compares_the_last_recorded_interval_with_the_threshold() -> None:
-    rows = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 2.0, 0.0]])
-    rows = torch.cat([rows, rows[-1:] * torch.tensor([1.0, 1 + 2 * CLIMBING, 1.0, 1.0])])
-    rows[-1, 2] = 2.0 * (1 + CLIMBING / 2)  # rising, but by less than the threshold
-    assert still_climbing(rows).tolist() == [False, True, False, False]
+def test_still_climbing_compares_the_last_window_of_recorded_intervals_with_the_threshold() -> None:
+    start = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0])
+    rise = torch.tensor([1.0, 1 + 2 * CLIMBING, 1 + CLIMBING / 2, 1.0, 1 + 2 * CLIMBING])
+    rows = torch.stack([start] * 3 + [start * rise])
+    rows[-2, 4] = rows[-1, 4]  # all of its rise came before the window: it has settled
+    rows[-CLIMB_WINDOW - 1, 4] = start[4]
+    assert still_climbing(rows).tolist() == [False, True, False, False, True]
+    rows[-CLIMB_WINDOW - 1, 4] = rows[-1, 4]  # risen before the window only
+    assert still_climbing(rows).tolist() == [False, True, False, False, False]
+    assert still_climbing(rows[-2:]).tolist() == [False, True, False, False, False]
 
 
-def test_filters_still_climbing_are_redone_with_twice_the_steps_and_the_rest_kept() -> None:
+def test_filters_still_climbing_are_redone_and_kept_only_where_they_climbed_higher() -> None:
     model = tiny_classifier()
-    once = ascend(model, 6, redo_climbing=False)
-    twice = ascend(model, 6)
+    once = ascend(model, 10, redo_climbing=False)
+    twice = ascend(model, 10)
     climbing = still_climbing(once.activation)
-    assert climbing.any() and not climbing.all(), once.activation  # both kinds in this setup
-    assert twice.steps.tolist() == [2 * STEPS if c else STEPS for c in climbing.tolist()]
-    kept = ~climbing
+    assert twice.redone == int(climbing.sum()) > 0
+    assert twice.work == STEPS * len(FILTERS) + 2 * STEPS * twice.redone
+    replaced = twice.steps == 2 * STEPS
+    # Both outcomes in this setup: redos that climbed higher, and one that did not.
+    assert replaced.any() and (climbing & ~replaced).any(), (climbing, replaced)
+    assert not (replaced & ~climbing).any()  # only filters that were climbing
+    assert (twice.final[replaced] > once.final[replaced]).all()
+    kept = ~replaced
     assert torch.equal(twice.pixels[kept], once.pixels[kept])
     assert torch.equal(twice.final[kept], once.final[kept])
     later = twice.recorded > STEPS
     assert twice.activation[later][:, kept].isnan().all()  # their schedule had ended
     on_their_schedule = (twice.recorded % 10 == 0) | (twice.recorded == 2 * STEPS)
-    assert not twice.activation[on_their_schedule][:, climbing].isnan().any()
+    assert not twice.activation[on_their_schedule][:, replaced].isnan().any()
     assert twice.recorded[-1] == 2 * STEPS
-    direct = mean_activation(model, 6, twice.pixels)[torch.arange(len(FILTERS)), FILTERS]
+    direct = mean_activation(model, 10, twice.pixels)[torch.arange(len(FILTERS)), FILTERS]
     torch.testing.assert_close(twice.final, direct, rtol=1e-4, atol=1e-5)
 
 
