@@ -473,7 +473,7 @@ def captum_side_by_side(
             mode="bilinear",
             align_corners=False,
         )[:, 0],
-        lambda: cam.grad_cam(model, x, target, layer),
+        lambda: cam.grad_cam(same_activation_model(model, grad, layer), x, target, layer),
         repeats=9,
     )
     out.append(("Grad-CAM", ratio, float((ours - ref).abs().max() / ref.abs().max())))

@@ -270,8 +270,9 @@ def gradient_copy(model: nn.Module, example: Tensor, *, tolerance: float = 1e-4)
     each eval-mode BatchNorm2d that directly follows a Conv2d in an nn.Sequential is folded into
     that conv, which leaves the function x -> logits unchanged and saves the BatchNorm's forward
     and backward passes (~1.2x the gradient rate of the HW3 Classifier on a laptop CPU). Every
-    other layer's activation is the same too; the folded convs and BatchNorms are listed in the
-    copy's ``folded_layers``, and filter ascent on them keeps the model itself. The model itself
+    other layer's activation, and its gradient, is the same too, so filter ascent and the CAMs
+    use the copy at every layer but the folded convs and BatchNorms (the copy's
+    ``folded_layers``). The model itself
     if nothing folds or the outputs disagree."""
     if isinstance(model, torch.jit.ScriptModule) or model.training:
         return model

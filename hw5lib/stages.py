@@ -673,6 +673,7 @@ def cam_layer_name(run: Run) -> str:
 def stage_cams(run: Run, bar: tqdm) -> None:
     s = run.subject
     layer = cam_layer_name(run)
+    model = same_activation_model(run.model, run.grad, layer)  # faster, same map
     targets, names = cam_target_columns(run)
     n, t = targets.shape
     xs = s.x.repeat_interleave(t, dim=0)
@@ -686,13 +687,13 @@ def stage_cams(run: Run, bar: tqdm) -> None:
         ),
     ):
         maps = (
-            fn(run.model, xs, flat, layer, batch_size=run.cfg.batch_size)
+            fn(model, xs, flat, layer, batch_size=run.cfg.batch_size)
             .cpu()
             .reshape(n, t, *s.x.shape[-2:])
         )
         bar.update()
         # The trust table scores the map of the explained target, as for the other methods.
-        run.maps[method] = fn(run.model, s.x, s.target, layer, batch_size=run.cfg.batch_size).cpu()
+        run.maps[method] = fn(model, s.x, s.target, layer, batch_size=run.cfg.batch_size).cpu()
         fid = "q4_" + method.lower().replace("-", "_")
         fig = figures.cam_grid(
             s.pixels,

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from . import attributions, cam, metrics
 from .context import Run
+from .models import same_activation_model
 from .stages import (
     cam_layer_name,
     ig_baseline,
@@ -148,7 +149,8 @@ def cam_layer_rows(run: Run, masks: Tensor) -> list[dict]:
     s = run.subject
     rows = []
     for name in cam.cam_layer_candidates(run.model, cam_layer_name(run)):
-        maps = cam.grad_cam(run.model, s.x, s.target, name, batch_size=run.cfg.batch_size).cpu()
+        model = same_activation_model(run.model, run.grad, name)
+        maps = cam.grad_cam(model, s.x, s.target, name, batch_size=run.cfg.batch_size).cpu()
         rows.append(
             {
                 "method": f"Grad-CAM @ {name}",

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from hw5lib.attributions import input_gradient
+from hw5lib.cam import grad_cam, layer_cam
 from hw5lib.data import Preprocess, find_split, label_of, list_images, load_split, read_image
 from hw5lib.errors import UserError
 from hw5lib.models import (
@@ -23,6 +24,7 @@ from hw5lib.models import (
     load_classifier,
     read_checkpoint,
     resolve_layer,
+    same_activation_model,
     save_checkpoint,
 )
 from hw5lib.outputs import atomic_write_bytes, npz_bytes
@@ -430,3 +432,19 @@ def test_gradient_copy_is_the_model_itself_when_folding_would_be_wrong() -> None
     ).eval()
     bn_first(x)
     assert gradient_copy(bn_first, x) is bn_first  # no conv -> BatchNorm pair to fold
+
+
+def test_cams_on_the_folded_copy_match_the_model_except_at_folded_layers() -> None:
+    model = seeded_(ResidualNet(), 5).double().eval()
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([1, 4, 9])
+    fast = gradient_copy(model, x)
+    assert same_activation_model(model, fast, "stem.0") is model  # the folded conv
+    assert same_activation_model(model, fast, "stem.1") is model  # its BatchNorm
+    assert same_activation_model(model, None, "stem.2") is model  # no copy made
+    for layer in ("stem.2", "stage.1"):  # a ReLU, and a residual block holding folded pairs
+        assert same_activation_model(model, fast, layer) is fast
+        for fn in (grad_cam, layer_cam):
+            torch.testing.assert_close(
+                fn(fast, x, target, layer), fn(model, x, target, layer), rtol=1e-9, atol=1e-12
+            )
