@@ -272,8 +272,7 @@ def gradient_copy(model: nn.Module, example: Tensor, *, tolerance: float = 1e-4)
     and backward passes (~1.2x the gradient rate of the HW3 Classifier on a laptop CPU). Every
     other layer's activation, and its gradient, is the same too, so filter ascent and the CAMs
     use the copy at every layer but the folded convs and BatchNorms (the copy's
-    ``folded_layers``). The model itself
-    if nothing folds or the outputs disagree."""
+    ``folded_layers``). The model itself if nothing folds or the outputs disagree."""
     if isinstance(model, torch.jit.ScriptModule) or model.training:
         return model
     fast = copy.deepcopy(model)
@@ -311,8 +310,7 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     return (
         type(conv) is nn.Conv2d
         and type(bn) is nn.BatchNorm2d
-        and bn.track_running_stats
-        and bn.running_mean is not None
+        and bn.running_mean is not None  # else it normalizes with batch statistics
         and conv.out_channels == bn.num_features
     )
 
