@@ -129,7 +129,7 @@ def plain_rates(model: nn.Module, x: Tensor) -> dict[str, float]:
     }
     cl = model.to(memory_format=torch.channels_last)
     fast = inference_copy(cl, x[:8])
-    grad = gradient_copy(cl, x[:8]).to(memory_format=torch.channels_last)
+    grad = gradient_copy(cl, x[:8])
     ours = {
         "forward": per_second(fwd(fast), len(x)),
         "backward": per_second(fwd_bwd(grad), len(x)),
@@ -222,8 +222,8 @@ def seed_style_figures(
 
 
 def folded(model: nn.Module, x: Tensor) -> nn.Module:
-    """The pipeline's copy for gradient methods (models.gradient_copy), channels_last."""
-    return gradient_copy(model, x[:8]).to(memory_format=torch.channels_last)
+    """The pipeline's copy for gradient methods (models.gradient_copy)."""
+    return gradient_copy(model, x[:8])
 
 
 def our_figures(

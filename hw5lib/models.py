@@ -289,6 +289,8 @@ def gradient_copy(model: nn.Module, example: Tensor, *, tolerance: float = 1e-4)
     if not folded:
         return model
     fast.folded_layers = frozenset(folded)  # their activations differ from the model's
+    if _channels_last(model):  # the fused weights come back in the default layout
+        fast = fast.to(memory_format=torch.channels_last)
     for p in fast.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
@@ -304,6 +306,15 @@ def same_activation_model(model: nn.Module, fast: nn.Module | None, layer: str) 
     ``model``."""
     folded = getattr(fast, "folded_layers", None)
     return fast if fast is not None and folded is not None and layer not in folded else model
+
+
+def _channels_last(model: nn.Module) -> bool:
+    return any(
+        p.dim() == 4
+        and not p.is_contiguous()
+        and p.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters()
+    )
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:

@@ -224,8 +224,6 @@ def prepare(cfg: RunConfig) -> Run:
     root = mask_root(cfg.data)
     infer = inference_copy(model, x[: min(len(x), 8)])
     grad = gradient_copy(model, x[: min(len(x), 8)])
-    if device.type == "cpu" and grad is not model:
-        grad = grad.to(memory_format=torch.channels_last)
     subject = Subject(
         paths=paths,
         x=x,

@@ -96,8 +96,7 @@ def stage_filters(run: Run, bar: tqdm) -> None:
         run.model, cfg.filter_layer_count
     )
     names, images, chosen, gains = [], [], [], []
-    redone: list[int] = []  # schedule lengths of the redone filters kept (they climbed higher)
-    tried = 0  # filters redone because still climbing
+    tried = kept = 0  # filters redone because still climbing; redos kept, as they climbed higher
     spent: list[float] = []
     first = len(run.figures)
     for k, spec in enumerate(layer_names):
@@ -133,7 +132,7 @@ def stage_filters(run: Run, bar: tqdm) -> None:
         real = acts[:, idx].mean(dim=(2, 3)).amax(dim=0).cpu()
         gain = torch.stack([result.final.cpu(), result.activation[0].cpu(), real], dim=1)
         names.append(name)
-        redone.extend(int(n) for n in result.steps if n > cfg.filter_steps)
+        kept += int((result.steps > cfg.filter_steps).sum())
         tried += result.redone
         spent.append(result.work / (3 * cfg.filter_steps * len(idx)))
         run.extra["filters_share"] = float(np.mean(spent))  # of the cap: every filter redone
@@ -194,7 +193,7 @@ def stage_filters(run: Run, bar: tqdm) -> None:
     redo_note = (
         f"{tried} {'filter' if tried == 1 else 'filters'} still climbing at the end "
         f"{'was' if tried == 1 else 'were'} redone from a new start with "
-        f"{2 * cfg.filter_steps} steps; the {len(redone)} that climbed higher are shown"
+        f"{2 * cfg.filter_steps} steps; the {kept} that climbed higher are shown"
         if tried
         else "every filter had stopped climbing by the end"
     )
@@ -215,7 +214,7 @@ def stage_filters(run: Run, bar: tqdm) -> None:
                 "filters": chosen,
                 "steps": cfg.filter_steps,
                 "redone": tried,
-                "redone_kept": len(redone),
+                "redone_kept": kept,
             },
         ),
     )

@@ -421,6 +421,10 @@ def test_gradient_copy_folds_batchnorm_and_keeps_the_input_gradient() -> None:
     torch.testing.assert_close(
         input_gradient(fast, x, target), input_gradient(model, x, target), rtol=1e-10, atol=1e-12
     )
+    # It keeps the model's memory layout: channels_last is what makes the CPU convs fast.
+    nhwc = gradient_copy(model.to(memory_format=torch.channels_last), x)
+    conv = nhwc.stem[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
 def test_gradient_copy_is_the_model_itself_when_folding_would_be_wrong() -> None:
