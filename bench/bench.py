@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench.vgg import VGGClassifier  # noqa: E402
 from hw5lib import attributions, cam, filters, lime_adapter, metrics  # noqa: E402
 from hw5lib.cli import BUNDLED_CHECKPOINT, BUNDLED_DATA, ensure_sample  # noqa: E402
-from hw5lib.context import RunConfig  # noqa: E402
+from hw5lib.config import RunConfig  # noqa: E402
 from hw5lib.data import Preprocess, load_inputs, open_dataset  # noqa: E402
 from hw5lib.models import (  # noqa: E402
     gradient_copy,
@@ -45,7 +45,8 @@ from hw5lib.models import (  # noqa: E402
     resolve_layer,
     same_activation_model,
 )
-from hw5lib.stages import LIME_STABILITY_ROUNDS, default_filter_layers  # noqa: E402
+from hw5lib.stages.filters import default_filter_layers  # noqa: E402
+from hw5lib.stages.lime import STABILITY_ROUNDS as LIME_STABILITY_ROUNDS  # noqa: E402
 from model import Classifier  # noqa: E402
 
 LINES: list[str] = []

@@ -27,13 +27,10 @@ from torch import Tensor, nn
 from .hooks import eval_mode, frozen_params
 
 if TYPE_CHECKING:
-    from .context import RunConfig
+    from .config import RunConfig
 
 Clock = Callable[[], float]
 
-# What the adaptive methods spend, as a share of their cap, before the run has measured it:
-# the mean over the sample set in bench/RESULTS.md, rounded up.
-EXPECTED_SHARE = {"lime": 0.75, "smoothgrad": 0.6, "ig": 0.8, "filters": 0.5}
 # Seconds of fixed work per figure stage: drawing and writing PNG/NPZ files.
 FIGURE_SECONDS = 1.5
 # Kept free at the end for manifest.json and report.pdf.
@@ -112,6 +109,7 @@ class Cut:
     stage: str
     what: str
     change: dict[str, object]
+    rank: int = 0  # order among all stages' cuts: lower is cheaper to lose, tried first
 
     def apply(self, cfg: RunConfig) -> RunConfig:
         """``cfg`` with the change; a limit never raises a setting already below it."""

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import GROUPS, RunConfig, ints, options
 from .errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +18,8 @@ BUNDLED_DATA = ROOT / "data" / "sample"
 BUNDLED_CHECKPOINT = ROOT / "checkpoints" / "sample_classifier.pt"
 DEFAULT_OUT = ROOT / "out" / "sample"
 CHECKPOINT_CACHE = Path(os.environ.get("HW5_CHECKPOINT_CACHE", ROOT / "checkpoints"))
+
+STAGE_FAILED = 3  # exit status: the report was written, but a stage failed (manifest: failures)
 
 REPORT_HELP = """\
 Explain a trained CNN and write every figure, its raw arrays (.npz) and manifest.json to OUT.
@@ -51,24 +54,6 @@ cheapest-to-lose work first (cross-checks, then sample sizes, then optional stag
 manifest and report list every cut. Past the deadline stages stop, and what is finished is
 written. hw5.sh passes --budget 540.
 """
-
-
-def floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-
-
-def ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
 
 
 class Parser(argparse.ArgumentParser):
@@ -111,12 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--checkpoint", type=Path, help="checkpoint file (default: $HW5_CHECKPOINT)")
     r.add_argument(
-        "--model",
-        help="your own architecture as path/to/file.py:ClassName, built with --model-args and "
-        "filled from the checkpoint's state_dict (default: the HW3 Classifier; TorchScript files "
-        "need no --model)",
-    )
-    r.add_argument(
         "--model-args", help="JSON keyword arguments for --model, e.g. '{\"num_classes\": 7}'"
     )
     r.add_argument(
@@ -124,154 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("HW5_CHECKPOINT_URL", ""),
         help="Google Drive link / file id / http URL to fetch when no checkpoint file is given",
     )
-    r.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow a checkpoint that is a pickled whole model (runs code from the file: "
-        "only for files you trust)",
-    )
-    r.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
-    g = r.add_argument_group("preprocessing (default: what the checkpoint recorded, else HW3's)")
-    g.add_argument("--size", type=int, help="resize images to SIZE x SIZE (HW3: 128)")
-    g.add_argument(
-        "--channel-order",
-        choices=("rgb", "bgr"),
-        help="bgr for models trained on cv2.imread images (HW3 sample code), rgb for PIL",
-    )
-    g.add_argument("--mean", type=floats, help="per-channel mean subtracted after scaling to [0,1]")
-    g.add_argument("--std", type=floats, help="per-channel std divided after subtracting the mean")
-    g.add_argument(
-        "--channels",
-        type=int,
-        choices=(1, 3),
-        help="input channels (default: the checkpoint's, else the first conv layer's)",
-    )
-    g.add_argument(
-        "--csv-size",
-        dest="size",
-        type=int,
-        help="side of the images in a FER2013-style CSV (same as --size)",
-    )
-    g.add_argument("--classes", help="comma-separated class names, or food11, fer2013, catdog")
-    s = r.add_argument_group("what to explain")
-    s.add_argument(
-        "--images",
-        type=Path,
-        nargs="+",
-        default=[],
-        help="extra image files to explain (label from <label>_<n> names, else the prediction)",
-    )
-    s.add_argument(
-        "--per-class",
-        type=int,
-        default=1,
-        help="images per class (default 1; 0: only --images and the preset's picks)",
-    )
-    s.add_argument(
-        "--targets",
-        default="label",
-        help="class each map explains: label (the "
-        "prediction where there is none), pred, or a class index (default label)",
-    )
-    s.add_argument(
-        "--training-indices",
-        type=ints,
-        default=(),
-        help="also explain these indices "
-        "into the sorted training split (the course's picks: 83,4218,4707,8598)",
-    )
-    s.add_argument(
-        "--named-images",
-        type=lambda t: tuple(t.split(",")),
-        default=(),
-        help="also explain these files of the data folder, e.g. dog.jpg,cat.jpg",
-    )
-    s.add_argument(
-        "--filter-layers",
-        type=lambda t: tuple(t.split(",")),
-        default=(),
-        help="layers for Q2, by index into model.cnn (15) or name (cnn.15); "
-        "default: 4 activation layers spread over the conv trunk",
-    )
-    s.add_argument(
-        "--filters",
-        type=ints,
-        default=(),
-        help="filter indices for Q2 (default: the 4 most active on the explained images)",
-    )
-    s.add_argument(
-        "--filters-per-layer",
-        type=int,
-        default=4,
-        help="filters per layer when --filters is not given (default 4)",
-    )
-    m = r.add_argument_group("method settings")
-    m.add_argument(
-        "--filter-steps",
-        type=int,
-        default=80,
-        help="gradient-ascent steps (default 80; filters still climbing are redone from a new "
-        "start with twice as many; bench/RESULTS.md measures the result against 400 steps)",
-    )
-    m.add_argument(
-        "--lime-samples",
-        type=int,
-        default=1000,
-        help="most LIME samples per image (default 1000)",
-    )
-    m.add_argument(
-        "--smooth-samples", type=int, default=50, help="most SmoothGrad samples (default 50)"
-    )
-    m.add_argument(
-        "--smooth-sigma",
-        type=float,
-        default=0.15,
-        help="SmoothGrad noise std as a fraction of each image's range (default 0.15)",
-    )
-    m.add_argument(
-        "--ig-steps", type=int, default=32, help="most Integrated Gradients steps (default 32)"
-    )
-    m.add_argument("--ig-baseline", choices=("black", "blur"), default="black")
-    m.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
-    m.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when present)")
-    m.add_argument(
-        "--cam-layer",
-        help="layer for Grad-CAM/LayerCAM (default: the last conv block's "
-        "ReLU, cnn.18 for the HW3 Classifier)",
-    )
-    m.add_argument(
-        "--cam-targets",
-        default="pred",
-        help="classes for the CAM figures: pred, label, all, or indices like 0,3 (default pred)",
-    )
-    m.add_argument(
-        "--feature-layer", help="layer for the feature-map grid (default: the CAM layer)"
-    )
-    m.add_argument("--dream-layer", help="layer DeepDream amplifies (default: a middle conv block)")
-    m.add_argument(
-        "--eval-limit",
-        type=int,
-        help="evaluate the confusion matrix on a stratified "
-        "subset of this many validation images (default: all)",
-    )
-    m.add_argument(
-        "--no-trust",
-        dest="trust",
-        action="store_false",
-        help="skip the trust checks (deletion/insertion, randomization, pointing)",
-    )
-    m.add_argument(
-        "--no-adaptive",
-        dest="adaptive",
-        action="store_false",
-        help="spend the full caps instead of stopping each method once it has converged",
-    )
-    r.add_argument(
-        "--budget",
-        type=float,
-        help="finish within SECONDS: plan the work to fit, cut the cheapest-to-lose parts "
-        "first and name them in the manifest (hw5.sh: 540)",
-    )
+    groups = {name: r.add_argument_group(name) if name else r for name in GROUPS}
+    for name, opt, default in options():
+        opt.add_to(groups[opt.group], name, default)
     r.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
 
     lay = sub.add_parser("layers", help="list the model's layers, to pick them by index or name")
@@ -342,14 +176,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def positive(name: str, value: int | float) -> None:
-    if value <= 0:
-        raise UserError(f"--{name} must be positive, got {value}")
-
-
-def report_config(args: argparse.Namespace):  # -> RunConfig
-    from .pipeline import RunConfig
-
+def report_config(args: argparse.Namespace) -> RunConfig:
     data, out = args.data, args.out_dir or args.out
     checkpoint = args.checkpoint or (
         Path(os.environ["HW5_CHECKPOINT"]) if os.environ.get("HW5_CHECKPOINT") else None
@@ -366,59 +193,21 @@ def report_config(args: argparse.Namespace):  # -> RunConfig
         checkpoint = fetch_checkpoint(args.checkpoint_url, CHECKPOINT_CACHE)
     if args.per_class < 0:
         raise UserError("--per-class must be 0 or more")
-    model_args = parse_model_args(args.model_args)
-    for name in (
-        "filter_steps",
-        "lime_samples",
-        "smooth_samples",
-        "ig_steps",
-        "batch_size",
-    ):
-        positive(name.replace("_", "-"), getattr(args, name))
-    if args.budget is not None:
-        positive("budget", args.budget)
+    for name, opt, _ in options():
+        value = getattr(args, name)
+        if opt.positive and value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     for p in args.images:
         if not p.is_file():
             raise UserError(f"--images: {p} is not a file")
+    chosen = {name: getattr(args, name) for name, _, _ in options()}
     return RunConfig(
         data=data,
-        model=args.model,
-        model_args=model_args,
-        channels=args.channels,
-        targets=args.targets,
-        training_indices=tuple(args.training_indices),
-        named_images=tuple(args.named_images),
         out=out,
         checkpoint=checkpoint,
-        seed=args.seed,
-        trust_pickle=args.trust_pickle,
-        size=args.size,
-        channel_order=args.channel_order,
-        mean=args.mean,
-        std=args.std,
-        classes=args.classes,
-        images=tuple(args.images),
-        per_class=args.per_class,
-        filter_layers=args.filter_layers,
-        filters=args.filters,
-        filter_steps=args.filter_steps,
-        filters_per_layer=args.filters_per_layer,
-        lime_samples=args.lime_samples,
-        smooth_samples=args.smooth_samples,
-        smooth_sigma=args.smooth_sigma,
-        ig_steps=args.ig_steps,
-        ig_baseline=args.ig_baseline,
-        batch_size=args.batch_size,
-        device=args.device,
-        cam_layer=args.cam_layer,
-        cam_targets=args.cam_targets,
-        feature_layer=args.feature_layer,
-        dream_layer=args.dream_layer,
-        eval_limit=args.eval_limit,
-        trust=args.trust,
-        adaptive=args.adaptive,
-        budget=args.budget,
+        model_args=parse_model_args(args.model_args),
         command=recorded_command(args),
+        **chosen | {"images": tuple(args.images)},
     )
 
 
@@ -454,7 +243,7 @@ def ensure_sample(root: Path) -> None:
 def print_layers(args: argparse.Namespace) -> None:
     """The course picks layers as ``model.cnn[15]``: show index, name, type and output shape."""
     from .models import layer_table, load_classifier
-    from .pipeline import infer_channels
+    from .subject import infer_channels
 
     loaded = load_classifier(
         args.checkpoint or BUNDLED_CHECKPOINT,
@@ -497,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
             man, seconds = run_report(cfg, progress=not args.quiet, started=started)
             if not args.quiet:
                 print_summary(man, seconds, cfg.out)
+            if man["failures"]:
+                names = ", ".join(f["stage"] for f in man["failures"])
+                print(
+                    f"hw5: {len(man['failures'])} stage(s) failed ({names}); every other figure, "
+                    f"manifest.json and report.pdf were written to {cfg.out}",
+                    file=sys.stderr,
+                )
+                return STAGE_FAILED
         elif args.command == "layers":
             print_layers(args)
         elif args.command == "sample":

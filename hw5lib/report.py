@@ -45,6 +45,7 @@ SECTION_HEADINGS: dict[str, str] = {
 }
 TRUST_HEADING = "Which explanation to trust"
 CUTS_HEADING = "What the time budget cut"
+FAILURES_HEADING = "What failed"
 MANIFEST_HEADING = "The manifest"
 
 _FONT = "Helvetica"
@@ -429,11 +430,11 @@ def _trust(pdf: FPDF, trust: dict[str, Any]) -> None:
         _paragraph(pdf, str(trust["notes"]))
 
 
-def _cuts(pdf: FPDF, cuts: Sequence[str]) -> None:
-    """A bulleted list of the work that the time budget left out."""
-    _heading(pdf, CUTS_HEADING)
+def _bullets(pdf: FPDF, heading: str, items: Sequence[str]) -> None:
+    """A heading and a bulleted list (the budget's cuts, the stages that failed)."""
+    _heading(pdf, heading)
     pdf.set_font(_FONT, size=_BODY_PT)
-    for item in cuts:
+    for item in items:
         pdf.set_x(pdf.l_margin)
         pdf.cell(5, _LINE_MM, "-")
         pdf.multi_cell(
@@ -505,7 +506,16 @@ def build_report(manifest: dict[str, Any], out_dir: Path) -> bytes:
         if q == "Q4" and manifest.get("trust"):
             _trust(pdf, manifest["trust"])
     if manifest.get("cuts"):
-        _cuts(pdf, manifest["cuts"])
+        _bullets(pdf, CUTS_HEADING, manifest["cuts"])
+    if manifest.get("failures"):
+        _bullets(
+            pdf,
+            FAILURES_HEADING,
+            [
+                f"{f['stage']}: {f['message']} (its figures are missing; every other stage ran)"
+                for f in manifest["failures"]
+            ],
+        )
     pdf.add_page()
     _heading(pdf, SECTION_HEADINGS["Appendix"])
     for fig in groups["Appendix"]:

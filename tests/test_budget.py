@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from hw5lib.budget import RESERVE_SECONDS, Cut, Deadline, Rates, Work, plan
-from hw5lib.context import RunConfig
-from hw5lib.pipeline import CUTS, STAGES, run_report, shares_at_cap
+from hw5lib.config import RunConfig
+from hw5lib.pipeline import run_report
 from hw5lib.sample import SampleInfo
+from hw5lib.stages import CUTS, STAGES, integrated_gradients
 from tests.fake_clock import CLOCK
 from tests.zoo import SlowNet
 
@@ -133,12 +134,35 @@ def test_plan_applies_cuts_in_order_until_the_estimate_fits() -> None:
     assert plan(cfg, costs, RATES, 200.0, cuts).cuts == []
 
 
-def test_every_cut_names_a_stage_and_changes_a_real_setting() -> None:
-    names = {s.name for s in STAGES}
+def test_every_cut_names_its_own_stage_and_changes_a_real_setting() -> None:
     cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"))
-    for cut in CUTS:
-        assert cut.stage in names
-        assert cut.apply(cfg) != cfg
+    for stage in STAGES:
+        for cut in stage.cuts:
+            assert cut.stage == stage.name
+            assert cut.apply(cfg) != cfg
+    assert len({c.rank for c in CUTS}) == len(CUTS)  # one order over all stages
+
+
+def test_cuts_go_cross_checks_first_then_subsets_then_whole_stages() -> None:
+    order = [(c.stage, c.change) for c in CUTS]
+    assert order == [
+        ("trust checks", {"randomize_sampled": False}),
+        ("Q3 confusion matrix", {"eval_limit": 500}),
+        ("Q4 DeepDream", {"dream_images": 1}),
+        ("trust checks", {"deletion_steps": 8}),
+        ("Q2 filters", {"filter_layer_count": 2}),
+        ("Q3 LIME", {"lime_samples": 600}),
+        ("trust checks", {"skip": True}),
+        ("Q4 DeepDream", {"skip": True}),
+        ("Q3 confusion matrix", {"eval_limit": 100}),
+        ("Q4 Integrated Gradients", {"ig_steps": 16}),
+        ("Q4 SmoothGrad", {"smooth_samples": 20}),
+        ("Q2 filters", {"filter_layer_count": 1}),
+        ("Q2 filters", {"filter_steps": 40}),
+        ("Q3 LIME", {"lime_samples": 300}),
+        ("Q4 feature maps", {"skip": True}),
+        ("Q4 Grad-CAM, LayerCAM", {"skip": True}),
+    ]
 
 
 def test_deadline_counts_the_reserve_and_never_expires_without_a_budget() -> None:
@@ -155,10 +179,10 @@ def test_worst_case_prices_ig_at_every_doubling_it_may_run() -> None:
     # IG at its cap evaluates 8 + 16 + 32 steps for a cap of 32, not 32: pricing the cap alone
     # would start a stage that cannot finish in the time left.
     cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), ig_steps=32)
-    shares = shares_at_cap(cfg)
-    assert shares["ig_share"] == pytest.approx(56 / 32)
-    assert all(v == 1.0 for k, v in shares.items() if k != "ig_share")
-    assert shares_at_cap(replace(cfg, adaptive=False))["ig_share"] == 1.0
+    at_cap = {s.name: s.share.at_cap(cfg) for s in STAGES if s.share is not None}
+    assert at_cap.pop(integrated_gradients.NAME) == pytest.approx(56 / 32)
+    assert set(at_cap.values()) == {1.0}  # LIME, SmoothGrad, filters: their caps
+    assert integrated_gradients.share_at_cap(replace(cfg, adaptive=False)) == 1.0
 
 
 def test_a_cut_never_raises_a_setting_the_user_set_lower() -> None:

@@ -116,16 +116,14 @@ def test_still_climbing_compares_the_last_window_of_recorded_intervals_with_the_
     assert still_climbing(rows[-2:]).tolist() == [False, True, False, False, False]
 
 
-def test_filters_still_climbing_are_redone_and_kept_only_where_they_climbed_higher() -> None:
-    model = tiny_classifier()
-    once = ascend(model, 10, redo_climbing=False)
-    twice = ascend(model, 10)
+def check_redo(model: nn.Module, seed: int) -> tuple[bool, bool]:
+    """The redo rule on one start; returns (a redo was kept, a redo was dropped)."""
+    once = ascend(model, 10, seed=seed, redo_climbing=False)
+    twice = ascend(model, 10, seed=seed)
     climbing = still_climbing(once.activation)
-    assert twice.redone == int(climbing.sum()) > 0
+    assert twice.redone == int(climbing.sum())
     assert twice.work == STEPS * len(FILTERS) + 2 * STEPS * twice.redone
     replaced = twice.steps == 2 * STEPS
-    # Both outcomes in this setup: redos that climbed higher, and one that did not.
-    assert replaced.any() and (climbing & ~replaced).any(), (climbing, replaced)
     assert not (replaced & ~climbing).any()  # only filters that were climbing
     assert (twice.final[replaced] > once.final[replaced]).all()
     kept = ~replaced
@@ -133,11 +131,21 @@ def test_filters_still_climbing_are_redone_and_kept_only_where_they_climbed_high
     assert torch.equal(twice.final[kept], once.final[kept])
     later = twice.recorded > STEPS
     assert twice.activation[later][:, kept].isnan().all()  # their schedule had ended
-    on_their_schedule = (twice.recorded % 10 == 0) | (twice.recorded == 2 * STEPS)
-    assert not twice.activation[on_their_schedule][:, replaced].isnan().any()
-    assert twice.recorded[-1] == 2 * STEPS
+    if twice.redone:
+        on_their_schedule = (twice.recorded % 10 == 0) | (twice.recorded == 2 * STEPS)
+        assert not twice.activation[on_their_schedule][:, replaced].isnan().any()
+        assert twice.recorded[-1] == 2 * STEPS
     direct = mean_activation(model, 10, twice.pixels)[torch.arange(len(FILTERS)), FILTERS]
     torch.testing.assert_close(twice.final, direct, rtol=1e-4, atol=1e-5)
+    return bool(replaced.any()), bool((climbing & ~replaced).any())
+
+
+def test_filters_still_climbing_are_redone_and_kept_only_where_they_climbed_higher() -> None:
+    # Which filters a redo lifts higher depends on float rounding of the machine: over a few
+    # starts, both outcomes occur, and each start obeys the rule.
+    model = tiny_classifier()
+    outcomes = [check_redo(model, seed) for seed in range(4)]
+    assert any(k for k, _ in outcomes) and any(d for _, d in outcomes), outcomes
 
 
 def test_each_image_excites_its_own_filter_most() -> None:

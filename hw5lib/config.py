@@ -1,0 +1,260 @@
+"""The frozen RunConfig a report run depends on, with each command-line option declared once.
+
+A field made with ``option(...)`` carries its flag, help text and argparse group as metadata:
+``cli`` builds the parser from these fields and the RunConfig from the parsed values, so an
+option is one line here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# argparse groups of the report command, in the order --help shows them.
+PREPROCESSING = "preprocessing (default: what the checkpoint recorded, else HW3's)"
+WHAT = "what to explain"
+METHODS = "method settings"
+RUN = ""  # the report command's own options, listed first
+GROUPS = (RUN, PREPROCESSING, WHAT, METHODS)
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(text.split(","))
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one RunConfig field is set from the command line."""
+
+    help: str
+    group: str
+    flags: tuple[str, ...] = ()  # default: --field-name
+    type: Callable[[str], Any] | None = None
+    choices: tuple[object, ...] | None = None
+    nargs: str | None = None
+    negate: bool = False  # a --no-... switch that turns the field off
+    switch: bool = False  # a flag that turns the field on
+    positive: bool = False  # a value <= 0 is a user error
+    metavar: str | None = None
+
+    def add_to(self, parser: argparse._ActionsContainer, name: str, default: object) -> None:
+        flags = self.flags or ("--" + name.replace("_", "-"),)
+        if self.negate or self.switch:
+            action = "store_false" if self.negate else "store_true"
+            parser.add_argument(*flags, dest=name, action=action, help=self.help)
+            return
+        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": self.help}
+        for key in ("type", "choices", "nargs", "metavar"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        parser.add_argument(*flags, **kwargs)
+
+
+def option(default: object, help: str, group: str = METHODS, **kw: Any) -> Any:
+    """A RunConfig field that is also a command-line option."""
+    return field(default=default, metadata={"option": Option(help, group, **kw)})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a report run depends on; recorded in the manifest."""
+
+    data: Path | None
+    out: Path
+    checkpoint: Path
+    model: str | None = option(
+        None,
+        "your own architecture as path/to/file.py:ClassName, built with --model-args and "
+        "filled from the checkpoint's state_dict (default: the HW3 Classifier; TorchScript files "
+        "need no --model)",
+        RUN,
+    )
+    model_args: dict | None = None  # parsed from --model-args (cli)
+    trust_pickle: bool = option(
+        False,
+        "allow a checkpoint that is a pickled whole model (runs code from the file: "
+        "only for files you trust)",
+        RUN,
+        switch=True,
+    )
+    seed: int = option(0, "seed for every random choice (default 0)", RUN, type=int)
+    size: int | None = option(
+        None,
+        "resize images to SIZE x SIZE (HW3: 128); --csv-size: the side of the images in a "
+        "FER2013-style CSV",
+        PREPROCESSING,
+        flags=("--size", "--csv-size"),
+        type=int,
+        positive=True,
+    )
+    channel_order: str | None = option(
+        None,
+        "bgr for models trained on cv2.imread images (HW3 sample code), rgb for PIL",
+        PREPROCESSING,
+        choices=("rgb", "bgr"),
+    )
+    mean: tuple[float, ...] | None = option(
+        None, "per-channel mean subtracted after scaling to [0,1]", PREPROCESSING, type=floats
+    )
+    std: tuple[float, ...] | None = option(
+        None, "per-channel std divided after subtracting the mean", PREPROCESSING, type=floats
+    )
+    channels: int | None = option(
+        None,
+        "input channels (default: the checkpoint's, else the first conv layer's)",
+        PREPROCESSING,
+        type=int,
+        choices=(1, 3),
+    )
+    classes: str | None = option(
+        None, "comma-separated class names, or food11, fer2013, catdog", PREPROCESSING
+    )
+    images: tuple[Path, ...] = option(
+        (),
+        "extra image files to explain (label from <label>_<n> names, else the prediction)",
+        WHAT,
+        type=Path,
+        nargs="+",
+    )
+    per_class: int = option(
+        1, "images per class (default 1; 0: only --images and the preset's picks)", WHAT, type=int
+    )
+    targets: str = option(
+        "label",
+        "class each map explains: label (the prediction where there is none), pred, or a class "
+        "index (default label)",
+        WHAT,
+    )
+    training_indices: tuple[int, ...] = option(
+        (),
+        "also explain these indices into the sorted training split (the course's picks: "
+        "83,4218,4707,8598)",
+        WHAT,
+        type=ints,
+    )
+    named_images: tuple[str, ...] = option(
+        (), "also explain these files of the data folder, e.g. dog.jpg,cat.jpg", WHAT, type=names
+    )
+    filter_layers: tuple[str, ...] = option(
+        (),
+        "layers for Q2, by index into model.cnn (15) or name (cnn.15); default: 4 activation "
+        "layers spread over the conv trunk",
+        WHAT,
+        type=names,
+    )
+    filters: tuple[int, ...] = option(
+        (),
+        "filter indices for Q2 (default: the 4 most active on the explained images)",
+        WHAT,
+        type=ints,
+    )
+    filters_per_layer: int = option(
+        4, "filters per layer when --filters is not given (default 4)", WHAT, type=int
+    )
+    filter_layer_count: int = 4  # layers picked when filter_layers is empty (a budget cut)
+    filter_steps: int = option(
+        80,
+        "gradient-ascent steps (default 80; filters still climbing are redone from a new start "
+        "with twice as many; bench/RESULTS.md measures the result against 400 steps)",
+        type=int,
+        positive=True,
+    )
+    activation_images: int = 4
+    lime_samples: int = option(
+        1000, "most LIME samples per image (default 1000)", type=int, positive=True
+    )
+    adaptive: bool = option(
+        True,
+        "spend the full caps instead of stopping each method once it has converged",
+        flags=("--no-adaptive",),
+        negate=True,
+    )
+    smooth_samples: int = option(
+        50, "most SmoothGrad samples (default 50)", type=int, positive=True
+    )
+    smooth_sigma: float = option(
+        0.15,
+        "SmoothGrad noise std as a fraction of each image's range (default 0.15)",
+        type=float,
+        positive=True,
+    )
+    ig_steps: int = option(
+        32, "most Integrated Gradients steps (default 32)", type=int, positive=True
+    )
+    ig_baseline: str = option(
+        "black", "Integrated Gradients baseline (default black)", choices=("black", "blur")
+    )
+    cam_layer: str | None = option(
+        None,
+        "layer for Grad-CAM/LayerCAM (default: the last conv block's ReLU, cnn.18 for the HW3 "
+        "Classifier)",
+    )
+    cam_targets: str = option(
+        "pred",
+        "classes for the CAM figures: pred, label, all, or indices like 0,3 (default pred)",
+    )
+    feature_layer: str | None = option(
+        None, "layer for the feature-map grid (default: the CAM layer)"
+    )
+    dream_layer: str | None = option(
+        None, "layer DeepDream amplifies (default: a middle conv block)"
+    )
+    dream_images: int = 3
+    eval_limit: int | None = option(
+        None,
+        "evaluate the confusion matrix on a stratified subset of this many validation images "
+        "(default: all)",
+        type=int,
+        positive=True,
+    )
+    trust: bool = option(
+        True,
+        "skip the trust checks (deletion/insertion, randomization, pointing)",
+        flags=("--no-trust",),
+        negate=True,
+    )
+    deletion_steps: int = 16
+    randomize_top: int = 5
+    randomize_sampled: bool = True  # also re-run SmoothGrad and IG on the randomized model
+    batch_size: int = option(64, "images per model call (default 64)", type=int, positive=True)
+    device: str = option("auto", "cpu, cuda, or auto (a GPU when present)")
+    budget: float | None = option(
+        None,
+        "finish within SECONDS: plan the work to fit, cut the cheapest-to-lose parts first and "
+        "name them in the manifest (hw5.sh: 540)",
+        RUN,
+        type=float,
+        positive=True,
+    )
+    skip_stages: tuple[str, ...] = ()  # stages the budget planner cut
+    command: str = ""
+
+
+def options() -> list[tuple[str, Option, object]]:
+    """(field name, option, default) of every RunConfig field set from the command line."""
+    return [
+        (f.name, f.metadata["option"], f.default)
+        for f in fields(RunConfig)
+        if "option" in f.metadata
+    ]

@@ -1,0 +1,79 @@
+"""Q4: DeepDream on a middle conv block of the first explained images."""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from .. import dream, figures, filters
+from ..budget import FIGURE_SECONDS, Cut, Work
+from ..config import RunConfig
+from ..context import Run
+from ..models import resolve_layer
+from .filters import default_filter_layers
+from .record import FigureRecord, Shares, Stage, StageResult, explained
+
+NAME = "Q4 DeepDream"
+STREAM = 40  # its random stream (jitter)
+OCTAVES, OCTAVE_SCALE, STEPS = 3, 1.4, 20  # per octave; the cost prices the same schedule
+MAX_CHANGE = 0.3  # no pixel moves further than this from the original
+
+
+def stage_dream(run: Run, bar: tqdm) -> StageResult:
+    s = run.subject
+    candidates = default_filter_layers(run.model)
+    layer = run.cfg.dream_layer or candidates[len(candidates) // 2]
+    name, module = resolve_layer(run.model, layer)
+    n = min(run.cfg.dream_images, len(s.paths))
+    out = dream.deep_dream(
+        run.model,
+        s.x[:n],
+        module,
+        steps=STEPS,
+        octaves=OCTAVES,
+        octave_scale=OCTAVE_SCALE,
+        max_change=MAX_CHANGE,
+        generator=run.generator(STREAM),
+        stop=run.deadline.passed,
+    )
+    bar.update()
+    before = filters.layer_activations(run.model, module, s.x[:n]).pow(2).mean().item()
+    after = filters.layer_activations(run.model, module, out).pow(2).mean().item()
+    dreamt = run.pre.denormalize(out).permute(0, 2, 3, 1).numpy()
+    fig = figures.before_after(
+        s.pixels[:n], dreamt, s.titles(run.classes)[:n], f"DeepDream on {name}"
+    )
+    run.write_png("q4_deepdream.png", fig)
+    run.write_npz("q4_deepdream.npz", input=s.x[:n].cpu().numpy(), dream=out.cpu().numpy())
+    record = FigureRecord(
+        "q4_deepdream",
+        STAGE.section,
+        f"DeepDream on {name}",
+        f"DeepDream (Mordvintsev et al., 2015): gradient ascent on the image to amplify the "
+        f"mean square activation of {name}, over {OCTAVES} octaves with jitter, each pixel kept "
+        f"within {MAX_CHANGE} of the original. The layer's mean square activation rose from {before:.3f} "
+        f"to {after:.3f}.",
+        "q4_deepdream.png",
+        "q4_deepdream.npz",
+        {"layer": name},
+    )
+    return StageResult([record])
+
+
+def dream_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
+    octave_area = sum(OCTAVE_SCALE ** (-2 * k) for k in range(OCTAVES))
+    images = min(cfg.dream_images, explained(run))
+    return Work(backward=images * STEPS * octave_area, forward=2 * images, seconds=FIGURE_SECONDS)
+
+
+STAGE = Stage(
+    NAME,
+    "Q4",
+    stage_dream,
+    dream_cost,
+    cuts=(
+        Cut(NAME, "one image instead of three", {"dream_images": 1}, rank=3),
+        Cut(NAME, "DeepDream not run", {"skip": True}, rank=8),
+    ),
+    options=("dream_layer", "dream_images"),
+    hooks=True,
+)

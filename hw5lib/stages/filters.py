@@ -1,0 +1,253 @@
+"""Q2: filter visualization by gradient ascent, and those filters' activation maps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .. import figures, filters
+from ..budget import FIGURE_SECONDS, Cut, Work
+from ..config import RunConfig
+from ..context import Run
+from ..errors import UserError
+from ..models import resolve_layer, same_activation_model
+from .record import FigureRecord, Share, Shares, Stage, StageResult, explained
+
+NAME = "Q2 filters"
+SECTION = "Q2"
+STREAM = 10  # random stream of the first layer's ascent; the k-th layer draws from STREAM + k
+
+
+@dataclass
+class FiltersResult(StageResult):
+    curves: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per filter
+
+
+@dataclass
+class LayerAscent:
+    """One layer's filters: what they reached and the figure of their activation maps."""
+
+    name: str
+    filters: list[int]
+    image: np.ndarray  # [F,H,W,C] the ascent images
+    gain: list[list[float]]  # per filter: reached, start image, best explained image
+    record: FigureRecord
+    result: filters.AscentResult
+
+
+def default_filter_layers(model: nn.Module, count: int = 4) -> list[str]:
+    """Activation layers of the conv trunk (before the first Linear, in definition order),
+    ``count`` of them spread from first to last; the convs if there is no activation layer."""
+    modules = list(model.named_modules())
+    head = next((i for i, (_, m) in enumerate(modules) if isinstance(m, nn.Linear)), len(modules))
+    acts = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU)
+    trunk = [n for n, m in modules[:head] if isinstance(m, acts)]
+    pool = (
+        trunk
+        or [n for n, m in modules if isinstance(m, acts)]
+        or [n for n, m in modules if isinstance(m, nn.Conv2d)]
+    )
+    if not pool:
+        raise UserError("the model has no Conv2d or activation layer; pass --filter-layers")
+    picks = np.unique(np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int))
+    return [pool[i] for i in picks]
+
+
+def filter_layer_names(run: Run, cfg: RunConfig) -> list[str]:
+    return list(cfg.filter_layers) or default_filter_layers(run.model, cfg.filter_layer_count)
+
+
+def activation_record(
+    run: Run,
+    name: str,
+    layer: nn.Module,
+    acts: Tensor,
+    idx: list[int],
+    ascent: np.ndarray,
+    result: filters.AscentResult,
+) -> FigureRecord:
+    """The activation maps of one layer's chosen filters on the first explained images."""
+    s = run.subject
+    rows = min(run.cfg.activation_images, len(s.paths))
+    fid = f"q2_activations_{name.replace('.', '_')}"
+    fig = figures.activation_grid(
+        s.pixels[:rows],
+        acts[:rows, idx].relu().cpu().numpy(),
+        idx,
+        s.titles(run.classes)[:rows],
+        f"Activation maps of {name} filters {idx} on real images",
+    )
+    run.write_png(f"{fid}.png", fig)
+    run.write_npz(
+        f"{fid}.npz",
+        input=s.x[:rows].cpu().numpy(),
+        filters=np.array(idx),
+        activation=acts[:rows, idx].cpu().numpy(),
+        ascent_image=ascent,
+        ascent_curve=result.activation.cpu().numpy(),
+        ascent_steps=result.recorded.numpy(),
+    )
+    means = ", ".join(f"{v:.3f}" for v in acts[:, idx].mean(dim=(0, 2, 3)).tolist())
+    return FigureRecord(
+        fid,
+        SECTION,
+        f"Activation maps of layer {name}",
+        f"Output channels {idx} of {name} ({type(layer).__name__}) on {rows} images; each "
+        f"filter's maps share one color scale. Mean activation per filter over the explained "
+        f"images: {means}.",
+        f"{fid}.png",
+        f"{fid}.npz",
+        {"layer": name, "filters": idx},
+    )
+
+
+def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
+    cfg, s = run.cfg, run.subject
+    name, _ = resolve_layer(run.model, spec)
+    # The BatchNorm-folded copy is faster and has the same activation at most layers.
+    model = same_activation_model(run.model, run.grad, name)
+    layer = resolve_layer(model, name)[1]
+    acts = filters.layer_activations(model, layer, s.x, batch_size=cfg.batch_size)
+    idx = list(cfg.filters) or filters.most_active_filters(acts, cfg.filters_per_layer)
+    bad = [f for f in idx if f >= acts.shape[1]]
+    if bad:
+        raise UserError(f"layer {name} has {acts.shape[1]} filters; no filter {bad[0]}")
+    result = filters.filter_ascent(
+        model,
+        layer,
+        idx,
+        shape=(run.pre.channels, *run.pre.size),
+        to_input=run.to_input,
+        steps=cfg.filter_steps,
+        generator=run.generator(STREAM + k),
+        redo_climbing=cfg.adaptive,
+        stop=run.deadline.passed,
+    )
+    if result.stopped:
+        run.cuts.append(
+            f"{NAME}: ascent on {name} stopped after {int(result.steps.max())} of "
+            f"{cfg.filter_steps} steps, the budget was spent"
+        )
+    # Reached vs start image vs the best explained real image, per filter.
+    real = acts[:, idx].mean(dim=(2, 3)).amax(dim=0).cpu()
+    gain = torch.stack([result.final.cpu(), result.activation[0].cpu(), real], dim=1)
+    image = result.pixels.permute(0, 2, 3, 1).cpu().numpy()
+    record = activation_record(run, name, layer, acts, idx, image, result)
+    return LayerAscent(name, idx, image, gain.tolist(), record, result)
+
+
+def summary(layers: list[LayerAscent]) -> str:
+    return "; ".join(
+        f"{a.name}: filters {a.filters} reach mean activation "
+        + ", ".join(f"{end:.2f}" for end, _, _ in a.gain)
+        + " (start image "
+        + ", ".join(f"{start:.2f}" for _, start, _ in a.gain)
+        + "; best real image "
+        + ", ".join(f"{best:.2f}" for _, _, best in a.gain)
+        + ")"
+        for a in layers
+    )
+
+
+def redo_note(tried: int, kept: int, steps: int) -> str:
+    if not tried:
+        return "every filter had stopped climbing by the end"
+    return (
+        f"{tried} {'filter' if tried == 1 else 'filters'} still climbing at the end "
+        f"{'was' if tried == 1 else 'were'} redone from a new start with "
+        f"{2 * steps} steps; the {kept} that climbed higher are shown"
+    )
+
+
+def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
+    cfg = run.cfg
+    specs = filter_layer_names(run, cfg)
+    layers: list[LayerAscent] = []
+    for k, spec in enumerate(specs):
+        if k and run.deadline.passed():
+            run.cuts.append(f"{NAME}: layers {specs[k:]} not run, the budget was spent")
+            break
+        layers.append(ascend_layer(run, spec, k))
+        bar.update()
+    names = [a.name for a in layers]
+    fig = figures.filter_grid(
+        names,
+        [a.image for a in layers],
+        [a.filters for a in layers],
+        [a.gain for a in layers],
+        "Filter visualization by gradient ascent",
+    )
+    run.write_png("q2_filters.png", fig)
+    run.write_npz(
+        "q2_filters.npz", **{f"{a.name.replace('.', '_')}_images": a.image for a in layers}
+    )
+    # filters still climbing that were redone; redos kept, as they climbed higher
+    tried = sum(a.result.redone for a in layers)
+    kept = sum(int((a.result.steps > cfg.filter_steps).sum()) for a in layers)
+    spent = [a.result.work / (3 * cfg.filter_steps * len(a.filters)) for a in layers]
+    lead = FigureRecord(
+        "q2_filters",
+        SECTION,
+        "Filter visualization by gradient ascent",
+        f"Each image starts from near-gray noise and climbs one filter's mean activation for "
+        f"{cfg.filter_steps} AdamW steps on a Fourier-parameterized image with random jitter, "
+        f"rotation and scale (Olah et al., 2017), one row per layer; "
+        f"{redo_note(tried, kept, cfg.filter_steps)}. {summary(layers)}.",
+        "q2_filters.png",
+        "q2_filters.npz",
+        {
+            "layers": names,
+            "filters": [a.filters for a in layers],
+            "steps": cfg.filter_steps,
+            "redone": tried,
+            "redone_kept": kept,
+        },
+    )
+    # The filters figure leads Q2, before the activation maps of the same filters.
+    return FiltersResult(
+        [lead, *(a.record for a in layers)],
+        share=float(np.mean(spent)) if spent else None,
+        curves=[c for a in layers for c in a.result.curves()],
+    )
+
+
+def filters_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
+    # Ascent runs the model only up to the layer: about half of it on average. A filter still
+    # climbing is redone with twice the steps: 3 x steps at the cap.
+    layers = len(filter_layer_names(run, cfg))
+    per_layer = len(cfg.filters) or cfg.filters_per_layer
+    share = shares[NAME] if cfg.adaptive else 1 / 3
+    return Work(
+        backward=0.5 * layers * per_layer * 3 * cfg.filter_steps * share,
+        forward=explained(run) * layers,
+        seconds=FIGURE_SECONDS * (1 + layers),
+    )
+
+
+STAGE = Stage(
+    NAME,
+    SECTION,
+    stage_filters,
+    filters_cost,
+    units=lambda run: len(filter_layer_names(run, run.cfg)),
+    cuts=(
+        Cut(NAME, "two layers instead of four", {"filter_layer_count": 2}, rank=5),
+        Cut(NAME, "one layer", {"filter_layer_count": 1}, rank=12),
+        Cut(NAME, "40 ascent steps", {"filter_steps": 40}, rank=13),
+    ),
+    options=(
+        "filter_layers",
+        "filters",
+        "filters_per_layer",
+        "filter_layer_count",
+        "filter_steps",
+        "activation_images",
+        "adaptive",
+    ),
+    share=Share(expected=0.5),
+    hooks=True,
+)

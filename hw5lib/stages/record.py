@@ -1,0 +1,146 @@
+"""What every stage shares: the registry entry's shape (Stage, Method, Share), the typed result a
+stage returns, and saving one per-pixel attribution as PNG + NPZ + figure record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .. import figures, metrics
+from ..budget import Cut, Work
+from ..config import RunConfig
+from ..context import Run
+
+# explain(model, x [N,C,H,W], target [N]) -> maps [N,H,W], what the trust table reruns.
+Explain = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class FigureRecord:
+    """One figure as the manifest and the report see it."""
+
+    id: str
+    section: str  # Q1..Q4 or Appendix: where the report puts it
+    title: str
+    caption: str
+    png: str
+    npz: str | None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "section": self.section,
+            "title": self.title,
+            "caption": self.caption,
+            "png": self.png,
+            "npz": self.npz,
+            "params": dict(self.params),
+        }
+
+
+@dataclass
+class StageResult:
+    """What a stage hands back: its figures and, for the trust table, each method's map of the
+    explained images. Adaptive stages add ``share``, the share of their cap they spent."""
+
+    figures: list[FigureRecord] = field(default_factory=list)
+    maps: dict[str, Tensor] = field(default_factory=dict)  # method -> [N,H,W]
+    share: float | None = None
+
+
+# What the budget planner uses to price a stage: share is the expected share of its cap an
+# adaptive method spends (measured in this run once it ran, else ``Share.expected``).
+Shares = Mapping[str, float]
+Cost = Callable[[Run, RunConfig, Shares], Work]
+
+
+@dataclass(frozen=True)
+class Share:
+    """An adaptive stage's spending: ``expected`` before the run measured it (the sample set's
+    mean in bench/RESULTS.md, rounded up) and ``at_cap`` when nothing converges."""
+
+    expected: float
+    at_cap: Callable[[RunConfig], float] = lambda cfg: 1.0
+
+
+@dataclass(frozen=True)
+class Method:
+    """A map method the trust table scores: ``explain`` builds its explain(model, x, target)
+    with the run's settings for the randomization check (None: no rerun, e.g. LIME)."""
+
+    name: str
+    explain: Callable[[Run], Explain] | None = None
+    sampled: bool = False  # costly to rerun: the budget drops its randomization check first
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One registry entry: a report figure (family) and everything the runner needs of it."""
+
+    name: str  # as the progress bar, the cuts and the manifest name it
+    section: str  # the report section of its figures
+    run: Callable[[Run, tqdm], StageResult]
+    cost: Cost  # the work it will do under a config, for --budget
+    units: Callable[[Run], int] = lambda run: 1  # progress-bar steps
+    cuts: tuple[Cut, ...] = ()  # ways the budget planner can make it cheaper
+    options: tuple[str, ...] = ()  # the RunConfig fields it reads
+    methods: tuple[Method, ...] = ()  # its rows in the trust table
+    share: Share | None = None  # adaptive: how much of its cap it is expected to spend
+    hooks: bool = False  # reads inside the model (no TorchScript)
+
+
+def explained(run: Run) -> int:
+    return len(run.subject.paths)
+
+
+def samples_text(used: Tensor) -> str:
+    lo, hi = int(used.min()), int(used.max())
+    return str(lo) if lo == hi else f"{lo}-{hi} (mean {float(used.float().mean()):.0f})"
+
+
+def mask_caption(run: Run, maps: np.ndarray) -> str:
+    """Where masks exist: share of the positive map inside the object vs the object's area."""
+    masks = run.subject.masks
+    if masks is None:
+        return ""
+    inside = metrics.mass_inside(torch.as_tensor(maps), torch.from_numpy(masks)).mean()
+    return (
+        f" Mean share of the positive attribution inside the object mask: {inside:.2f}"
+        f" (the object covers {masks.mean():.2f} of the image on average)."
+    )
+
+
+def save_attribution(
+    run: Run,
+    fid: str,
+    section: str,
+    title: str,
+    caption: str,
+    maps: Tensor,
+    *,
+    signed: bool = False,
+    params: Mapping[str, Any] | None = None,
+    raw: Tensor | None = None,
+) -> FigureRecord:
+    """The figure, the raw arrays and the record of one per-pixel attribution method."""
+    s = run.subject
+    arr = maps.detach().cpu().numpy().astype(np.float32)
+    fig = figures.image_map_pairs(s.pixels, arr, s.titles(run.classes), title, signed=signed)
+    run.write_png(f"{fid}.png", fig)
+    run.write_npz(
+        f"{fid}.npz",
+        input=s.x.cpu().numpy().astype(np.float32),
+        target=s.target.cpu().numpy(),
+        attribution=(raw if raw is not None else maps).detach().cpu().numpy().astype(np.float32),
+        map=arr,
+        files=np.array([p.name for p in s.paths]),
+    )
+    caption += mask_caption(run, arr)
+    return FigureRecord(fid, section, title, caption, f"{fid}.png", f"{fid}.npz", params or {})

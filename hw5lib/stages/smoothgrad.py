@@ -1,0 +1,114 @@
+"""Q4: SmoothGrad of saliency, stopped per image once its two half-averages agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .. import attributions
+from ..budget import FIGURE_SECONDS, Cut, Work
+from ..context import Run
+from .record import (
+    Explain,
+    Method,
+    Share,
+    Stage,
+    StageResult,
+    explained,
+    samples_text,
+    save_attribution,
+)
+
+NAME = "Q4 SmoothGrad"
+METHOD = "SmoothGrad"
+NOISE_STREAM = 30  # its random stream: the trust table's rerun draws the same noise
+ROUND = 10  # samples per round; also the fewest it stops at
+AGREEMENT = 0.98  # predicted correlation with the exact expectation at which it stops
+
+
+@dataclass
+class SmoothGradResult(StageResult):
+    agreement: Tensor | None = None  # [N] predicted correlation with the exact expectation
+    samples: list[int] = field(default_factory=list)
+    trace: list[list[float]] = field(default_factory=list)  # per round, per image
+    cap: int = 0
+
+    def convergence(self) -> dict:
+        return {
+            "rule": f"rounds of {ROUND} samples, at least {ROUND}, until the split-half "
+            f"predicted correlation with the exact expectation is >= {AGREEMENT}; cap {self.cap}",
+            "samples": self.samples,
+            "agreement": [[round(v, 4) for v in row] for row in self.trace],
+        }
+
+
+def smoothgrad_of(run: Run, model: nn.Module, x: Tensor, target: Tensor) -> attributions.Converged:
+    """SmoothGrad of saliency with the run's settings: until converged (at most
+    --smooth-samples), or exactly that many with --no-adaptive."""
+    cfg = run.cfg
+    return attributions.smoothgrad_until_converged(
+        attributions.saliency,
+        model,
+        x,
+        target,
+        max_samples=cfg.smooth_samples,
+        min_samples=min(ROUND, cfg.smooth_samples) if cfg.adaptive else cfg.smooth_samples,
+        round_samples=ROUND,
+        agreement=AGREEMENT,
+        sigma=cfg.smooth_sigma,
+        generator=run.generator(NOISE_STREAM),
+        batch_size=cfg.batch_size,
+        stop=run.deadline.passed,
+    )
+
+
+def explain(run: Run) -> Explain:
+    return lambda m, x, t: smoothgrad_of(run, m, x, t).value
+
+
+def stage_smoothgrad(run: Run, bar: tqdm) -> SmoothGradResult:
+    cfg, s = run.cfg, run.subject
+    result = smoothgrad_of(run, run.gradients, s.x, s.target)
+    maps = result.value
+    bar.update()
+    record = save_attribution(
+        run,
+        "q4_smoothgrad",
+        STAGE.section,
+        "SmoothGrad",
+        f"SmoothGrad (Smilkov et al., 2017): saliency averaged over {samples_text(result.used)} "
+        f"copies of each image with Gaussian noise of std {cfg.smooth_sigma} x its value range"
+        f" (predicted correlation with the exact expectation: min "
+        f"{float(result.quality.min()):.3f}).",
+        maps,
+        params={
+            "samples": result.used.tolist(),
+            "cap": cfg.smooth_samples,
+            "sigma": cfg.smooth_sigma,
+        },
+    )
+    return SmoothGradResult(
+        [record],
+        {METHOD: maps.detach().cpu()},
+        share=float(result.used.float().mean()) / cfg.smooth_samples,
+        agreement=result.quality,
+        samples=result.used.tolist(),
+        trace=result.trace,
+        cap=cfg.smooth_samples,
+    )
+
+
+STAGE = Stage(
+    NAME,
+    "Q4",
+    stage_smoothgrad,
+    lambda run, cfg, shares: Work(
+        backward=explained(run) * cfg.smooth_samples * shares[NAME], seconds=FIGURE_SECONDS
+    ),
+    cuts=(Cut(NAME, "at most 20 samples", {"smooth_samples": 20}, rank=11),),
+    options=("smooth_samples", "smooth_sigma", "adaptive", "batch_size"),
+    methods=(Method(METHOD, explain, sampled=True),),
+    share=Share(expected=0.6),
+)

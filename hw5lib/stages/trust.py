@@ -1,0 +1,268 @@
+"""Which explanation to trust: deletion/insertion AUC, the model-randomization sanity check,
+localization against object masks, and seed stability, one row per method of the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .. import cam, metrics
+from ..budget import FIGURE_SECONDS, Cut, Work
+from ..config import RunConfig
+from ..context import Run
+from ..models import same_activation_model
+from . import integrated_gradients, lime, smoothgrad
+from .cams import cam_layer_name
+from .lime import LimeStageResult
+from .record import Explain, Method, Shares, Stage, StageResult, explained
+from .smoothgrad import SmoothGradResult
+
+NAME = "trust checks"
+EDGE = Method("Edge detector (control)", lambda run: lambda m, x, t: metrics.edge_map(x))
+RANDOM = "Random map (baseline)"
+RANDOM_STREAM, RANDOMIZE_STREAM = 50, 60  # the random map's and the re-initialization's streams
+FLAG_ABOVE = 0.5  # |rank corr.| with the randomized model's map above which a method is flagged
+
+COLUMNS = [
+    "method",
+    "deletion AUC (low=good)",
+    "insertion AUC (high=good)",
+    "randomization rank corr.",
+    "flagged",
+    "pointing",
+    "mass inside",
+    "stability",
+]
+KEYS = [
+    "method",
+    "deletion",
+    "insertion",
+    "randomization",
+    "flagged",
+    "pointing",
+    "mass_inside",
+    "stability",
+]
+
+
+@dataclass
+class TrustResult(StageResult):
+    rows: list[dict] = field(default_factory=list)
+    mask_fraction: float | None = None
+    randomized_layers: list[str] = field(default_factory=list)
+    randomization_skipped: str | None = None
+    lime_stability_images: int = 0
+    deletion_steps: int = 0
+    randomize_top: int = 0
+
+
+def scored_methods(run: Run) -> list[Method]:
+    """The registry's map methods this run can score, rerunnable ones (and the edge control)
+    first, then those without a rerun; the random map closes the table."""
+    usable = [
+        m
+        for s in run.registry
+        if s.name not in run.skipped and not (s.hooks and run.scripted)
+        for m in s.methods
+        if run.cfg.randomize_sampled or not m.sampled
+    ]
+    return [m for m in usable if m.explain] + [EDGE] + [m for m in usable if not m.explain]
+
+
+def method_table(run: Run) -> dict[str, Explain]:
+    """Each rerunnable method as explain(model, x, target) -> [N,H,W], for the randomized model."""
+    return {m.name: m.explain(run) for m in scored_methods(run) if m.explain}
+
+
+def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: TrustResult) -> dict:
+    s, cfg = run.subject, run.cfg
+    di = metrics.deletion_insertion(
+        run.inference,
+        s.x,
+        s.target,
+        maps.to(run.device),
+        steps=cfg.deletion_steps,
+        baseline="zero",
+        insertion_baseline="blur",
+        batch_size=cfg.batch_size,
+    )
+    row = {
+        "method": name,
+        "deletion": float(di["deletion"].mean()),
+        "insertion": float(di["insertion"].mean()),
+    }
+    if explain is not None:
+        try:
+            check = metrics.randomization_check(
+                explain,
+                run.model,
+                s.x,
+                s.target,
+                trained_maps=maps if name != EDGE.name else None,
+                n_top=cfg.randomize_top,
+                threshold=FLAG_ABOVE,
+                generator=run.generator(RANDOMIZE_STREAM),
+            )
+        except TypeError as err:  # a layer type (or TorchScript) we cannot re-initialize
+            out.randomization_skipped = str(err)
+        else:
+            row["randomization"] = check["mean"]
+            row["flagged"] = check["flagged"]
+            out.randomized_layers = check["randomized_layers"]
+    if s.masks is not None:
+        masks = torch.from_numpy(s.masks)
+        row["pointing"] = float(metrics.pointing_game(maps, masks).float().mean())
+        row["mass_inside"] = float(metrics.mass_inside(maps, masks).mean())
+    return row
+
+
+def stage_trust(run: Run, bar: tqdm) -> TrustResult:
+    """Which map to believe: deletion/insertion AUC vs a random map, the model-randomization
+    sanity check, localization against object masks, and stability across seeds."""
+    s, cfg = run.subject, run.cfg
+    out = TrustResult(deletion_steps=cfg.deletion_steps, randomize_top=cfg.randomize_top)
+    if not cfg.trust:
+        return out
+    maps = run.maps()
+    maps[EDGE.name] = metrics.edge_map(s.x).cpu()
+    maps[RANDOM] = metrics.random_maps(
+        (len(s.paths), *s.x.shape[-2:]), run.generator(RANDOM_STREAM)
+    )
+    explains = method_table(run)
+    for name in [*(m.name for m in scored_methods(run)), RANDOM]:
+        if name not in maps:
+            continue
+        if run.deadline.passed():
+            run.cuts.append(f"{NAME}: no row for {name} and after, the budget was spent")
+            break
+        out.rows.append(trust_row(run, name, maps[name], explains.get(name), out))
+        bar.update()
+    stability = {
+        smoothgrad.METHOD: smoothgrad_stability(run),
+        lime.METHOD: lime_stability(run, out),
+    }
+    for row in out.rows:
+        row["stability"] = stability.get(row["method"])
+    if s.masks is not None:
+        masks = torch.from_numpy(s.masks)
+        out.rows += [] if run.scripted else cam_layer_rows(run, masks)
+        out.mask_fraction = float(metrics.mask_fraction(masks).mean())
+    bar.update()
+    return out
+
+
+def smoothgrad_stability(run: Run) -> float | None:
+    """Mean predicted correlation of the SmoothGrad map with one from other noise, from its own
+    two half-sums (``attributions.split_half_agreement``): no second run needed."""
+    result = run.find(SmoothGradResult)
+    if result is None or result.agreement is None:
+        return None
+    return float(result.agreement.mean() ** 2)
+
+
+def lime_stability(run: Run, out: TrustResult) -> float | None:
+    """Mean predicted top-5 superpixel overlap of LIME with a rerun under another seed, from
+    bootstrap resamples of each run's own samples (``lime_adapter.resampled_agreement``)."""
+    result = run.find(LimeStageResult)
+    results = result.results if result is not None and result.complete else []
+    values = [r.stability for r in results if r.stability is not None]
+    out.lime_stability_images = len(values)
+    return float(np.mean(values)) if values else None
+
+
+def cam_layer_rows(run: Run, masks: Tensor) -> list[dict]:
+    """Grad-CAM pointing accuracy at each layer of the default block: the choice matters."""
+    s = run.subject
+    rows = []
+    for name in cam.cam_layer_candidates(run.model, cam_layer_name(run)):
+        model = same_activation_model(run.model, run.grad, name)
+        maps = cam.grad_cam(model, s.x, s.target, name, batch_size=run.cfg.batch_size).cpu()
+        rows.append(
+            {
+                "method": f"Grad-CAM @ {name}",
+                "pointing": float(metrics.pointing_game(maps, masks).float().mean()),
+                "mass_inside": float(metrics.mass_inside(maps, masks).mean()),
+            }
+        )
+    return rows
+
+
+def trust_manifest(result: TrustResult | None) -> dict | None:
+    if result is None or not result.rows:
+        return None
+    table = [
+        [
+            None if r.get(k) is None else (round(r[k], 4) if isinstance(r[k], float) else r[k])
+            for k in KEYS
+        ]
+        for r in result.rows
+    ]
+    notes = (
+        f"Deletion/insertion: softmax probability of the target as the most important pixels are "
+        f"set to zero / revealed on a blurred copy, {result.deletion_steps} steps (Petsiuk et al., "
+        f"2018); compare with the random map. Randomization: Spearman correlation between the map of "
+        f"the trained model and of a copy whose top {result.randomize_top} parameterized layers "
+        f"({', '.join(result.randomized_layers)}) were re-initialized (Adebayo et al., "
+        f"2018); 'flagged' when |corr| > {FLAG_ABOVE}, i.e. the map barely depends on the weights. "
+    )
+    if result.mask_fraction is not None:
+        notes += (
+            f"Pointing: share of images whose map maximum lies on the object; mass inside: share "
+            f"of positive attribution on the object, which covers {result.mask_fraction:.2f} of the "
+            f"image. "
+        )
+    if result.randomization_skipped is not None:
+        notes += f"Randomization check skipped: {result.randomization_skipped}. "
+    notes += (
+        f"Stability: SmoothGrad, the correlation of maps from two noise seeds predicted from its "
+        f"two half-sums (Spearman-Brown); LIME, the top-5 superpixel overlap with a rerun under "
+        f"another seed, predicted by refitting lime on bootstrap resamples of its own samples "
+        f"({result.lime_stability_images} images)."
+    )
+    return {"columns": COLUMNS, "rows": table, "notes": notes}
+
+
+def trust_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
+    if not cfg.trust:
+        return Work()
+    n = explained(run)
+    rows = sum(len(s.methods) for s in run.registry) + 2  # every map method and two controls
+    # The randomized model reruns SmoothGrad until converged, IG at the trained maps' last step
+    # count (integrated_gradients.explain).
+    ig = run.find(integrated_gradients.IntegratedGradientsResult)
+    ig_steps = ig.final_steps if ig is not None else cfg.ig_steps
+    sampled = n * (cfg.smooth_samples * shares[smoothgrad.NAME] + ig_steps)
+    return Work(
+        forward=rows * n * (cfg.deletion_steps + 1) * 2,
+        backward=4 * n + (sampled if cfg.randomize_sampled else 0) + 4 * n,  # + CAM layers
+        seconds=3 * FIGURE_SECONDS,
+    )
+
+
+STAGE = Stage(
+    NAME,
+    "Q4",
+    stage_trust,
+    trust_cost,
+    units=lambda run: len(scored_methods(run)) + 2 if run.cfg.trust else 0,
+    cuts=(
+        Cut(
+            NAME,
+            "randomization check run for the single-pass methods only (not SmoothGrad, IG)",
+            {"randomize_sampled": False},
+            rank=1,
+        ),
+        Cut(
+            NAME,
+            "deletion/insertion curves with 8 steps instead of 16",
+            {"deletion_steps": 8},
+            rank=4,
+        ),
+        Cut(NAME, "trust checks not run", {"skip": True}, rank=7),
+    ),
+    options=("trust", "deletion_steps", "randomize_top", "randomize_sampled"),
+)

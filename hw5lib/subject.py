@@ -1,0 +1,243 @@
+"""Set up a report run: the model and its faster copies, the preprocessing, the class names and
+the images to explain (the Subject), resolved once before any stage runs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import metrics
+from .config import RunConfig
+from .context import Run
+from .data import (
+    CLASS_PRESETS,
+    FOOD11_CLASSES,
+    TRAIN_SPLITS,
+    Preprocess,
+    label_of,
+    load_inputs,
+    object_masks,
+    open_dataset,
+)
+from .errors import UserError
+from .models import LoadedModel, gradient_copy, inference_copy, load_classifier, resolve_layer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Subject:
+    """The images being explained and what the model makes of them."""
+
+    paths: list[Path]
+    x: Tensor  # (N, C, H, W) model input
+    pixels: np.ndarray  # (N, H, W, C) what the model saw, in [0,1], display channel order
+    labels: list[int | None]
+    target: Tensor  # (N,) the label where known, else the prediction
+    pred: Tensor  # (N,)
+    prob: Tensor  # (N, K)
+    masks: np.ndarray | None  # (N, H, W) bool object masks, for generated sample sets
+
+    def titles(self, classes: list[str]) -> list[str]:
+        out = []
+        for i, p in enumerate(self.paths):
+            label = self.labels[i]
+            head = classes[label] if label is not None else p.name
+            out.append(f"{head}\npred {classes[self.pred[i]]} {float(self.prob[i].max()):.0%}")
+        return out
+
+    def first(self, n: int) -> Subject:
+        """The first ``n`` explained images (a stage the deadline stopped part-way)."""
+        return replace(
+            self, paths=self.paths[:n], x=self.x[:n], target=self.target[:n], pixels=self.pixels[:n]
+        )
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_preprocess(cfg: RunConfig, loaded: LoadedModel, model_channels: int) -> Preprocess:
+    """Flags win over what the checkpoint recorded, which wins over the HW3 defaults."""
+    base = loaded.preprocess or Preprocess(channels=model_channels)
+    size = (cfg.size, cfg.size) if cfg.size else base.size
+    return replace(
+        base,
+        size=size,
+        channels=cfg.channels or base.channels,
+        channel_order=cfg.channel_order or base.channel_order,
+        mean=cfg.mean if cfg.mean is not None else base.mean,
+        std=cfg.std if cfg.std is not None else base.std,
+    )
+
+
+def resolve_classes(
+    cfg: RunConfig, loaded: LoadedModel, num_outputs: int, folders: tuple[str, ...] | None
+) -> list[str]:
+    """--classes (names or a preset name), else the checkpoint's, else ImageFolder folder names,
+    else Food-11's for an 11-way model, else numbers."""
+    if cfg.classes in CLASS_PRESETS:
+        names = list(CLASS_PRESETS[cfg.classes])
+    elif cfg.classes:
+        names = [c.strip() for c in cfg.classes.split(",")]
+    elif loaded.classes:
+        names = list(loaded.classes)
+    elif folders and len(folders) == num_outputs:
+        names = list(folders)
+    elif num_outputs == len(FOOD11_CLASSES):
+        names = list(FOOD11_CLASSES)
+    else:
+        names = [str(i) for i in range(num_outputs)]
+    if len(names) != num_outputs:
+        raise UserError(f"{len(names)} class names given but the model has {num_outputs} outputs")
+    return names
+
+
+def choose_images(
+    split_paths: list[Path], labels: list[int | None], per_class: int, num_classes: int
+) -> list[int]:
+    """The first ``per_class`` images of each class in sorted file order; a folder without labels
+    gives its first ``num_classes`` files."""
+    if all(label is None for label in labels):
+        return list(range(min(num_classes, len(split_paths))))
+    chosen: list[int] = []
+    for c in range(num_classes):
+        chosen += [i for i, label in enumerate(labels) if label == c][:per_class]
+    return chosen
+
+
+def check_layers(cfg: RunConfig, model: nn.Module) -> None:
+    """Resolve every layer the user named before any stage runs: a typo fails in a second,
+    not after minutes of figures."""
+    for spec in (*cfg.filter_layers, cfg.cam_layer, cfg.feature_layer, cfg.dream_layer):
+        if spec:
+            resolve_layer(model, spec)
+
+
+def infer_channels(model: nn.Module) -> int:
+    """Input channels of the first Conv2d (1 for a grayscale model); 3 if there is none."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
+
+
+def named_images(cfg: RunConfig) -> list[Path]:
+    """The preset's named images (``dog.jpg``...) found in the data folder, in the given order."""
+    root = cfg.data if cfg.data and cfg.data.is_dir() else None
+    return [root / n for n in cfg.named_images if root and (root / n).is_file()]
+
+
+def training_picks(cfg: RunConfig) -> list[Path]:
+    """Images picked by index into the sorted training split, as the course's sample code does."""
+    if not cfg.training_indices or cfg.data is None:
+        return []
+    train = open_dataset(cfg.data, TRAIN_SPLITS)
+    missing = [i for i in cfg.training_indices if i >= len(train)]
+    if missing:
+        log.warning("training split has %d images; skipping indices %s", len(train), missing)
+    return [train.paths[i] for i in cfg.training_indices if i < len(train)]
+
+
+def mask_root(data: Path | None) -> Path | None:
+    if data is None:
+        return None
+    return data.parent if data.suffix.lower() == ".csv" else data
+
+
+def explained_targets(
+    spec: str, labels: list[int | None], pred: Tensor, num_classes: int
+) -> Tensor:
+    """The class each per-image method explains: the label (the prediction where there is
+    none), the prediction, or one fixed class index."""
+    if spec == "label":
+        return torch.tensor(
+            [lb if lb is not None else int(p) for lb, p in zip(labels, pred, strict=True)]
+        )
+    if spec == "pred":
+        return pred.clone()
+    if spec.isdigit() and int(spec) < num_classes:
+        return torch.full((len(labels),), int(spec))
+    raise UserError(
+        f"--targets must be label, pred or a class index below {num_classes}, not {spec!r}"
+    )
+
+
+def validate_cam_targets(spec: str, num_classes: int) -> list[int]:
+    """``pred``, ``label``, ``all`` or class indices; returns the indices (empty for the words)."""
+    if spec in ("pred", "label", "all"):
+        return []
+    try:
+        wanted = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise UserError(
+            f"--cam-targets must be pred, label, all or class indices, not {spec!r}"
+        ) from None
+    if any(not 0 <= v < num_classes for v in wanted):
+        raise UserError(f"--cam-targets: class indices must be in 0..{num_classes - 1}")
+    return wanted
+
+
+def explained_paths(
+    cfg: RunConfig, split_paths: list[Path], split_labels: list[int | None], num_outputs: int
+) -> tuple[list[Path], list[int | None]]:
+    """The images to explain, with their labels (None where unknown or out of range)."""
+    paths: list[Path] = []
+    labels: list[int | None] = []
+    if split_paths and cfg.per_class > 0:
+        idx = choose_images(split_paths, split_labels, cfg.per_class, num_outputs)
+        paths += [split_paths[i] for i in idx]
+        labels += [split_labels[i] for i in idx]
+    extra = [*training_picks(cfg), *named_images(cfg), *sorted(cfg.images)]
+    paths += extra
+    labels += [label_of(p) for p in extra]
+    if not paths:
+        raise UserError("nothing to explain: give a data folder or --images")
+    return paths, [lb if lb is not None and lb < num_outputs else None for lb in labels]
+
+
+def prepare(cfg: RunConfig) -> Run:
+    loaded = load_classifier(
+        cfg.checkpoint,
+        trust_pickle=cfg.trust_pickle,
+        model_spec=cfg.model,
+        model_args=cfg.model_args,
+    )
+    device = pick_device(cfg.device)
+    model = loaded.model.to(device).eval()
+    if device.type == "cpu" and not isinstance(model, torch.jit.ScriptModule):
+        # oneDNN's convolutions run ~1.3-1.5x faster on NHWC tensors (bench/RESULTS.md).
+        model = model.to(memory_format=torch.channels_last)
+    check_layers(cfg, model)
+    pre = resolve_preprocess(cfg, loaded, infer_channels(model))
+    split = open_dataset(cfg.data) if cfg.data is not None else None
+    with torch.inference_mode():
+        num_outputs = int(model(torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1])
+    classes = resolve_classes(cfg, loaded, num_outputs, split.classes if split else None)
+    validate_cam_targets(cfg.cam_targets, num_outputs)
+    paths, labels = explained_paths(
+        cfg, list(split.paths) if split else [], list(split.labels) if split else [], num_outputs
+    )
+    x = load_inputs(paths, pre).to(device)
+    prob = metrics.predict(model, x, batch_size=cfg.batch_size)[0].cpu()
+    pred = prob.argmax(1)
+    target = explained_targets(cfg.targets, labels, pred, num_outputs)
+    root = mask_root(cfg.data)
+    infer = inference_copy(model, x[: min(len(x), 8)])
+    grad = gradient_copy(model, x[: min(len(x), 8)])
+    subject = Subject(
+        paths=paths,
+        x=x,
+        pixels=pre.denormalize(x).permute(0, 2, 3, 1).numpy(),
+        labels=labels,
+        target=target.to(device),
+        pred=pred,
+        prob=prob,
+        masks=object_masks(root, paths, pre.size) if root else None,
+    )
+    return Run(cfg, loaded, model, pre, classes, subject, device, infer=infer, grad=grad)
