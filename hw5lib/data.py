@@ -377,21 +377,82 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray((arr / full * 255).round().astype(np.uint8), "L")
 
 
-def load_pixels(paths: Sequence[Path], pre: Preprocess) -> Tensor:
-    """Read and resize images -> [N,C,H,W] float pixels in [0,1], display channel order."""
+@dataclass(frozen=True)
+class Skipped:
+    """A file a batch left out, and why ("empty file", "truncated", "not an image", ...)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadedImages:
+    """The model inputs of the readable images of a batch and what was left out."""
+
+    x: Tensor  # (N, C, H, W) model input, N = len(paths); (0, C, H, W) when nothing was readable
+    paths: tuple[Path, ...]
+    kept: tuple[int, ...]  # position of each loaded image in the requested list (for labels)
+    skipped: tuple[Skipped, ...]
+
+
+def _pixel_array(path: Path, pre: Preprocess) -> np.ndarray:
+    """One image resized -> (H, W, C) float32 pixels in [0,1], display channel order."""
     h, w = pre.size
-    arrays = []
-    for p in paths:
-        im = read_image(p, pre.channels).resize((w, h), Image.Resampling.BILINEAR)
-        a = np.asarray(im, dtype=np.float32) / 255.0
-        arrays.append(a[:, :, None] if a.ndim == 2 else a)
+    im = read_image(path, pre.channels).resize((w, h), Image.Resampling.BILINEAR)
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def _stack(arrays: Sequence[np.ndarray], pre: Preprocess) -> Tensor:
+    """(H, W, C) arrays -> [N,C,H,W]; an empty list gives [0,C,H,W]."""
+    if not arrays:
+        return torch.empty(0, pre.channels, *pre.size)
     batch = torch.from_numpy(np.stack(arrays))  # (N, H, W, C)
     return batch.permute(0, 3, 1, 2).contiguous()
+
+
+def load_pixels(paths: Sequence[Path], pre: Preprocess) -> Tensor:
+    """Read and resize images -> [N,C,H,W] float pixels in [0,1], display channel order.
+    The first unreadable file raises BadImage; see load_usable to skip it instead."""
+    return _stack([_pixel_array(p, pre) for p in paths], pre)
 
 
 def load_inputs(paths: Sequence[Path], pre: Preprocess) -> Tensor:
     """Images -> the model's input tensor [N,C,H,W], exactly as the checkpoint was trained."""
     return pre.normalize(load_pixels(paths, pre))
+
+
+def load_usable(paths: Sequence[Path], pre: Preprocess) -> LoadedImages:
+    """The model inputs of every readable image, in order. An unreadable file is listed in
+    ``skipped`` instead of raised: one bad photo in a folder costs that photo, not the run."""
+    arrays: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[Skipped] = []
+    for i, p in enumerate(paths):
+        try:
+            arrays.append(_pixel_array(p, pre))
+        except BadImage as err:
+            logger.debug("%s", err)
+            skipped.append(Skipped(p, err.reason))
+            continue
+        kept.append(i)
+    x = pre.normalize(_stack(arrays, pre))
+    return LoadedImages(x, tuple(paths[i] for i in kept), tuple(kept), tuple(skipped))
+
+
+def _printable(name: str) -> str:
+    """A file name fit for one line of output: quoted and escaped if it holds a newline etc."""
+    return name if name.isprintable() else ascii(name)
+
+
+def skipped_warning(skipped: Sequence[Skipped], *, show: int = 3) -> str:
+    """One line for the user: how many files were skipped, the first few with their reasons."""
+    if not skipped:
+        return ""
+    n = len(skipped)
+    named = ", ".join(f"{_printable(s.path.name)} ({s.reason})" for s in skipped[:show])
+    more = f", and {n - show} more" if n > show else ""
+    return f"skipped {n} unreadable image{'s' if n != 1 else ''}: {named}{more}"
 
 
 def read_classes(text: str | None, count: int) -> list[str]:
