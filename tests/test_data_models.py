@@ -285,14 +285,15 @@ def test_mismatched_checkpoint_names_missing_key_and_both_shapes_on_one_line(tmp
     assert "cnn.1.weight" in msg and "(5,)" in msg and "(4,)" in msg
 
 
-def test_pickled_whole_model_needs_trust_pickle(tmp_path):
+@pytest.mark.parametrize("trust", [False, True])
+def test_pickled_whole_classifier_loads_weights_only_with_or_without_trust(tmp_path, trust):
     model = narrow_classifier()
     path = tmp_path / "whole.pt"
-    torch.save(model, path)
-    with pytest.raises(UserError, match="--trust-pickle"):
-        load_classifier(path)
-    loaded = load_classifier(path, trust_pickle=True)
-    assert isinstance(loaded.model, Classifier)
+    torch.save(model, path)  # pickled as model.Classifier (tests/test_checkpoints.py: others)
+    loaded = load_classifier(path, trust_pickle=trust)
+    assert type(loaded.model) is Classifier
+    assert loaded.architecture["unpickler"] == "weights_only"
+    assert loaded.architecture["input_size"] == 32
     assert_same_weights(loaded.model, model)
 
 
