@@ -236,3 +236,21 @@ def completeness_error(
     """|sum(attr) - (f(x) - f(x'))| / |f(x) - f(x')| per image: IG's own accuracy check."""
     gap = logits_of(model, x, target) - logits_of(model, baseline, target)
     return (attr.sum(dim=(1, 2, 3)) - gap).abs() / gap.abs().clamp_min(1e-12)
+
+
+NOT_FINITE = "the map is not finite (NaN or inf in the model's outputs or gradients)"
+ZERO_EVERYWHERE = "the map is zero everywhere (the score's gradient is zero at every pixel)"
+
+
+def why_unexplained(maps: Tensor | np.ndarray) -> list[str | None]:
+    """Per image of ``maps`` [N,...] (any method's output): why its map explains nothing, or
+    None where it is usable. The methods return such maps as computed (NaN for a model whose
+    outputs are NaN, zeros where no gradient reaches the input); a caller shows these reasons
+    (``figures``' ``notes``) instead of the maps."""
+    flat = torch.as_tensor(maps).detach().flatten(1)
+    finite = flat.isfinite().all(dim=1).tolist()
+    zero = (flat == 0).all(dim=1).tolist()
+    return [
+        NOT_FINITE if not ok else ZERO_EVERYWHERE if empty else None
+        for ok, empty in zip(finite, zero, strict=True)
+    ]

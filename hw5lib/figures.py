@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,16 +33,45 @@ def save_png(fig: Figure, path: Path) -> bytes:
 
 
 def unit_range(maps: np.ndarray) -> np.ndarray:
-    """Scale each map [N,H,W] to [0,1] by its own min and max (constant maps become 0)."""
-    lo = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - lo
-    return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1), 0.0)
+    """Scale each map [N,H,W] to [0,1] by the min and max of its finite pixels (constant maps
+    become 0; NaN and inf pixels become NaN, which draws blank)."""
+    finite = np.isfinite(maps)
+    lo = np.where(finite, maps, np.inf).min(axis=(1, 2), keepdims=True)
+    span = np.where(finite, maps, -np.inf).max(axis=(1, 2), keepdims=True) - lo  # -inf: none
+    ok = span > 0
+    scaled = (np.where(finite, maps, 0) - np.where(ok, lo, 0)) / np.where(ok, span, 1)
+    return np.where(finite, np.where(ok, scaled, 0.0), np.nan)
 
 
 def symmetric_range(maps: np.ndarray) -> np.ndarray:
-    """Scale signed maps [N,H,W] to [-1,1] by each map's largest magnitude (0 stays 0)."""
-    top = np.abs(maps).max(axis=(1, 2), keepdims=True)
-    return maps / np.where(top > 0, top, 1)
+    """Scale signed maps [N,H,W] to [-1,1] by each map's largest finite magnitude (0 stays 0;
+    NaN and inf pixels become NaN, which draws blank)."""
+    finite = np.isfinite(maps)
+    clean = np.where(finite, maps, 0)
+    top = np.abs(clean).max(axis=(1, 2), keepdims=True)
+    return np.where(finite, clean / np.where(top > 0, top, 1), np.nan)
+
+
+def show_note(ax: plt.Axes, note: str, shape: tuple[int, ...]) -> None:
+    """Write ``note`` (why a map could not be drawn) where the map of an image of ``shape``
+    (H, W, ...) would be; a blank white image keeps the panel the size of its neighbours."""
+    ax.imshow(np.ones((*shape[:2], 3)))
+    ax.set_axis_off()
+    ax.text(
+        0.5,
+        0.5,
+        textwrap.fill(note, 24),
+        ha="center",
+        va="center",
+        fontsize=6,
+        transform=ax.transAxes,
+        color="0.3",
+    )
+
+
+def note_of(notes: Sequence[str | None] | None, i: int) -> str | None:
+    """Image ``i``'s note, or None (also when there are no notes)."""
+    return None if notes is None else notes[i]
 
 
 def show_image(ax: plt.Axes, image: np.ndarray) -> None:
@@ -77,9 +107,11 @@ def image_map_pairs(
     *,
     signed: bool = False,
     pairs_per_row: int = 4,
+    notes: Sequence[str | None] | None = None,
 ) -> Figure:
     """Each image beside its map. images [N,H,W,C] in [0,1]; maps [N,H,W]; signed maps use a
-    diverging colormap centred on zero, unsigned ones a sequential one scaled per map."""
+    diverging colormap centred on zero, unsigned ones a sequential one scaled per map. Where
+    ``notes[i]`` is given, it takes the place of map i (why the image could not be explained)."""
     n = len(images)
     rows = math.ceil(n / pairs_per_row)
     fig, axes = _grid(rows, 2 * min(n, pairs_per_row))
@@ -88,11 +120,13 @@ def image_map_pairs(
         ax_img, ax_map = axes[i // pairs_per_row, 2 * (i % pairs_per_row) :][:2]
         show_image(ax_img, images[i])
         ax_img.set_title(titles[i], fontsize=7)
-        if signed:
+        ax_map.set_axis_off()
+        if (note := note_of(notes, i)) is not None:
+            show_note(ax_map, note, images[i].shape)
+        elif signed:
             ax_map.imshow(shown[i], cmap="bwr", vmin=-1, vmax=1)
         else:
             ax_map.imshow(shown[i], cmap="inferno", vmin=0, vmax=1)
-        ax_map.set_axis_off()
     _finish(fig, title)
     return fig
 
@@ -129,10 +163,13 @@ def activation_grid(
     title: str,
 ) -> Figure:
     """Rows are images: the image, then each filter's activation map on it.
-    images [N,H,W,C]; activations [N,F,h,w], all maps of one filter share one color scale."""
+    images [N,H,W,C]; activations [N,F,h,w], all maps of one filter share one color scale
+    (non-finite values draw blank)."""
     n, nf = activations.shape[:2]
     fig, axes = _grid(n, nf + 1)
-    top = activations.max(axis=(0, 2, 3))
+    finite = np.isfinite(activations)
+    top = np.where(finite, activations, 0).max(axis=(0, 2, 3))
+    activations = np.where(finite, activations, np.nan)
     for r in range(n):
         show_image(axes[r, 0], images[r])
         axes[r, 0].set_title(row_titles[r], fontsize=7)
@@ -170,8 +207,10 @@ def image_pairs(
     title: str,
     *,
     pairs_per_row: int = 4,
+    notes: Sequence[str | None] | None = None,
 ) -> Figure:
-    """Each image [H,W,C] beside a picture made from it (an overlay, an explanation)."""
+    """Each image [H,W,C] beside a picture made from it (an overlay, an explanation), or beside
+    ``notes[i]`` where that is given."""
     n = len(left)
     rows = math.ceil(n / pairs_per_row)
     fig, axes = _grid(rows, 2 * min(n, pairs_per_row))
@@ -179,7 +218,10 @@ def image_pairs(
         ax_img, ax_exp = axes[i // pairs_per_row, 2 * (i % pairs_per_row) :][:2]
         show_image(ax_img, left[i])
         ax_img.set_title(titles[i], fontsize=7)
-        show_image(ax_exp, right[i])
+        if (note := note_of(notes, i)) is not None:
+            show_note(ax_exp, note, left[i].shape)
+        else:
+            show_image(ax_exp, right[i])
     _finish(fig, title)
     return fig
 
@@ -190,12 +232,15 @@ def lime_figure(
     weights: Sequence[np.ndarray],
     titles: Sequence[str],
     title: str,
+    *,
+    notes: Sequence[str | None] | None = None,
 ) -> Figure:
-    """Each image beside its LIME explanation (green: for the label, red: against)."""
+    """Each image beside its LIME explanation (green: for the label, red: against), or beside
+    ``notes[i]`` where that is given (why it could not be explained)."""
     overlays = np.stack(
         [lime_overlay(images[i], segments[i], weights[i]) for i in range(len(images))]
     )
-    return image_pairs(images, overlays, titles, title)
+    return image_pairs(images, overlays, titles, title, notes=notes)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
@@ -211,9 +256,12 @@ def cam_grid(
     row_titles: Sequence[str],
     col_titles: Sequence[Sequence[str]],
     title: str,
+    *,
+    notes: Sequence[str | None] | None = None,
 ) -> Figure:
     """Rows are images: the image, then one overlay per target class.
-    images [N,H,W,C]; maps [N,T,H,W] (each scaled to [0,1] here)."""
+    images [N,H,W,C]; maps [N,T,H,W] (each scaled to [0,1] here). Where ``notes[r]`` is given,
+    it replaces each of image r's overlays (why its maps could not be drawn)."""
     n, t = maps.shape[:2]
     scaled = unit_range(maps.reshape(n * t, *maps.shape[2:])).reshape(maps.shape)
     if t == 1:  # one target per image: image/overlay pairs, four to a row
@@ -223,13 +271,18 @@ def cam_grid(
             overlays,
             [f"{a}\n{b[0]}" for a, b in zip(row_titles, col_titles, strict=True)],
             title,
+            notes=notes,
         )
     fig, axes = _grid(n, t + 1)
     for r in range(n):
         show_image(axes[r, 0], images[r])
         axes[r, 0].set_title(row_titles[r], fontsize=7)
+        note = note_of(notes, r)
         for c in range(t):
-            show_image(axes[r, c + 1], overlay(images[r], scaled[r, c]))
+            if note is not None:
+                show_note(axes[r, c + 1], note, images[r].shape)
+            else:
+                show_image(axes[r, c + 1], overlay(images[r], scaled[r, c]))
             axes[r, c + 1].set_title(col_titles[r][c], fontsize=7)
     _finish(fig, title)
     return fig
@@ -240,9 +293,7 @@ def feature_grid(activations: np.ndarray, title: str, per_row: int = 16) -> Figu
     color scale. One mosaic image, not K axes: a 512-channel layer drew in 20 s as axes."""
     k, h, w = activations.shape
     rows = math.ceil(k / per_row)
-    lo = activations.reshape(k, -1).min(axis=1)[:, None, None]
-    span = activations.reshape(k, -1).max(axis=1)[:, None, None] - lo
-    scaled = (activations - lo) / np.where(span > 0, span, 1.0)  # (K, h, w) in [0, 1]
+    scaled = unit_range(activations)  # (K, h, w) in [0, 1]; NaN where not finite: white
     mosaic = np.full((rows * (h + 1) - 1, per_row * (w + 1) - 1), np.nan)  # NaN gaps: white
     for i in range(k):
         r, c = divmod(i, per_row)
@@ -325,7 +376,8 @@ def convergence_figure(
     title: str,
 ) -> Figure:
     """Four panels: LIME samples per image; SmoothGrad's predicted agreement and IG's
-    completeness error per round, one line per image; filter ascent curves over steps."""
+    completeness error per round, one line per image; filter ascent curves over steps.
+    Non-finite values are left out (a method that failed leaves its panel empty)."""
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), dpi=DPI)
     ax = axes[0]
     if lime_samples:
@@ -334,15 +386,16 @@ def convergence_figure(
         ax.legend(loc="lower right", fontsize=8)
     ax.set(title="LIME: samples drawn", xlabel="image", ylabel="samples")
     ax = axes[1]
-    if smooth_trace:
-        rows = np.array(smooth_trace)  # (rounds, N)
+    if smooth_trace and np.isfinite(smooth_trace).any():
+        rows = np.array(smooth_trace)  # (rounds, N); matplotlib breaks lines at NaN
         samples = smooth_round * np.arange(1, len(rows) + 1)
         ax.plot(samples, rows, marker="o", lw=1, ms=3)
     ax.axhline(0.98, color="k", ls="--", lw=1)
     ax.set(title="SmoothGrad: predicted agreement", xlabel="samples", ylabel="correlation")
     ax = axes[2]
-    if ig_trace:
+    if ig_trace and np.isfinite(ig_trace).any():
         rows = np.array(ig_trace, dtype=float)
+        rows[~np.isfinite(rows)] = np.nan  # an inf would stretch the log axis to overflow
         steps = ig_first * 2 ** np.arange(len(rows))
         ax.plot(steps, np.clip(rows, 1e-6, None), marker="o", lw=1, ms=3)
         ax.set_yscale("log")
@@ -351,7 +404,11 @@ def convergence_figure(
     ax.set(title="IG: completeness error", xlabel="Gauss-Legendre steps", ylabel="error")
     ax = axes[3]
     for steps, curve in ascent:  # one filter: its activation over its own final value
-        ax.plot(steps, curve / (curve[-1] if abs(curve[-1]) > 1e-12 else 1.0), lw=1)
+        recorded = curve[np.isfinite(curve)]
+        if len(recorded) == 0:  # a filter whose ascent recorded no finite activation
+            continue
+        final = recorded[-1]
+        ax.plot(steps, curve / (final if abs(final) > 1e-12 else 1.0), lw=1)
     ax.axhline(0.9, color="k", ls="--", lw=1)
     ax.set(title="Filter ascent: activation / final", xlabel="step", ylabel="share")
     _finish(fig, title)

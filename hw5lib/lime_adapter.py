@@ -22,22 +22,64 @@ from . import metrics
 from .hooks import eval_mode
 
 SLIC_ARGS = {"n_segments": 100, "compactness": 1, "sigma": 1, "start_label": 0}
+COURSE_SLIC = "SLIC (n_segments=100, compactness=1, sigma=1)"
+# Below this many superpixels LIME has too little to rank (its top 5 would be most of the image):
+# on fine texture or noise (skimage's grass, gravel, uniform noise) the course SLIC's colour term
+# dominates and its connectivity pass merges the fragments into 1-5 segments.
+MIN_SEGMENTS = 10
+# Fallbacks tried in turn, measured on 128x128 images: compactness 10 gives grass 90, gravel 87
+# and brick 75 segments that still follow the texture, but uniform noise only 18; 100 gives a
+# near-regular 100 on every image tried. Stretching the contrast first gained nothing (grass 1).
+FALLBACK_COMPACTNESS = (10, 100)
+GRID_SIDE = 10  # the last resort: a GRID_SIDE x GRID_SIDE grid of squares, whatever the image
 
 
 @dataclass(frozen=True)
 class LimeResult:
+    """One image's LIME explanation. Every number in it is finite; where the image could not be
+    explained, ``failure`` says why and the weights are zero placeholders (score 0)."""
+
     segments: np.ndarray  # [H,W] int, superpixel id per pixel, ids 0..S-1
     weights: np.ndarray  # [S] float, the linear model's weight of each superpixel for the label
     score: float  # R^2 of lime's local linear model
     label: int
-    samples: int = 0  # perturbed samples drawn
-    trace: tuple[tuple[int, float, float], ...] = ()  # per round: samples, needed, separation
+    samples: int = 0  # perturbed samples drawn (those fitted; 0 where sampling failed)
+    # per round: samples, needed, separation (SEPARATION_SETTLED where nothing is left to settle)
+    trace: tuple[tuple[int, float, float], ...] = ()
     stability: float | None = None  # predicted top-5 overlap with a rerun (resampled_agreement)
+    segmentation: str = COURSE_SLIC  # how the superpixels were made, for the caption
+    failure: str | None = None  # why the image could not be explained; None when it was
 
 
 def segment(image: np.ndarray) -> np.ndarray:
     """SLIC superpixels of an [H,W,3] float image in [0,1], numbered from 0 (see module doc)."""
     return slic(image.astype(np.float64), **SLIC_ARGS)
+
+
+def grid_segments(shape: tuple[int, ...]) -> np.ndarray:
+    """An [H,W] grid of at most ``GRID_SIDE`` x ``GRID_SIDE`` near-equal squares, ids 0..S-1."""
+    h, w = shape[:2]
+    rows, cols = min(GRID_SIDE, h), min(GRID_SIDE, w)  # no empty cells on a tiny image
+    row = np.arange(h) * rows // h
+    col = np.arange(w) * cols // w
+    return row[:, None] * cols + col[None, :]
+
+
+def segment_with_fallback(image: np.ndarray) -> tuple[np.ndarray, str]:
+    """``segment``, or where it gives fewer than ``MIN_SEGMENTS`` superpixels the first of SLIC
+    with each ``FALLBACK_COMPACTNESS`` and a regular grid that does; with a description of the
+    segmentation used, for the caption."""
+    segments = segment(image)
+    found = int(segments.max()) + 1
+    if found >= MIN_SEGMENTS:
+        return segments, COURSE_SLIC
+    why = f"{COURSE_SLIC} gave {found} superpixel{'s' if found > 1 else ''}; fallback:"
+    for compactness in FALLBACK_COMPACTNESS:
+        segments = slic(image.astype(np.float64), **{**SLIC_ARGS, "compactness": compactness})
+        if int(segments.max()) + 1 >= MIN_SEGMENTS:
+            return segments, f"{why} SLIC with compactness={compactness}"
+    segments = grid_segments(image.shape)
+    return segments, f"{why} a grid of {int(segments.max()) + 1} squares"
 
 
 def classifier_fn(
@@ -73,6 +115,10 @@ MATCHED_SAMPLES = 1000
 # image matched stock lime's top-5 overlap only exactly (0.947 both); with this rule, 705
 # samples on average, 0.950 (and 0.950 at 1000 for all).
 TOP_K, TOP_RIVALS, TOP_SEPARATION = 5, 3, 1.0
+# The separation recorded where it would be infinite (no sampling noise left, or no superpixel
+# ranked below the top k): finite, so that it can go into manifest.json, and far above any
+# measured one (the demo's largest is about 30).
+SEPARATION_SETTLED = 1e6
 
 
 def antithetic_masks(random_state: np.random.RandomState, n: int, n_features: int) -> np.ndarray:
@@ -124,17 +170,18 @@ def matched_sample_count(covariance: tuple[np.ndarray, np.ndarray] | None) -> fl
 
 def top_separation(weights: np.ndarray, covariance: np.ndarray | None, k: int = TOP_K) -> float:
     """How settled the top-``k`` set is: the smallest z = (w_i - w_j) / se(w_i - w_j) of a top-k
-    superpixel i over each of the ``TOP_RIVALS`` ranked next. Infinite without noise."""
+    superpixel i over each of the ``TOP_RIVALS`` ranked next, at most ``SEPARATION_SETTLED``
+    (also its value without noise, or with at most ``k`` superpixels: nothing to separate)."""
     if covariance is None:
-        return float("inf")
+        return SEPARATION_SETTLED
     order = np.argsort(-weights, kind="stable")
     top, rivals = order[:k], order[k : k + TOP_RIVALS]
     if len(rivals) == 0:
-        return float("inf")
+        return SEPARATION_SETTLED
     i, j = np.meshgrid(top, rivals, indexing="ij")
     var = covariance[i, i] + covariance[j, j] - 2 * covariance[i, j]
     z = (weights[i] - weights[j]) / np.sqrt(np.maximum(var, 1e-30))
-    return float(z.min())
+    return min(float(z.min()), SEPARATION_SETTLED)
 
 
 def lime_weights(
@@ -171,7 +218,9 @@ def resampled_agreement(
     as it was drawn; pair 0, the image itself and its all-hidden complement, stays first because
     lime measures distances from ``data[0]``. Two resamples differ by about as much as two
     independent runs would (each carries the sampling noise once); bench/RESULTS.md compares
-    the prediction with real reruns."""
+    the prediction with real reruns. With at most ``k`` superpixels k is their count (and the
+    overlap 1). Needs at least two pairs of samples."""
+    k = min(k, data.shape[1])
     rng = np.random.default_rng(seed)
     pairs = len(data) // 2
     offsets = np.arange(2)
@@ -186,6 +235,22 @@ def resampled_agreement(
 
 class OutOfTime(Exception):
     """Raised between model batches when the caller's ``stop()`` says the time is up."""
+
+
+class Unexplainable(Exception):
+    """Raised while sampling when no explanation can come of it; ``explain`` turns the message
+    into ``LimeResult.failure``."""
+
+
+NOT_FINITE = "the model's outputs are not finite"
+NOTHING_HIDDEN = (
+    "hiding a superpixel (filling it with its mean colour) changes no pixel: "
+    "the image is uniform within every superpixel"
+)
+NO_RESPONSE = (
+    "the model's probability for the label is the same for every perturbed image "
+    "(a saturated softmax, or a model blind to the image): no superpixel matters"
+)
 
 
 class AntitheticLimeExplainer(lime_image.LimeImageExplainer):
@@ -226,9 +291,11 @@ class AntitheticLimeExplainer(lime_image.LimeImageExplainer):
         n_features = int(segments.max()) + 1
         # float32 once: the model takes float32 anyway, and half the bytes per batch.
         image, fudged_image = image.astype(np.float32), fudged_image.astype(np.float32)
+        self.trace, self.samples = [], None
+        if np.array_equal(image, fudged_image):  # every sample would be the image itself
+            raise Unexplainable(NOTHING_HIDDEN)
         data = np.empty((0, n_features), dtype=np.int64)
         labels: list[np.ndarray] = []
-        self.trace = []
         while len(data) < num_samples:
             block = antithetic_masks(
                 self.random_state, min(ROUND_SAMPLES, num_samples - len(data)), n_features
@@ -241,6 +308,8 @@ class AntitheticLimeExplainer(lime_image.LimeImageExplainer):
                 keep = block[start : start + batch_size][:, segments].astype(bool)  # (B, H, W)
                 batch = np.where(keep[..., None], image[None], fudged_image[None])
                 labels.append(classifier_fn(batch))
+                if not np.isfinite(labels[-1]).all():  # lime's ridge fit would raise on NaN
+                    raise Unexplainable(NOT_FINITE)
             data = np.concatenate([data, block])
             if self.adaptive and len(data) >= MIN_SAMPLES:
                 outputs = np.concatenate(labels)
@@ -277,28 +346,51 @@ def explain(
     """Explain ``label`` for one [H,W,3] display image in [0,1] with at most ``samples``
     perturbations (fewer once converged, unless ``adaptive`` is off); seeded, so reruns match.
     With ``stability_rounds`` the result also predicts its agreement with a rerun under another
-    seed (``resampled_agreement``). Raises ``OutOfTime`` if ``stop()`` turns true before the
-    last model batch."""
+    seed (``resampled_agreement``). An image that cannot be explained (``Unexplainable``, a
+    response that never changes, a fit that is not finite) gives a result whose ``failure`` says
+    why. Raises ``OutOfTime`` if ``stop()`` turns true before the last model batch."""
+    segments, segmentation = segment_with_fallback(image)
     explainer = AntitheticLimeExplainer(random_state=seed, adaptive=adaptive)
     explainer.label, explainer.stop = label, stop
-    exp = explainer.explain_instance(
-        image.astype(np.float64),
-        classifier_fn(model, to_input, channels),
-        labels=(label,),
-        top_labels=None,
-        num_samples=samples,
-        batch_size=batch_size,
-        segmentation_fn=segment,
-        random_seed=seed,
-    )
-    weights = weights_vector(exp.local_exp[label], int(exp.segments.max()) + 1)
+
+    def unexplained(why: str) -> LimeResult:
+        drawn = 0 if explainer.samples is None else len(explainer.samples[0])
+        weights = np.zeros(int(segments.max()) + 1)
+        trace = tuple(explainer.trace)
+        return LimeResult(segments, weights, 0.0, label, drawn, trace, None, segmentation, why)
+
+    try:
+        exp = explainer.explain_instance(
+            image.astype(np.float64),
+            classifier_fn(model, to_input, channels),
+            labels=(label,),
+            top_labels=None,
+            num_samples=samples,
+            batch_size=batch_size,
+            segmentation_fn=lambda _: segments,
+            random_seed=seed,
+        )
+    except Unexplainable as err:
+        return unexplained(str(err))
+    data, outputs = explainer.samples  # type: ignore[misc]
+    if np.ptp(outputs[:, label]) == 0:  # lime's ridge would fit zeros and call it R^2 = 1
+        return unexplained(NO_RESPONSE)
+    weights = weights_vector(exp.local_exp[label], int(segments.max()) + 1)
+    if not (np.isfinite(weights).all() and np.isfinite(exp.score)):
+        return unexplained("lime's linear fit is not finite")
     used = explainer.trace[-1][0] if explainer.trace else samples
     stability = None
-    if stability_rounds and explainer.samples is not None:
-        data, outputs = explainer.samples
+    if stability_rounds and len(data) >= 4:  # the bootstrap resamples pairs after the first
         stability = resampled_agreement(
             explainer.base, data, outputs, label, rounds=stability_rounds, seed=seed
         )
     return LimeResult(
-        exp.segments, weights, float(exp.score), label, used, tuple(explainer.trace), stability
+        segments,
+        weights,
+        float(exp.score),
+        label,
+        used,
+        tuple(explainer.trace),
+        stability,
+        segmentation,
     )
