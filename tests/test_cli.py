@@ -34,7 +34,6 @@ from pypdf import PdfReader
 from hw5lib import cli
 from hw5lib.fetch import cached_path
 from hw5lib.sample import SampleInfo
-from model import Classifier
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--lime-samples", "40", "--filter-steps", "5", "--smooth-samples", "4",

@@ -74,7 +74,9 @@ def test_a_method_registered_in_one_entry_reaches_manifest_report_and_trust_tabl
     rows = {row[0]: row for row in man["trust"]["rows"]}
     columns = man["trust"]["columns"]
     row = rows["Squared gradient"]
-    assert row[columns.index("randomization rank corr.")] is not None  # its explain() was rerun on the randomized model
+    assert (
+        row[columns.index("randomization rank corr.")] is not None
+    )  # its explain() was rerun on the randomized model
     assert "Squared gradient" in report_text(tmp_path)
     assert man["failures"] == []
 
