@@ -238,7 +238,7 @@ def completeness_error(
     return (attr.sum(dim=(1, 2, 3)) - gap).abs() / gap.abs().clamp_min(1e-12)
 
 
-NOT_FINITE = "the map is not finite (NaN or inf in the model's outputs or gradients)"
+NOT_FINITE = "the map is not finite (NaN or infinite values in the model's outputs or gradients)"
 ZERO_EVERYWHERE = "the map is zero everywhere (the score's gradient is zero at every pixel)"
 
 

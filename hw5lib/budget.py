@@ -188,3 +188,24 @@ class Deadline:
 
     def passed(self) -> bool:
         return self.left() <= 0
+
+    def within(self, seconds: float) -> StageDeadline:
+        """This deadline, or ``seconds`` from now if that comes first: one stage that runs far
+        slower than its estimate (a busy machine) then leaves the later stages their time."""
+        return StageDeadline(self, self.clock() + seconds)
+
+
+class StageDeadline(Deadline):
+    """A run's deadline with an earlier stop for the stage under way."""
+
+    def __init__(self, run: Deadline, stop_at: float) -> None:
+        super().__init__(run.budget, run.clock, run.start)
+        self.stop_at = stop_at
+
+    def left(self) -> float:
+        return min(super().left(), self.stop_at - self.clock())
+
+
+# A stage may run this many times its worst-case estimate before it is stopped like a stage
+# past the deadline: the estimates come from one short speed probe (see PLAN_MARGIN).
+STAGE_ALLOWANCE = 1.5

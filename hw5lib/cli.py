@@ -6,12 +6,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from .config import GROUPS, RunConfig, ints, options
-from .errors import UserError
+from .errors import Terminated, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DATA = ROOT / "data" / "sample"
@@ -19,7 +21,9 @@ BUNDLED_CHECKPOINT = ROOT / "checkpoints" / "sample_classifier.pt"
 DEFAULT_OUT = ROOT / "out" / "sample"
 CHECKPOINT_CACHE = Path(os.environ.get("HW5_CHECKPOINT_CACHE", ROOT / "checkpoints"))
 
-STAGE_FAILED = 3  # exit status: the report was written, but a stage failed (manifest: failures)
+# Exit statuses besides 0 (done) and 2 (a user mistake, one line says which).
+STAGE_FAILED = 3  # the report was written, but a stage failed (manifest.json: failures)
+INTERRUPTED, TERMINATED = 130, 143  # Ctrl-C / SIGTERM: what was written is complete and listed
 
 REPORT_HELP = """\
 Explain a trained CNN and write every figure, its raw arrays (.npz) and manifest.json to OUT.
@@ -273,6 +277,8 @@ def print_summary(manifest: dict, seconds: dict[str, float], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()  # --budget counts from here: importing torch takes seconds
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)  # stop as Ctrl-C does: records kept
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -286,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
             man, seconds = run_report(cfg, progress=not args.quiet, started=started)
             if not args.quiet:
                 print_summary(man, seconds, cfg.out)
+            if man["skipped_images"]:
+                print(f"hw5: warning: {skipped_line(man['skipped_images'])}", file=sys.stderr)
+            if not man["figures"] and cfg.budget is not None:
+                raise UserError(
+                    f"--budget {cfg.budget:g} s left no time for any figure (loading took "
+                    f"{seconds.get('load', 0):.0f} s); give more (hw5.sh passes 540) or no --budget"
+                )
             if man["failures"]:
                 names = ", ".join(f["stage"] for f in man["failures"])
                 print(
@@ -338,7 +351,21 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"hw5: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hw5: interrupted; files written so far are complete", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(
+            "hw5: interrupted; every file written is complete and manifest.json lists them; "
+            "rerun the same command to finish",
+            file=sys.stderr,
+        )
+        return TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
     return 0
+
+
+def skipped_line(skipped: list[dict]) -> str:
+    from .data import Skipped, skipped_warning
+
+    return skipped_warning([Skipped(Path(s["file"]), s["reason"]) for s in skipped])
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()

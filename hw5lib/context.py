@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from . import figures
 from .budget import Deadline
 from .config import RunConfig
-from .data import Preprocess
+from .data import Preprocess, Skipped
 from .models import LoadedModel
 from .outputs import atomic_write_bytes, npz_bytes, sha256_bytes
 
@@ -57,6 +57,8 @@ class Run:
     failures: list[Failure] = field(default_factory=list)
     deadline: Deadline = field(default_factory=lambda: Deadline(None))
     labelled_images: int | None = None  # size of the labelled split, counted once
+    skipped_images: list[Skipped] = field(default_factory=list)  # unreadable files passed over
+    interrupted: str | None = None  # the signal that stopped the run
 
     @property
     def inference(self) -> nn.Module:
@@ -81,6 +83,14 @@ class Run:
     def maps(self) -> dict[str, Tensor]:
         """Every method's [N,H,W] map of the explained images, by method name."""
         return {name: m for r in self.results.values() for name, m in r.maps.items()}
+
+    def skip_images(self, skipped: Sequence[Skipped]) -> None:
+        """Note unreadable files (once each): the run goes on without them."""
+        seen = {s.path for s in self.skipped_images}
+        for s in skipped:
+            if s.path not in seen:
+                seen.add(s.path)
+                self.skipped_images.append(s)
 
     def write(self, name: str, data: bytes) -> None:
         atomic_write_bytes(self.cfg.out / name, data)

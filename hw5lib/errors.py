@@ -12,3 +12,8 @@ class BadImage(UserError):
         super().__init__(f"cannot read image {path}: {reason}")
         self.path = path
         self.reason = reason  # short, for a one-line summary: "empty file", "truncated", ...
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is (like Ctrl-C's KeyboardInterrupt) so it stops the same
+    way: what was written is recorded, nothing is left half-written."""

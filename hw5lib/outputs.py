@@ -31,6 +31,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def finite_or_null(obj: object, where: str = "") -> tuple[object, list[str]]:
+    """``obj`` with every NaN or infinite float replaced by None, and where each one was (as
+    ``path.to[3]: nan``): JSON has no such numbers, and a reader must learn why one is null."""
+    if isinstance(obj, float | np.floating) and not np.isfinite(obj):
+        return None, [f"{where or '(top)'}: {float(obj)}"]
+    if isinstance(obj, dict):
+        pairs = [
+            (k, finite_or_null(v, f"{where}.{k}" if where else str(k))) for k, v in obj.items()
+        ]
+        return {k: v for k, (v, _) in pairs}, [p for _, (_, ps) in pairs for p in ps]
+    if isinstance(obj, list | tuple):
+        items = [finite_or_null(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [v for v, _ in items], [p for _, ps in items for p in ps]
+    return obj, []
+
+
 def json_bytes(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 

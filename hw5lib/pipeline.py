@@ -7,11 +7,12 @@ here draws or differentiates by itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,12 +20,20 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, report
-from .budget import PLAN_MARGIN, Clock, Deadline, Rates, measure_rates, plan
+from .budget import (
+    PLAN_MARGIN,
+    STAGE_ALLOWANCE,
+    Clock,
+    Deadline,
+    Rates,
+    measure_rates,
+    plan,
+)
 from .config import RunConfig
 from .context import Failure, Run
 from .data import open_dataset
 from .errors import UserError
-from .outputs import atomic_write_bytes, json_bytes, sha256_file
+from .outputs import atomic_write_bytes, finite_or_null, json_bytes, sha256_file
 from .stages import STAGES, Stage, cuts_of
 from .stages.confusion import ConfusionResult
 from .stages.convergence import convergence_records, write_convergence
@@ -49,9 +58,9 @@ def expected_shares(run: Run, *, at_cap: RunConfig | None = None) -> dict[str, f
     return shares
 
 
-def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> bool:
+def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> float | None:
     """Re-plan the stages from ``index`` on to the time left; set the stage's config and record
-    its cuts. False when the stage is cut altogether."""
+    its cuts. Returns the stage's worst-case seconds, or None when it is cut altogether."""
     stages = run.registry
     stage = stages[index]
     shares = expected_shares(run)
@@ -67,7 +76,7 @@ def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> bool:
         if cut.stage == stage.name:
             run.cuts.append(f"{stage.name}: {cut.what}, to fit the {base.budget:.0f} s budget")
     if stage.name in p.cfg.skip_stages:
-        return False
+        return None
     # A stage that may not finish in the time left is not started: a sampled method at its
     # cap (it need not converge early) must fit, or its figure would be cut off half-done.
     worst = stage.cost(run, p.cfg, expected_shares(run, at_cap=p.cfg)).at(rates)
@@ -76,8 +85,8 @@ def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> bool:
             f"{stage.name}: not run, it may need {worst:.0f} s and {max(left, 0):.0f} s of the "
             f"{base.budget:.0f} s budget were left"
         )
-        return False
-    return True
+        return None
+    return worst
 
 
 @contextmanager
@@ -171,9 +180,24 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
         ]
         + run.cuts,
         "failures": [f.to_dict() for f in run.failures],
+        "interrupted": run.interrupted,
+        "skipped_images": [
+            {"file": relative_name(cfg.data, s.path), "reason": s.reason}
+            for s in run.skipped_images
+        ],
         "convergence": convergence_records(run),
         "outputs": dict(sorted(run.outputs.items())),
     }
+
+
+def relative_name(root: Path | None, path: Path) -> str:
+    """``path`` relative to the data folder where it lies inside it, else its name."""
+    if root is not None and root.is_dir():
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return path.name
 
 
 def measure(run: Run, clock: Clock) -> Rates:
@@ -181,6 +205,36 @@ def measure(run: Run, clock: Clock) -> Rates:
     n = min(16, run.cfg.batch_size)
     probe = run.subject.x[:n].repeat(2, 1, 1, 1)[:n]
     return measure_rates(run.inference, run.model, probe, clock=clock)
+
+
+def previous_outputs(out: Path) -> list[str]:
+    """The files a previous run's manifest.json in ``out`` says hw5 wrote (plain names only:
+    never a path that could point outside the folder)."""
+    try:
+        names = json.loads((out / "manifest.json").read_text()).get("outputs") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".")]
+
+
+def remove_stale(out: Path, previous: Sequence[str], written: Mapping[str, str]) -> None:
+    """Remove what an earlier run wrote and this one did not (a figure now cut, or not reached
+    before an interrupt): manifest.json then describes exactly the files in the folder."""
+    for name in previous:
+        if name not in written:
+            (out / name).unlink(missing_ok=True)
+
+
+def write_records(run: Run, previous: Sequence[str]) -> dict:
+    """manifest.json and report.pdf for what this run did, however it ended."""
+    cfg = run.cfg
+    man = manifest(run, figure_records(run))
+    man, non_finite = finite_or_null(man)
+    man["non_finite"] = non_finite  # each null that stands for a NaN or inf, and where
+    remove_stale(cfg.out, previous, run.outputs)
+    atomic_write_bytes(cfg.out / "manifest.json", json_bytes(man))
+    report.write_report(man, cfg.out, cfg.out / "report.pdf")
+    return man
 
 
 def run_report(
@@ -195,34 +249,37 @@ def run_report(
 
     With ``cfg.budget`` the model's speed is measured first and every stage is planned to the
     time left (budget.py); past the deadline, stages stop and the manifest names what was cut.
-    A stage that fails is named in the manifest's ``failures``; the others still run.
+    A stage that fails is named in the manifest's ``failures``; the others still run. On an
+    interrupt (Ctrl-C, SIGTERM) or a user error in a stage, the manifest and report of what was
+    done are written before the exception goes on.
     """
     if cfg.out.exists() and not cfg.out.is_dir():
         raise UserError(f"output path {cfg.out} exists and is not a folder")
     cfg.out.mkdir(parents=True, exist_ok=True)
+    previous = previous_outputs(cfg.out)
     deadline = Deadline(cfg.budget, clock, started)  # the clock runs from the command's start
     run = prepare(cfg)
     run.deadline, run.registry = deadline, tuple(stages)
     run.seconds["load"] = deadline.elapsed()
     run.skipped = [s.name for s in run.registry if run.scripted and s.hooks]
     rates = None
-    if cfg.budget is not None:
-        rates = measure(run, clock)
-        run.seconds["measure speed"] = deadline.elapsed() - run.seconds["load"]
-    for index, stage in enumerate(run.registry):
-        if stage.name in run.skipped:
-            continue
-        if deadline.passed():
-            run.cuts.append(f"{stage.name}: not run, the {cfg.budget:.0f} s budget was spent")
-            continue
-        if rates is not None and not plan_stage(run, cfg, rates, index):
-            continue
-        run_stage(run, stage, clock, progress)
+    try:
+        if cfg.budget is not None:
+            rates = measure(run, clock)
+            run.seconds["measure speed"] = deadline.elapsed() - run.seconds["load"]
+        run_stages(run, cfg, rates, clock, progress)
+    except KeyboardInterrupt as stop:
+        run.interrupted = type(stop).__name__
+        run.cfg = cfg
+        write_records(run, previous)
+        raise
+    except UserError:
+        run.cfg = cfg
+        write_records(run, previous)
+        raise
     run.cfg = cfg
-    man = manifest(run, figure_records(run))
-    atomic_write_bytes(cfg.out / "manifest.json", json_bytes(man))
     with timed(run, "report.pdf", clock):
-        report.write_report(man, cfg.out, cfg.out / "report.pdf")
+        man = write_records(run, previous)
     run.seconds["total"] = deadline.elapsed()
     atomic_write_bytes(
         cfg.out / "timings.json",
@@ -234,6 +291,27 @@ def run_report(
         ),
     )
     return man, run.seconds
+
+
+def run_stages(run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, progress: bool) -> None:
+    """Each stage in registry order: planned to the time left, run, its failure isolated."""
+    for index, stage in enumerate(run.registry):
+        if stage.name in run.skipped:
+            continue
+        if run.deadline.passed():
+            run.cuts.append(f"{stage.name}: not run, the {cfg.budget:.0f} s budget was spent")
+            continue
+        if rates is None:
+            run_stage(run, stage, clock, progress)
+            continue
+        worst = plan_stage(run, cfg, rates, index)
+        if worst is None:
+            continue
+        whole, run.deadline = run.deadline, run.deadline.within(STAGE_ALLOWANCE * worst)
+        try:
+            run_stage(run, stage, clock, progress)
+        finally:
+            run.deadline = whole
 
 
 __all__ = ["RunConfig", "run_report", "sha256_file"]

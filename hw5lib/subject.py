@@ -4,6 +4,7 @@ the images to explain (the Subject), resolved once before any stage runs."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,11 +19,14 @@ from .data import (
     CLASS_PRESETS,
     FOOD11_CLASSES,
     TRAIN_SPLITS,
+    ImageSet,
     Preprocess,
+    Skipped,
     label_of,
-    load_inputs,
+    load_usable,
     object_masks,
     open_dataset,
+    skipped_warning,
 )
 from .errors import UserError
 from .models import LoadedModel, gradient_copy, inference_copy, load_classifier, resolve_layer
@@ -59,9 +63,24 @@ class Subject:
 
 
 def pick_device(name: str) -> torch.device:
+    """--device: auto takes a GPU when there is one; asking for one that is not there is a
+    user error, not torch's AssertionError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be cpu, cuda, cuda:N or auto, not {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"--device {name}: no CUDA GPU is usable here (none found, or torch is a CPU "
+            "build); use --device cpu, or auto to take a GPU only when there is one"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu, cuda, cuda:N or auto, not {name!r}")
+    return device
 
 
 def resolve_preprocess(cfg: RunConfig, loaded: LoadedModel, model_channels: int) -> Preprocess:
@@ -100,17 +119,32 @@ def resolve_classes(
     return names
 
 
-def choose_images(
-    split_paths: list[Path], labels: list[int | None], per_class: int, num_classes: int
-) -> list[int]:
-    """The first ``per_class`` images of each class in sorted file order; a folder without labels
-    gives its first ``num_classes`` files."""
+def candidates_per_class(
+    labels: Sequence[int | None], per_class: int, num_classes: int
+) -> list[tuple[list[int], int]]:
+    """(indices in sorted file order, how many to take) per class; a folder without labels is
+    one group of which ``num_classes`` files are taken."""
     if all(label is None for label in labels):
-        return list(range(min(num_classes, len(split_paths))))
-    chosen: list[int] = []
-    for c in range(num_classes):
-        chosen += [i for i, label in enumerate(labels) if label == c][:per_class]
-    return chosen
+        return [(list(range(len(labels))), num_classes)]
+    return [([i for i, lb in enumerate(labels) if lb == c], per_class) for c in range(num_classes)]
+
+
+def first_readable(
+    paths: Sequence[Path], count: int, pre: Preprocess, skipped: list[Skipped]
+) -> tuple[list[Path], list[Tensor]]:
+    """The first ``count`` of ``paths`` that can be read, with their inputs; the unreadable ones
+    met on the way go to ``skipped``."""
+    found: list[Path] = []
+    inputs: list[Tensor] = []
+    for p in paths:
+        if len(found) == count:
+            break
+        loaded = load_usable([p], pre)
+        skipped.extend(loaded.skipped)
+        if loaded.paths:
+            found.append(p)
+            inputs.append(loaded.x)
+    return found, inputs
 
 
 def check_layers(cfg: RunConfig, model: nn.Module) -> None:
@@ -183,32 +217,43 @@ def validate_cam_targets(spec: str, num_classes: int) -> list[int]:
     return wanted
 
 
-def explained_paths(
-    cfg: RunConfig, split_paths: list[Path], split_labels: list[int | None], num_outputs: int
-) -> tuple[list[Path], list[int | None]]:
-    """The images to explain, with their labels (None where unknown or out of range)."""
+def explained_inputs(
+    cfg: RunConfig, split: ImageSet | None, num_outputs: int, pre: Preprocess
+) -> tuple[list[Path], list[int | None], Tensor, list[Skipped]]:
+    """The images to explain (the first ``--per-class`` readable ones of each class, then the
+    picks and --images), their labels (None where unknown or out of range), their inputs, and
+    the unreadable files passed over."""
+    skipped: list[Skipped] = []
     paths: list[Path] = []
     labels: list[int | None] = []
-    if split_paths and cfg.per_class > 0:
-        idx = choose_images(split_paths, split_labels, cfg.per_class, num_outputs)
-        paths += [split_paths[i] for i in idx]
-        labels += [split_labels[i] for i in idx]
-    extra = [*training_picks(cfg), *named_images(cfg), *sorted(cfg.images)]
-    paths += extra
-    labels += [label_of(p) for p in extra]
+    inputs: list[Tensor] = []
+    if split is not None and cfg.per_class > 0:
+        label = dict(zip(split.paths, split.labels, strict=True))
+        for idx, take in candidates_per_class(split.labels, cfg.per_class, num_outputs):
+            found, x = first_readable([split.paths[i] for i in idx], take, pre, skipped)
+            paths += found
+            labels += [label[p] for p in found]
+            inputs += x
+    for p in [*training_picks(cfg), *named_images(cfg), *sorted(cfg.images)]:
+        found, x = first_readable([p], 1, pre, skipped)
+        paths += found
+        labels += [label_of(p)] * len(found)
+        inputs += x
     if not paths:
-        raise UserError("nothing to explain: give a data folder or --images")
-    return paths, [lb if lb is not None and lb < num_outputs else None for lb in labels]
+        unreadable = f" ({skipped_warning(skipped)})" if skipped else ""
+        raise UserError(f"nothing to explain: give a data folder or --images{unreadable}")
+    labels = [lb if lb is not None and lb < num_outputs else None for lb in labels]
+    return paths, labels, torch.cat(inputs), skipped
 
 
 def prepare(cfg: RunConfig) -> Run:
+    device = pick_device(cfg.device)
     loaded = load_classifier(
         cfg.checkpoint,
         trust_pickle=cfg.trust_pickle,
         model_spec=cfg.model,
         model_args=cfg.model_args,
     )
-    device = pick_device(cfg.device)
     model = loaded.model.to(device).eval()
     if device.type == "cpu" and not isinstance(model, torch.jit.ScriptModule):
         # oneDNN's convolutions run ~1.3-1.5x faster on NHWC tensors (bench/RESULTS.md).
@@ -220,10 +265,8 @@ def prepare(cfg: RunConfig) -> Run:
         num_outputs = int(model(torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1])
     classes = resolve_classes(cfg, loaded, num_outputs, split.classes if split else None)
     validate_cam_targets(cfg.cam_targets, num_outputs)
-    paths, labels = explained_paths(
-        cfg, list(split.paths) if split else [], list(split.labels) if split else [], num_outputs
-    )
-    x = load_inputs(paths, pre).to(device)
+    paths, labels, x, skipped = explained_inputs(cfg, split, num_outputs, pre)
+    x = x.to(device)
     prob = metrics.predict(model, x, batch_size=cfg.batch_size)[0].cpu()
     pred = prob.argmax(1)
     target = explained_targets(cfg.targets, labels, pred, num_outputs)
@@ -240,4 +283,6 @@ def prepare(cfg: RunConfig) -> Run:
         prob=prob,
         masks=object_masks(root, paths, pre.size) if root else None,
     )
-    return Run(cfg, loaded, model, pre, classes, subject, device, infer=infer, grad=grad)
+    run = Run(cfg, loaded, model, pre, classes, subject, device, infer=infer, grad=grad)
+    run.skip_images(skipped)
+    return run

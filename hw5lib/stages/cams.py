@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import cam, figures
+from .. import attributions, cam, figures
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
@@ -23,6 +23,8 @@ from .record import (
     StageResult,
     explained,
     mask_caption,
+    unexplained,
+    unexplained_caption,
 )
 
 NAME = "Q4 Grad-CAM, LayerCAM"
@@ -93,13 +95,16 @@ def stage_cams(run: Run, bar: tqdm) -> StageResult:
         # The trust table scores the map of the explained target, as for the other methods.
         out.maps[method] = fn(model, s.x, s.target, layer, batch_size=run.cfg.batch_size).cpu()
         fid = "q4_" + method.lower().replace("-", "_")
+        reasons = attributions.why_unexplained(maps)
         fig = figures.cam_grid(
             s.pixels,
             maps.numpy(),
             s.titles(run.classes),
             [[f"{method}: {c}" for c in row] for row in names],
             f"{method} at {layer}",
+            notes=reasons,
         )
+        missing = unexplained(run, reasons)
         run.write_png(f"{fid}.png", fig)
         run.write_npz(
             f"{fid}.npz", input=s.x.cpu().numpy(), target=targets.numpy(), attribution=maps.numpy()
@@ -111,10 +116,12 @@ def stage_cams(run: Run, bar: tqdm) -> StageResult:
                 f"{method} at {layer}",
                 f"{method} ({paper}) at layer {layer}, upsampled bilinearly and overlaid on the "
                 f"image, for target(s) '{run.cfg.cam_targets}'."
+                + unexplained_caption(missing)
                 + mask_caption(run, out.maps[method].numpy()),
                 f"{fid}.png",
                 f"{fid}.npz",
-                {"layer": layer, "targets": run.cfg.cam_targets},
+                {"layer": layer, "targets": run.cfg.cam_targets}
+                | ({"unexplained": missing} if missing else {}),
             )
         )
     return out

@@ -15,7 +15,7 @@ from .. import attributions, figures, metrics
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
-from ..data import LABELLED_SPLITS, load_inputs, open_dataset
+from ..data import LABELLED_SPLITS, load_inputs, load_usable, open_dataset
 from .record import FigureRecord, Shares, Stage, StageResult
 
 NAME = "Q3 confusion matrix"
@@ -43,18 +43,19 @@ def stratified(labels: list[int], limit: int | None) -> list[int]:
     return sorted(out)
 
 
-def classify(run: Run, paths: list[Path]) -> Tensor:
-    """Softmax probabilities [N,K] of the images, loaded a chunk at a time."""
-    return torch.cat(
-        [
-            metrics.predict(
-                run.inference,
-                load_inputs(paths[s], run.pre).to(run.device),
-                batch_size=run.cfg.batch_size,
-            )[0].cpu()
-            for s in attributions.chunks(len(paths), CHUNK)
-        ]
-    )
+def classify(run: Run, paths: list[Path]) -> tuple[Tensor, list[int]]:
+    """Softmax probabilities [M,K] of the readable images, loaded a chunk at a time, and their
+    positions in ``paths`` (an unreadable file is skipped, and noted in the run)."""
+    probs, kept = [], []
+    for s in attributions.chunks(len(paths), CHUNK):
+        loaded = load_usable(paths[s], run.pre)
+        run.skip_images(loaded.skipped)
+        if not loaded.paths:
+            continue
+        x = loaded.x.to(run.device)
+        probs.append(metrics.predict(run.inference, x, batch_size=run.cfg.batch_size)[0].cpu())
+        kept += [s.start + i for i in loaded.kept]
+    return (torch.cat(probs) if probs else torch.zeros(0, len(run.classes))), kept
 
 
 def examples_record(run: Run, paths: list[Path], labels: Tensor, probs: Tensor) -> FigureRecord:
@@ -116,18 +117,25 @@ def stage_confusion(run: Run, bar: tqdm) -> ConfusionResult:
     if not pairs:
         return ConfusionResult()
     idx = stratified([lb for _, lb in pairs], cfg.eval_limit)
+    planned = len(idx)
+    probs, kept = classify(run, [pairs[i][0] for i in idx])
+    if not kept:
+        return ConfusionResult()
+    idx = [idx[k] for k in kept]
     paths = [pairs[i][0] for i in idx]
     labels = torch.tensor([pairs[i][1] for i in idx])
-    probs = classify(run, paths)
     preds = probs.argmax(1)
     cm = metrics.confusion_matrix(labels, preds, len(run.classes))
     acc = metrics.per_class_accuracy(cm)
     overall = float(np.trace(cm) / cm.sum())
     subset = (
         "all of " + split.root.name
-        if len(idx) == len(pairs)
-        else (f"a stratified subset of {len(idx)} of {len(pairs)} images in {split.root.name}")
+        if planned == len(pairs)
+        else (f"a stratified subset of {planned} of {len(pairs)} images in {split.root.name}")
     )
+    if len(idx) < planned:
+        subset += f" less {planned - len(idx)} unreadable"
+    empty = [run.classes[c] for c in np.flatnonzero(cm.sum(axis=1) == 0)]
     conf = metrics.top_confusions(cm, 5)
     fig = figures.confusion_figure(
         cm, run.classes, f"Confusion matrix ({subset}), accuracy {overall:.1%}"
@@ -136,7 +144,9 @@ def stage_confusion(run: Run, bar: tqdm) -> ConfusionResult:
     run.write_npz(
         "q3_confusion.npz",
         confusion=cm,
-        per_class_accuracy=acc,
+        # a class with no image has no accuracy: 0 here, and 0 images in per_class_images
+        per_class_accuracy=np.nan_to_num(acc, nan=0.0),
+        per_class_images=cm.sum(axis=1),
         labels=labels.numpy(),
         preds=preds.numpy(),
     )
@@ -151,7 +161,8 @@ def stage_confusion(run: Run, bar: tqdm) -> ConfusionResult:
         "Confusion matrix",
         f"Predictions on {subset} (rows: true class, columns: predicted; color is the row "
         f"share, numbers are counts). Overall accuracy {overall:.1%}; best class {run.classes[best]} "
-        f"({acc[best]:.0%}), worst {run.classes[worst]} ({acc[worst]:.0%}). Top confusions: {confusions}.",
+        f"({acc[best]:.0%}), worst {run.classes[worst]} ({acc[worst]:.0%}). Top confusions: {confusions}."
+        + (f" No image of {', '.join(empty)}: no accuracy for them." if empty else ""),
         "q3_confusion.png",
         "q3_confusion.npz",
         {"evaluated": len(idx)},

@@ -10,7 +10,7 @@ from ..config import RunConfig
 from ..context import Run
 from ..models import resolve_layer
 from .filters import default_filter_layers
-from .record import FigureRecord, Shares, Stage, StageResult, explained
+from .record import FigureRecord, Shares, Stage, StageResult, explained, number
 
 NAME = "Q4 DeepDream"
 STREAM = 40  # its random stream (jitter)
@@ -50,8 +50,8 @@ def stage_dream(run: Run, bar: tqdm) -> StageResult:
         f"DeepDream on {name}",
         f"DeepDream (Mordvintsev et al., 2015): gradient ascent on the image to amplify the "
         f"mean square activation of {name}, over {OCTAVES} octaves with jitter, each pixel kept "
-        f"within {MAX_CHANGE} of the original. The layer's mean square activation rose from {before:.3f} "
-        f"to {after:.3f}.",
+        f"within {MAX_CHANGE} of the original. The layer's mean square activation rose from {number(before, '.3f')} "
+        f"to {number(after, '.3f')}.",
         "q4_deepdream.png",
         "q4_deepdream.npz",
         {"layer": name},

@@ -15,7 +15,7 @@ from ..config import RunConfig
 from ..context import Run
 from ..errors import UserError
 from ..models import resolve_layer, same_activation_model
-from .record import FigureRecord, Share, Shares, Stage, StageResult, explained
+from .record import FigureRecord, Share, Shares, Stage, StageResult, explained, number
 
 NAME = "Q2 filters"
 SECTION = "Q2"
@@ -91,7 +91,7 @@ def activation_record(
         ascent_curve=result.activation.cpu().numpy(),
         ascent_steps=result.recorded.numpy(),
     )
-    means = ", ".join(f"{v:.3f}" for v in acts[:, idx].mean(dim=(0, 2, 3)).tolist())
+    means = ", ".join(number(v, ".3f") for v in acts[:, idx].mean(dim=(0, 2, 3)).tolist())
     return FigureRecord(
         fid,
         SECTION,
@@ -143,11 +143,11 @@ def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
 def summary(layers: list[LayerAscent]) -> str:
     return "; ".join(
         f"{a.name}: filters {a.filters} reach mean activation "
-        + ", ".join(f"{end:.2f}" for end, _, _ in a.gain)
+        + ", ".join(number(end) for end, _, _ in a.gain)
         + " (start image "
-        + ", ".join(f"{start:.2f}" for _, start, _ in a.gain)
+        + ", ".join(number(start) for _, start, _ in a.gain)
         + "; best real image "
-        + ", ".join(f"{best:.2f}" for _, _, best in a.gain)
+        + ", ".join(number(best) for _, _, best in a.gain)
         + ")"
         for a in layers
     )

@@ -20,6 +20,7 @@ from .record import (
     Stage,
     StageResult,
     explained,
+    number,
     samples_text,
     save_attribution,
 )
@@ -125,8 +126,8 @@ def stage_integrated_gradients(run: Run, bar: tqdm) -> IntegratedGradientsResult
         f"Gauss-Legendre steps doubled from {FIRST_STEPS} until the completeness error is at "
         f"most {TOLERANCE:.0%} ({samples_text(result.used)} gradients per image), summed over "
         f"channels. Completeness error "
-        f"|sum - (f(x) - f(baseline))| / |f(x) - f(baseline)|: median {float(err.median()):.4f}, "
-        f"max {float(err.max()):.4f}.",
+        f"|sum - (f(x) - f(baseline))| / |f(x) - f(baseline)|: median {number(float(err.median()), '.4f')}, "
+        f"max {number(float(err.max()), '.4f')}.",
         maps,
         signed=True,
         raw=raw,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +13,19 @@ from .. import figures, lime_adapter
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
-from .record import FigureRecord, Method, Share, Shares, Stage, StageResult, explained, mask_caption
+from .record import (
+    FigureRecord,
+    Method,
+    Share,
+    Shares,
+    Stage,
+    StageResult,
+    explained,
+    mask_caption,
+    number,
+    unexplained,
+    unexplained_caption,
+)
 
 NAME = "Q3 LIME"
 METHOD = "LIME"
@@ -94,6 +107,7 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
         [r.weights for r in results],
         s.titles(run.classes),
         "LIME: superpixels for (green) and against (red) the class",
+        notes=[r.failure for r in results],
     )
     run.write_png("q3_lime.png", fig)
     run.write_npz(
@@ -114,6 +128,15 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
         if cfg.adaptive
         else f"{cfg.lime_samples} antithetic perturbed samples per image"
     )
+    missing = unexplained(run, [r.failure for r in results])
+    fallback = {p.name: r.segmentation for p, r in zip(s.paths, results, strict=True)
+                if r.segmentation != lime_adapter.COURSE_SLIC}  # fmt: skip
+    explained_scores = [r.score for r in results if r.failure is None]
+    params: dict = {"samples": used, "cap": cfg.lime_samples, "seed": cfg.seed}
+    if missing:
+        params["unexplained"] = missing
+    if fallback:
+        params["segmentation"] = fallback
     record = FigureRecord(
         "q3_lime",
         STAGE.section,
@@ -121,11 +144,13 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
         f"LIME (Ribeiro et al., 2016) with {sampling}, over SLIC superpixels "
         f"(n_segments=100, compactness=1, sigma=1, numbered from 0); the 5 most "
         f"positive superpixels are green, the 5 most negative red. Mean R^2 of lime's local linear "
-        f"model: {np.mean([r.score for r in results]):.2f}."
+        f"model: {number(float(np.mean(explained_scores)) if explained_scores else math.nan)}."
+        + segmentation_caption(fallback)
+        + unexplained_caption(missing)
         + (mask_caption(run, maps) if complete else ""),
         "q3_lime.png",
         "q3_lime.npz",
-        {"samples": used, "cap": cfg.lime_samples, "seed": cfg.seed},
+        params,
     )
     return LimeStageResult(
         [record],
@@ -136,6 +161,14 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
         complete=complete,
         cap=cfg.lime_samples,
     )
+
+
+def segmentation_caption(fallback: dict[str, str]) -> str:
+    """Where the course SLIC gave too few superpixels (a low-contrast photo), what was used."""
+    if not fallback:
+        return ""
+    listed = "; ".join(f"{name}: {how}" for name, how in fallback.items())
+    return f" Superpixels made otherwise for {len(fallback)} image(s): {listed}."
 
 
 def lime_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:

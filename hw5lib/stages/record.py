@@ -3,7 +3,8 @@ stage returns, and saving one per-pixel attribution as PNG + NPZ + figure record
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .. import figures, metrics
+from .. import attributions, figures, metrics
 from ..budget import Cut, Work
 from ..config import RunConfig
 from ..context import Run
@@ -110,11 +111,32 @@ def mask_caption(run: Run, maps: np.ndarray) -> str:
     masks = run.subject.masks
     if masks is None:
         return ""
-    inside = metrics.mass_inside(torch.as_tensor(maps), torch.from_numpy(masks)).mean()
+    inside = float(metrics.mass_inside(torch.as_tensor(maps), torch.from_numpy(masks)).nanmean())
     return (
-        f" Mean share of the positive attribution inside the object mask: {inside:.2f}"
+        f" Mean share of the positive attribution inside the object mask: {number(inside)}"
         f" (the object covers {masks.mean():.2f} of the image on average)."
     )
+
+
+def unexplained(run: Run, reasons: Sequence[str | None]) -> dict[str, str]:
+    """File name -> why its map explains nothing, for the images that have a reason."""
+    return {p.name: why for p, why in zip(run.subject.paths, reasons, strict=False) if why}
+
+
+def unexplained_caption(missing: Mapping[str, str]) -> str:
+    """The caption's sentence on images a method could not explain (empty when there are none)."""
+    if not missing:
+        return ""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in missing.items():
+        by_reason.setdefault(why, []).append(name)
+    listed = "; ".join(f"{why}: {', '.join(names)}" for why, names in by_reason.items())
+    return f" {len(missing)} of the images could not be explained ({listed})."
+
+
+def number(value: float, spec: str = ".2f") -> str:
+    """A number for a caption; 'n/a' where it is NaN or infinite (a caption never shows nan)."""
+    return format(value, spec) if math.isfinite(value) else "n/a"
 
 
 def save_attribution(
@@ -129,10 +151,14 @@ def save_attribution(
     params: Mapping[str, Any] | None = None,
     raw: Tensor | None = None,
 ) -> FigureRecord:
-    """The figure, the raw arrays and the record of one per-pixel attribution method."""
+    """The figure, the raw arrays and the record of one per-pixel attribution method. An image
+    whose map explains nothing (not finite, zero everywhere) shows why instead of the map."""
     s = run.subject
     arr = maps.detach().cpu().numpy().astype(np.float32)
-    fig = figures.image_map_pairs(s.pixels, arr, s.titles(run.classes), title, signed=signed)
+    reasons = attributions.why_unexplained(arr)
+    fig = figures.image_map_pairs(
+        s.pixels, arr, s.titles(run.classes), title, signed=signed, notes=reasons
+    )
     run.write_png(f"{fid}.png", fig)
     run.write_npz(
         f"{fid}.npz",
@@ -142,5 +168,7 @@ def save_attribution(
         map=arr,
         files=np.array([p.name for p in s.paths]),
     )
-    caption += mask_caption(run, arr)
-    return FigureRecord(fid, section, title, caption, f"{fid}.png", f"{fid}.npz", params or {})
+    missing = unexplained(run, reasons)
+    caption += unexplained_caption(missing) + mask_caption(run, arr)
+    params = {**(params or {}), **({"unexplained": missing} if missing else {})}
+    return FigureRecord(fid, section, title, caption, f"{fid}.png", f"{fid}.npz", params)

@@ -17,6 +17,7 @@ from .record import (
     Stage,
     StageResult,
     explained,
+    number,
     samples_text,
     save_attribution,
 )
@@ -81,7 +82,7 @@ def stage_smoothgrad(run: Run, bar: tqdm) -> SmoothGradResult:
         f"SmoothGrad (Smilkov et al., 2017): saliency averaged over {samples_text(result.used)} "
         f"copies of each image with Gaussian noise of std {cfg.smooth_sigma} x its value range"
         f" (predicted correlation with the exact expectation: min "
-        f"{float(result.quality.min()):.3f}).",
+        f"{number(float(result.quality.min()), '.3f')}).",
         maps,
         params={
             "samples": result.used.tolist(),

@@ -56,6 +56,7 @@ class TrustResult(StageResult):
     randomized_layers: list[str] = field(default_factory=list)
     randomization_skipped: str | None = None
     lime_stability_images: int = 0
+    unscored: list[str] = field(default_factory=list)  # methods whose maps are not finite
     deletion_steps: int = 0
     randomize_top: int = 0
 
@@ -139,6 +140,9 @@ def stage_trust(run: Run, bar: tqdm) -> TrustResult:
         if run.deadline.passed():
             run.cuts.append(f"{NAME}: no row for {name} and after, the budget was spent")
             break
+        if not maps[name].isfinite().all():  # nothing to rank: NaN or inf in the maps
+            out.unscored.append(name)
+            continue
         out.rows.append(trust_row(run, name, maps[name], explains.get(name), out))
         bar.update()
     stability = {
@@ -192,7 +196,7 @@ def cam_layer_rows(run: Run, masks: Tensor) -> list[dict]:
 
 
 def trust_manifest(result: TrustResult | None) -> dict | None:
-    if result is None or not result.rows:
+    if result is None or not (result.rows or result.unscored):
         return None
     table = [
         [
@@ -214,6 +218,11 @@ def trust_manifest(result: TrustResult | None) -> dict | None:
             f"Pointing: share of images whose map maximum lies on the object; mass inside: share "
             f"of positive attribution on the object, which covers {result.mask_fraction:.2f} of the "
             f"image. "
+        )
+    if result.unscored:
+        notes += (
+            f"Not scored, as their maps are not finite (NaN or infinite values): "
+            f"{', '.join(result.unscored)}. "
         )
     if result.randomization_skipped is not None:
         notes += f"Randomization check skipped: {result.randomization_skipped}. "
