@@ -242,7 +242,8 @@ def ensure_sample(root: Path) -> None:
 
 def print_layers(args: argparse.Namespace) -> None:
     """The course picks layers as ``model.cnn[15]``: show index, name, type and output shape."""
-    from .models import layer_table, load_classifier
+    from .layers import layer_table
+    from .models import load_classifier
     from .subject import infer_channels
 
     loaded = load_classifier(

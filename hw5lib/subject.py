@@ -25,7 +25,8 @@ from .data import (
     open_dataset,
 )
 from .errors import UserError
-from .models import LoadedModel, gradient_copy, inference_copy, load_classifier, resolve_layer
+from .layers import gradient_copy, inference_copy, resolve_layer
+from .models import LoadedModel, load_classifier
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,11 @@ from torch import nn
 
 from hw5lib.attributions import input_gradient
 from hw5lib.cam import grad_cam, layer_cam
+from hw5lib.checkpoints import read_checkpoint
 from hw5lib.data import Preprocess, find_split, label_of, list_images, load_split, read_image
 from hw5lib.errors import UserError
-from hw5lib.models import (
-    gradient_copy,
-    infer_classifier_args,
-    load_classifier,
-    read_checkpoint,
-    resolve_layer,
-    same_activation_model,
-    save_checkpoint,
-)
+from hw5lib.layers import gradient_copy, resolve_layer, same_activation_model
+from hw5lib.models import infer_classifier_args, load_classifier, save_checkpoint
 from hw5lib.outputs import atomic_write_bytes, npz_bytes
 from model import Classifier
 from tests.zoo import ResidualNet, seeded_
@@ -235,7 +229,7 @@ def test_preprocess_round_trips_through_dict():
     assert Preprocess.from_dict(pre.to_dict()) == pre
 
 
-# models.py: checkpoints
+# models.py, checkpoints.py: loading checkpoints
 
 
 @pytest.mark.parametrize("wrap", ["bare", "course"])
@@ -338,7 +332,7 @@ def test_checkpoint_that_is_not_a_state_dict_is_a_user_error(tmp_path):
         load_classifier(tmp_path / "odd.pth")
 
 
-# models.py: layers
+# layers.py: layer lookup
 
 
 @pytest.mark.parametrize("spec", ["15", "cnn[15]", "cnn.15", " cnn.15 "])

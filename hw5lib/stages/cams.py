@@ -12,7 +12,7 @@ from .. import cam, figures
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
-from ..models import resolve_layer, same_activation_model
+from ..layers import resolve_layer, same_activation_model
 from ..subject import validate_cam_targets
 from .record import (
     Explain,

@@ -14,7 +14,7 @@ from .. import cam, metrics
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
-from ..models import same_activation_model
+from ..layers import same_activation_model
 from . import integrated_gradients, lime, smoothgrad
 from .cams import cam_layer_name
 from .lime import LimeStageResult
