@@ -37,7 +37,9 @@ from bench.vgg import VGGClassifier  # noqa: E402
 from hw5lib import attributions, cam, filters, lime_adapter, metrics  # noqa: E402
 from hw5lib.cli import BUNDLED_CHECKPOINT, BUNDLED_DATA, ensure_sample  # noqa: E402
 from hw5lib.config import RunConfig  # noqa: E402
-from hw5lib.data import Preprocess, load_inputs, open_dataset  # noqa: E402
+from hw5lib.data import Preprocess  # noqa: E402
+from hw5lib.datasets import open_dataset  # noqa: E402
+from hw5lib.images import load_inputs  # noqa: E402
 from hw5lib.layers import (  # noqa: E402
     default_filter_layers,
     gradient_copy,

@@ -22,7 +22,7 @@ from . import __version__, report
 from .budget import PLAN_MARGIN, Clock, Deadline, Rates, measure_rates, plan
 from .config import RunConfig
 from .context import Failure, Run
-from .data import open_dataset
+from .datasets import open_dataset
 from .errors import UserError
 from .outputs import atomic_write_bytes, json_bytes, sha256_file
 from .stages import STAGES, Stage, cuts_of

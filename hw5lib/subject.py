@@ -14,17 +14,10 @@ from torch import Tensor, nn
 from . import metrics
 from .config import RunConfig
 from .context import Run
-from .data import (
-    CLASS_PRESETS,
-    FOOD11_CLASSES,
-    TRAIN_SPLITS,
-    Preprocess,
-    label_of,
-    load_inputs,
-    object_masks,
-    open_dataset,
-)
+from .data import CLASS_PRESETS, FOOD11_CLASSES, Preprocess
+from .datasets import TRAIN_SPLITS, label_of, object_masks, open_dataset
 from .errors import UserError
+from .images import load_inputs
 from .layers import gradient_copy, inference_copy, resolve_layer
 from .models import LoadedModel, load_classifier
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from hw5lib import attributions, cam, metrics
 from hw5lib.cli import BUNDLED_CHECKPOINT
-from hw5lib.data import load_inputs, load_mask, load_split
+from hw5lib.datasets import load_mask, load_split
+from hw5lib.images import load_inputs
 from hw5lib.models import load_classifier
 from hw5lib.sample import generate_sample
 
