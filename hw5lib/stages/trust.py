@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import cam, metrics
+from .. import cam, faithfulness, metrics
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
@@ -22,7 +22,7 @@ from .record import Explain, Method, Shares, Stage, StageResult, explained
 from .smoothgrad import SmoothGradResult
 
 NAME = "trust checks"
-EDGE = Method("Edge detector (control)", lambda run: lambda m, x, t: metrics.edge_map(x))
+EDGE = Method("Edge detector (control)", lambda run: lambda m, x, t: faithfulness.edge_map(x))
 RANDOM = "Random map (baseline)"
 RANDOM_STREAM, RANDOMIZE_STREAM = 50, 60  # the random map's and the re-initialization's streams
 FLAG_ABOVE = 0.5  # |rank corr.| with the randomized model's map above which a method is flagged
@@ -80,7 +80,7 @@ def method_table(run: Run) -> dict[str, Explain]:
 
 def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: TrustResult) -> dict:
     s, cfg = run.subject, run.cfg
-    di = metrics.deletion_insertion(
+    di = faithfulness.deletion_insertion(
         run.inference,
         s.x,
         s.target,
@@ -97,7 +97,7 @@ def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: T
     }
     if explain is not None:
         try:
-            check = metrics.randomization_check(
+            check = faithfulness.randomization_check(
                 explain,
                 run.model,
                 s.x,
@@ -128,8 +128,8 @@ def stage_trust(run: Run, bar: tqdm) -> TrustResult:
     if not cfg.trust:
         return out
     maps = run.maps()
-    maps[EDGE.name] = metrics.edge_map(s.x).cpu()
-    maps[RANDOM] = metrics.random_maps(
+    maps[EDGE.name] = faithfulness.edge_map(s.x).cpu()
+    maps[RANDOM] = faithfulness.random_maps(
         (len(s.paths), *s.x.shape[-2:]), run.generator(RANDOM_STREAM)
     )
     explains = method_table(run)
