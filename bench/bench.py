@@ -37,15 +37,17 @@ from bench.vgg import VGGClassifier  # noqa: E402
 from hw5lib import attributions, cam, filters, lime_adapter, metrics  # noqa: E402
 from hw5lib.cli import BUNDLED_CHECKPOINT, BUNDLED_DATA, ensure_sample  # noqa: E402
 from hw5lib.config import RunConfig  # noqa: E402
-from hw5lib.data import Preprocess, load_inputs, open_dataset  # noqa: E402
-from hw5lib.models import (  # noqa: E402
+from hw5lib.data import Preprocess  # noqa: E402
+from hw5lib.datasets import open_dataset  # noqa: E402
+from hw5lib.images import load_inputs  # noqa: E402
+from hw5lib.layers import (  # noqa: E402
+    default_filter_layers,
     gradient_copy,
     inference_copy,
-    load_classifier,
     resolve_layer,
     same_activation_model,
 )
-from hw5lib.stages.filters import default_filter_layers  # noqa: E402
+from hw5lib.models import load_classifier  # noqa: E402
 from hw5lib.stages.lime import STABILITY_ROUNDS as LIME_STABILITY_ROUNDS  # noqa: E402
 from model import Classifier  # noqa: E402
 
@@ -223,7 +225,7 @@ def seed_style_figures(
 
 
 def folded(model: nn.Module, x: Tensor) -> nn.Module:
-    """The pipeline's copy for gradient methods (models.gradient_copy)."""
+    """The pipeline's copy for gradient methods (layers.gradient_copy)."""
     return gradient_copy(model, x[:8])
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .hooks import eval_mode, forward_until, frozen_params, record_layer
-from .models import as_module
+from .layers import as_module
 
 logger = logging.getLogger(__name__)
 

@@ -246,7 +246,8 @@ def ensure_sample(root: Path) -> None:
 
 def print_layers(args: argparse.Namespace) -> None:
     """The course picks layers as ``model.cnn[15]``: show index, name, type and output shape."""
-    from .models import layer_table, load_classifier
+    from .layers import layer_table
+    from .models import load_classifier
     from .subject import infer_channels
 
     loaded = load_classifier(
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def skipped_line(skipped: list[dict]) -> str:
-    from .data import Skipped, skipped_warning
+    from .images import Skipped, skipped_warning
 
     return skipped_warning([Skipped(Path(s["file"]), s["reason"]) for s in skipped])
 

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from . import figures
 from .budget import Deadline
 from .config import RunConfig
-from .data import Preprocess, Skipped
+from .data import Preprocess
+from .images import Skipped
 from .models import LoadedModel
 from .outputs import atomic_write_bytes, npz_bytes, sha256_bytes
 

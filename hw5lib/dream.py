@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .hooks import eval_mode, forward_until, frozen_params
-from .models import as_module
+from .layers import as_module
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put every module in eval mode (BatchNorm must not mix samples); restore each flag after."""
-    # A frozen TorchScript module (models.inference_copy) has no modes left to set.
+    # A frozen TorchScript module (layers.inference_copy) has no modes left to set.
     flags = [(m, m.training) for m in model.modules() if hasattr(m, "training")]
     for module, _ in flags:
         module.training = False

@@ -31,7 +31,7 @@ from .budget import (
 )
 from .config import RunConfig
 from .context import Failure, Run
-from .data import open_dataset
+from .datasets import open_dataset
 from .errors import UserError
 from .outputs import atomic_write_bytes, finite_or_null, json_bytes, sha256_file
 from .stages import STAGES, Stage, cuts_of

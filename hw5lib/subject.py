@@ -15,21 +15,12 @@ from torch import Tensor, nn
 from . import metrics
 from .config import RunConfig
 from .context import Run
-from .data import (
-    CLASS_PRESETS,
-    FOOD11_CLASSES,
-    TRAIN_SPLITS,
-    ImageSet,
-    Preprocess,
-    Skipped,
-    label_of,
-    load_usable,
-    object_masks,
-    open_dataset,
-    skipped_warning,
-)
+from .data import CLASS_PRESETS, FOOD11_CLASSES, Preprocess
+from .datasets import TRAIN_SPLITS, ImageSet, label_of, object_masks, open_dataset
 from .errors import UserError
-from .models import LoadedModel, gradient_copy, inference_copy, load_classifier, resolve_layer
+from .images import Skipped, load_usable, skipped_warning
+from .layers import gradient_copy, inference_copy, resolve_layer
+from .models import LoadedModel, load_classifier
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,11 @@ from torch import Tensor, nn
 
 from model import Classifier
 
-from .data import TRAIN_SPLITS, ImageSet, Preprocess, load_inputs, open_dataset
+from .data import Preprocess
+from .datasets import TRAIN_SPLITS, ImageSet, open_dataset
 from .errors import UserError
 from .hooks import eval_mode
+from .images import load_inputs
 from .models import save_checkpoint
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from hw5lib.attributions import (
     smoothgrad_until_converged,
     split_half_agreement,
 )
+from hw5lib.faithfulness import gaussian_blur as blurred
 from hw5lib.hooks import hook_count
-from hw5lib.metrics import gaussian_blur as blurred
 from model import Classifier
 from tests.zoo import seeded_
 

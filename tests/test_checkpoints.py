@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from torch.serialization import MAGIC_NUMBER
 
 from hw5lib import standins
+from hw5lib.checkpoints import checkpoint_format
 from hw5lib.errors import UserError
-from hw5lib.models import checkpoint_format, load_classifier
+from hw5lib.models import load_classifier
 from model import Classifier
 from tests.zoo import AlexNetLike
 

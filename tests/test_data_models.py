@@ -16,17 +16,13 @@ from torch import nn
 
 from hw5lib.attributions import input_gradient
 from hw5lib.cam import grad_cam, layer_cam
-from hw5lib.data import Preprocess, find_split, label_of, list_images, load_split, read_image
+from hw5lib.checkpoints import read_checkpoint
+from hw5lib.data import Preprocess
+from hw5lib.datasets import find_split, label_of, list_images, load_split
 from hw5lib.errors import UserError
-from hw5lib.models import (
-    gradient_copy,
-    infer_classifier_args,
-    load_classifier,
-    read_checkpoint,
-    resolve_layer,
-    same_activation_model,
-    save_checkpoint,
-)
+from hw5lib.images import read_image
+from hw5lib.layers import gradient_copy, resolve_layer, same_activation_model
+from hw5lib.models import infer_classifier_args, load_classifier, save_checkpoint
 from hw5lib.outputs import atomic_write_bytes, npz_bytes
 from model import Classifier
 from tests.zoo import ResidualNet, seeded_
@@ -54,7 +50,7 @@ def assert_same_weights(loaded: nn.Module, model: nn.Module) -> None:
         assert torch.equal(got[k], want[k]), k
 
 
-# data.py: file lists
+# datasets.py: file lists
 
 
 def test_list_images_is_sorted_whatever_the_creation_order(tmp_path):
@@ -106,7 +102,7 @@ def test_find_split_prefers_validation_then_training(tmp_path):
         find_split(tmp_path / "nowhere")
 
 
-# data.py: reading images
+# images.py: reading images
 
 
 def rgb_array(h: int = 6, w: int = 5) -> np.ndarray:
@@ -235,7 +231,7 @@ def test_preprocess_round_trips_through_dict():
     assert Preprocess.from_dict(pre.to_dict()) == pre
 
 
-# models.py: checkpoints
+# models.py, checkpoints.py: loading checkpoints
 
 
 @pytest.mark.parametrize("wrap", ["bare", "course"])
@@ -338,7 +334,7 @@ def test_checkpoint_that_is_not_a_state_dict_is_a_user_error(tmp_path):
         load_classifier(tmp_path / "odd.pth")
 
 
-# models.py: layers
+# layers.py: layer lookup
 
 
 @pytest.mark.parametrize("spec", ["15", "cnn[15]", "cnn.15", " cnn.15 "])

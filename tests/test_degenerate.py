@@ -23,7 +23,6 @@ from hw5lib import attributions, figures, lime_adapter
 from hw5lib.lime_adapter import (
     COURSE_SLIC,
     MIN_SEGMENTS,
-    SEPARATION_SETTLED,
     AntitheticLimeExplainer,
     LimeResult,
     explain,
@@ -31,8 +30,8 @@ from hw5lib.lime_adapter import (
     resampled_agreement,
     segment,
     segment_with_fallback,
-    top_separation,
 )
+from hw5lib.lime_stopping import SEPARATION_SETTLED, top_separation
 from model import Classifier
 
 SIDE = 128  # the pipeline's display size

@@ -4,7 +4,7 @@ import pytest
 
 from hw5lib.cli import main
 from hw5lib.hooks import hook_count
-from hw5lib.models import layer_table, resolve_layer
+from hw5lib.layers import layer_table, resolve_layer
 from model import Classifier
 
 

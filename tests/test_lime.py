@@ -12,18 +12,15 @@ from torch import Tensor, nn
 from hw5lib import metrics
 from hw5lib.data import Preprocess
 from hw5lib.lime_adapter import (
-    MATCHED_SAMPLES,
-    MIN_SAMPLES,
     SLIC_ARGS,
-    TOP_SEPARATION,
     AntitheticLimeExplainer,
-    antithetic_masks,
     classifier_fn,
     explain,
     lime_weights,
     resampled_agreement,
     segment,
 )
+from hw5lib.lime_stopping import MATCHED_SAMPLES, MIN_SAMPLES, TOP_SEPARATION, antithetic_masks
 from model import Classifier
 
 SIDE, BLOCK, SAMPLES = 48, 8, 60

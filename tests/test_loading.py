@@ -19,17 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from hw5lib import data
-from hw5lib.data import (
-    Preprocess,
-    Skipped,
-    list_images,
-    load_inputs,
-    load_usable,
-    read_image,
-    skipped_warning,
-)
+from hw5lib import images
+from hw5lib.data import Preprocess
+from hw5lib.datasets import list_images
 from hw5lib.errors import BadImage, UserError
+from hw5lib.images import Skipped, load_inputs, load_usable, read_image, skipped_warning
 
 PRE = Preprocess(size=(24, 32))  # (H, W); no mean/std, so model inputs are pixels in [0,1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "grass", "coins", "rocket")  # bundled
@@ -55,7 +49,7 @@ def pixels_of(path: Path, channels: int = 3) -> np.ndarray:
     return np.asarray(read_image(path, channels), dtype=np.int16)
 
 
-def assert_model_inputs(loaded: data.LoadedImages, n: int, pre: Preprocess = PRE) -> None:
+def assert_model_inputs(loaded: images.LoadedImages, n: int, pre: Preprocess = PRE) -> None:
     """n images of the configured shape, finite, in [0,1] (no normalization in PRE)."""
     assert loaded.x.shape == (n, pre.channels, *pre.size)
     assert loaded.x.dtype == torch.float32
@@ -359,7 +353,7 @@ def test_missing_file_is_skipped_as_missing(tmp_path):
 
 def test_mode_pil_cannot_convert_is_skipped_as_unsupported(tmp_path, monkeypatch):
     (tmp_path / "odd.png").write_bytes(b"stands for a file that decodes to mode La")
-    monkeypatch.setattr(data, "_decode", lambda path: Image.new("La", (4, 4)))
+    monkeypatch.setattr(images, "_decode", lambda path: Image.new("La", (4, 4)))
     loaded = load_usable([tmp_path / "odd.png"], PRE)
     assert loaded.skipped == (Skipped(tmp_path / "odd.png", "unsupported colour mode La"),)
 

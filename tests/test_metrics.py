@@ -1,4 +1,4 @@
-"""Tests for hw5lib.metrics: tiny models and synthetic tensors, CPU, seconds."""
+"""Tests for hw5lib.metrics and hw5lib.faithfulness: tiny models and synthetic tensors, CPU, seconds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from hw5lib import metrics
+from hw5lib import faithfulness, metrics
 from hw5lib.hooks import hook_count
 from model import Classifier
 
@@ -19,7 +19,7 @@ def _tiny_classifier(seed: int = 0) -> Classifier:
     """Tiny HW3 Classifier with generator-drawn weights and non-default BatchNorm state."""
     g = torch.Generator().manual_seed(seed)
     model = Classifier(widths=(4, 8, 8, 8, 8), hidden=(16, 16), input_size=32)
-    model = metrics.randomized_copy(model, len(metrics.parameterized_layers(model)), g)
+    model = faithfulness.randomized_copy(model, len(faithfulness.parameterized_layers(model)), g)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -127,9 +127,9 @@ def test_perfect_map_beats_random_map_on_deletion_and_insertion() -> None:
     x = 0.5 + 0.5 * torch.rand(4, 3, 8, 8, generator=g)
     target = torch.zeros(4, dtype=torch.long)
     perfect = model.patch.float().expand(4, 8, 8)
-    random = metrics.random_maps((4, 8, 8), g)
-    good = metrics.deletion_insertion(model, x, target, perfect, steps=8, baseline="zero")
-    rand = metrics.deletion_insertion(model, x, target, random, steps=8, baseline="zero")
+    random = faithfulness.random_maps((4, 8, 8), g)
+    good = faithfulness.deletion_insertion(model, x, target, perfect, steps=8, baseline="zero")
+    rand = faithfulness.deletion_insertion(model, x, target, random, steps=8, baseline="zero")
     assert (good["deletion"] < rand["deletion"]).all()
     assert (good["insertion"] > rand["insertion"]).all()
     # The patch is the top quarter of the pixels: after 2 of 8 steps the evidence is all gone.
@@ -141,11 +141,13 @@ def test_deletion_insertion_curves_start_and_end_at_intact_and_baseline_probs() 
     noise = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     x = 0.2 * noise + 0.8 * model.patch.float()  # a bright patch whose edges the blur spreads
     target = torch.tensor([0, 1, 0])
-    maps = metrics.random_maps((3, 8, 8), torch.Generator().manual_seed(3))
-    out = metrics.deletion_insertion(model, x, target, maps, steps=4, baseline="blur")
+    maps = faithfulness.random_maps((3, 8, 8), torch.Generator().manual_seed(3))
+    out = faithfulness.deletion_insertion(model, x, target, maps, steps=4, baseline="blur")
     with torch.no_grad():
         intact = model(x).softmax(1).gather(1, target[:, None]).squeeze(1)
-        blurred = model(metrics.gaussian_blur(x)).softmax(1).gather(1, target[:, None]).squeeze(1)
+        blurred = (
+            model(faithfulness.gaussian_blur(x)).softmax(1).gather(1, target[:, None]).squeeze(1)
+        )
     assert out["deletion_curve"].shape == (3, 5) and out["deletion"].shape == (3,)
     torch.testing.assert_close(out["deletion_curve"][:, 0], intact)
     torch.testing.assert_close(out["deletion_curve"][:, -1], blurred)
@@ -162,21 +164,21 @@ def test_deletion_insertion_does_not_depend_on_batch_size() -> None:
     g = torch.Generator().manual_seed(4)
     x = torch.rand(3, 3, 32, 32, generator=g)
     target = torch.tensor([0, 5, 10])
-    maps = metrics.random_maps((3, 32, 32), g)
-    small = metrics.deletion_insertion(model, x, target, maps, steps=4, batch_size=7)
-    big = metrics.deletion_insertion(model, x, target, maps, steps=4, batch_size=1000)
+    maps = faithfulness.random_maps((3, 32, 32), g)
+    small = faithfulness.deletion_insertion(model, x, target, maps, steps=4, batch_size=7)
+    big = faithfulness.deletion_insertion(model, x, target, maps, steps=4, batch_size=1000)
     for key in small:
         torch.testing.assert_close(small[key], big[key])
 
 
 def test_pixel_ranks_break_ties_by_lower_index() -> None:
     maps = torch.tensor([[[1.0, 3.0], [1.0, 3.0]]])
-    assert metrics.pixel_ranks(maps).tolist() == [[2, 0, 3, 1]]
+    assert faithfulness.pixel_ranks(maps).tolist() == [[2, 0, 3, 1]]
 
 
 def test_gaussian_blur_preserves_constant_image() -> None:
     x = torch.full((2, 3, 16, 16), 0.7)
-    torch.testing.assert_close(metrics.gaussian_blur(x), x)
+    torch.testing.assert_close(faithfulness.gaussian_blur(x), x)
 
 
 # --- randomization sanity check ----------------------------------------------------------------
@@ -185,9 +187,9 @@ def test_gaussian_blur_preserves_constant_image() -> None:
 def test_randomized_copy_changes_only_top_layers_and_leaves_original_untouched() -> None:
     model = _tiny_classifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    layers = [name for name, _ in metrics.parameterized_layers(model)]
+    layers = [name for name, _ in faithfulness.parameterized_layers(model)]
     assert layers[-4:] == ["cnn.17", "fc.0", "fc.2", "fc.4"]
-    copy = metrics.randomized_copy(model, 4, torch.Generator().manual_seed(9))
+    copy = faithfulness.randomized_copy(model, 4, torch.Generator().manual_seed(9))
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     randomized = {"cnn.17", "fc.0", "fc.2", "fc.4"}
@@ -203,9 +205,9 @@ def test_randomized_copy_changes_only_top_layers_and_leaves_original_untouched()
 
 def test_randomized_copy_is_reproducible_from_generator() -> None:
     model = _tiny_classifier()
-    a = metrics.randomized_copy(model, 3, torch.Generator().manual_seed(5)).state_dict()
-    b = metrics.randomized_copy(model, 3, torch.Generator().manual_seed(5)).state_dict()
-    c = metrics.randomized_copy(model, 3, torch.Generator().manual_seed(6)).state_dict()
+    a = faithfulness.randomized_copy(model, 3, torch.Generator().manual_seed(5)).state_dict()
+    b = faithfulness.randomized_copy(model, 3, torch.Generator().manual_seed(5)).state_dict()
+    c = faithfulness.randomized_copy(model, 3, torch.Generator().manual_seed(6)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["fc.4.weight"], c["fc.4.weight"])
 
@@ -214,8 +216,8 @@ def test_randomization_check_flags_model_blind_edge_map() -> None:
     model = _tiny_classifier()
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     target = torch.tensor([0, 1, 2, 3])
-    out = metrics.randomization_check(
-        metrics.edge_explain, model, x, target, generator=torch.Generator().manual_seed(8)
+    out = faithfulness.randomization_check(
+        faithfulness.edge_explain, model, x, target, generator=torch.Generator().manual_seed(8)
     )
     torch.testing.assert_close(out["correlation"], torch.ones(4))
     assert out["flagged"]
@@ -225,12 +227,12 @@ def test_randomization_check_does_not_flag_input_gradient_saliency() -> None:
     model = _tiny_classifier()
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     target = torch.tensor([0, 1, 2, 3])
-    out = metrics.randomization_check(
+    out = faithfulness.randomization_check(
         _saliency, model, x, target, generator=torch.Generator().manual_seed(8)
     )
     assert not out["flagged"]
     assert out["mean_abs"] < 0.5
-    assert out["n_top"] == len(metrics.parameterized_layers(model))
+    assert out["n_top"] == len(faithfulness.parameterized_layers(model))
     assert hook_count(model) == 0
 
 
@@ -240,7 +242,7 @@ def test_rank_correlation_equals_scipy_spearman_per_image_even_with_ties() -> No
     b = a + 0.5 * torch.rand(3, 5, 6, generator=g)
     b[2] = torch.randint(0, 4, (5, 6), generator=g).float()  # many ties
     a[1] = torch.randint(0, 3, (5, 6), generator=g).float()
-    got = metrics.rank_correlation(a, b)
+    got = faithfulness.rank_correlation(a, b)
     expected = [stats.spearmanr(a[i].flatten(), b[i].flatten()).statistic for i in range(3)]
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float32))
 
@@ -291,7 +293,7 @@ def test_topk_overlap_and_rank_correlation_1d() -> None:
 def test_edge_map_is_zero_on_flat_image_and_peaks_on_step_edge() -> None:
     x = torch.zeros(2, 3, 8, 8)
     x[1, :, :, 4:] = 1.0  # vertical step between columns 3 and 4
-    edges = metrics.edge_map(x)
+    edges = faithfulness.edge_map(x)
     assert edges.shape == (2, 8, 8)
     assert torch.equal(edges[0], torch.zeros(8, 8))
     assert (edges[1, :, 3:5] == 4.0).all()

@@ -11,14 +11,13 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
+from hw5lib.pdf_layout import format_cell, latin1
 from hw5lib.report import (
     CUTS_HEADING,
     MANIFEST_HEADING,
     QUESTIONS,
     SECTION_HEADINGS,
     TRUST_HEADING,
-    format_cell,
-    latin1,
     wrap_mono,
     write_report,
 )

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hw5lib import attributions, cam, metrics
+from hw5lib import attributions, cam, faithfulness, metrics
 from hw5lib.cli import BUNDLED_CHECKPOINT
-from hw5lib.data import load_inputs, load_mask, load_split
+from hw5lib.datasets import load_mask, load_split
+from hw5lib.images import load_inputs
 from hw5lib.models import load_classifier
 from hw5lib.sample import generate_sample
 
@@ -59,10 +60,10 @@ def test_grad_cam_points_at_the_object(validation) -> None:
 def test_sanity_check_flags_the_edge_detector_but_not_grad_cam(validation) -> None:
     model, x, labels, _ = validation
     gen = torch.Generator().manual_seed(0)
-    edge = metrics.randomization_check(
-        metrics.edge_explain, model, x, labels, n_top=5, generator=gen
+    edge = faithfulness.randomization_check(
+        faithfulness.edge_explain, model, x, labels, n_top=5, generator=gen
     )
-    gradcam = metrics.randomization_check(
+    gradcam = faithfulness.randomization_check(
         lambda m, xb, t: cam.grad_cam(m, xb, t, "cnn.18"), model, x, labels, n_top=5, generator=gen
     )
     assert edge["flagged"] and edge["mean"] > 0.99

@@ -8,11 +8,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import attributions, cam, figures
+from .. import attributions, cam, figures, metrics
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
-from ..models import resolve_layer, same_activation_model
+from ..layers import resolve_layer, same_activation_model
 from ..subject import validate_cam_targets
 from .record import (
     Explain,
@@ -125,6 +125,23 @@ def stage_cams(run: Run, bar: tqdm) -> StageResult:
             )
         )
     return out
+
+
+def cam_layer_rows(run: Run, masks: Tensor) -> list[dict]:
+    """Grad-CAM pointing accuracy at each layer of the default block: the choice matters."""
+    s = run.subject
+    rows = []
+    for name in cam.cam_layer_candidates(run.model, cam_layer_name(run)):
+        model = same_activation_model(run.model, run.grad, name)
+        maps = cam.grad_cam(model, s.x, s.target, name, batch_size=run.cfg.batch_size).cpu()
+        rows.append(
+            {
+                "method": f"Grad-CAM @ {name}",
+                "pointing": float(metrics.pointing_game(maps, masks).float().mean()),
+                "mass_inside": float(metrics.mass_inside(maps, masks).mean()),
+            }
+        )
+    return rows
 
 
 def cam_columns(run: Run, cfg: RunConfig) -> int:

@@ -15,7 +15,8 @@ from .. import attributions, figures, metrics
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
-from ..data import LABELLED_SPLITS, load_inputs, load_usable, open_dataset
+from ..datasets import LABELLED_SPLITS, open_dataset
+from ..images import load_inputs, load_usable
 from .record import FigureRecord, Shares, Stage, StageResult
 
 NAME = "Q3 confusion matrix"

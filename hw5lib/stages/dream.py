@@ -8,8 +8,7 @@ from .. import dream, figures, filters
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
-from ..models import resolve_layer
-from .filters import default_filter_layers
+from ..layers import default_filter_layers, resolve_layer
 from .record import FigureRecord, Shares, Stage, StageResult, explained, number
 
 NAME = "Q4 DeepDream"

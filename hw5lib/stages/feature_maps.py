@@ -7,7 +7,7 @@ from tqdm import tqdm
 from .. import cam, figures
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..context import Run
-from ..models import resolve_layer
+from ..layers import resolve_layer
 from .cams import cam_layer_name
 from .record import FigureRecord, Stage, StageResult
 

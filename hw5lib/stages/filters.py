@@ -14,7 +14,7 @@ from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
 from ..errors import UserError
-from ..models import resolve_layer, same_activation_model
+from ..layers import default_filter_layers, resolve_layer, same_activation_model
 from .record import FigureRecord, Share, Shares, Stage, StageResult, explained, number
 
 NAME = "Q2 filters"
@@ -37,24 +37,6 @@ class LayerAscent:
     gain: list[list[float]]  # per filter: reached, start image, best explained image
     record: FigureRecord
     result: filters.AscentResult
-
-
-def default_filter_layers(model: nn.Module, count: int = 4) -> list[str]:
-    """Activation layers of the conv trunk (before the first Linear, in definition order),
-    ``count`` of them spread from first to last; the convs if there is no activation layer."""
-    modules = list(model.named_modules())
-    head = next((i for i, (_, m) in enumerate(modules) if isinstance(m, nn.Linear)), len(modules))
-    acts = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU)
-    trunk = [n for n, m in modules[:head] if isinstance(m, acts)]
-    pool = (
-        trunk
-        or [n for n, m in modules if isinstance(m, acts)]
-        or [n for n, m in modules if isinstance(m, nn.Conv2d)]
-    )
-    if not pool:
-        raise UserError("the model has no Conv2d or activation layer; pass --filter-layers")
-    picks = np.unique(np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int))
-    return [pool[i] for i in picks]
 
 
 def filter_layer_names(run: Run, cfg: RunConfig) -> list[str]:

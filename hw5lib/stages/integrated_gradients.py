@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .. import attributions, metrics
+from .. import attributions, faithfulness
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
@@ -65,7 +65,7 @@ def baseline(run: Run, kind: str) -> Tensor:
     if kind == "black":
         return run.to_input(torch.zeros_like(x.cpu()))
     if kind == "blur":
-        return metrics.gaussian_blur(x)
+        return faithfulness.gaussian_blur(x)
     raise UserError(f"--ig-baseline must be 'black' or 'blur', not {kind!r}")
 
 

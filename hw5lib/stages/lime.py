@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import figures, lime_adapter
+from .. import figures, lime_adapter, lime_stopping
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
@@ -42,10 +42,10 @@ class LimeStageResult(StageResult):
 
     def convergence(self) -> dict:
         return {
-            "rule": f"antithetic samples in rounds of {lime_adapter.ROUND_SAMPLES}, at least "
-            f"{lime_adapter.MIN_SAMPLES}, until as precise as {lime_adapter.MATCHED_SAMPLES} "
-            f"independent ones and the top {lime_adapter.TOP_K} separated by "
-            f">= {lime_adapter.TOP_SEPARATION:g} standard error; cap {self.cap}",
+            "rule": f"antithetic samples in rounds of {lime_stopping.ROUND_SAMPLES}, at least "
+            f"{lime_stopping.MIN_SAMPLES}, until as precise as {lime_stopping.MATCHED_SAMPLES} "
+            f"independent ones and the top {lime_stopping.TOP_K} separated by "
+            f">= {lime_stopping.TOP_SEPARATION:g} standard error; cap {self.cap}",
             "samples": [r.samples for r in self.results],
             "needed": [[round(t[1], 1) for t in r.trace] for r in self.results],
             "separation": [[round(t[2], 2) for t in r.trace] for r in self.results],
@@ -123,8 +123,8 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
     complete = n == len(run.subject.paths)
     sampling = (
         f"{min(used)}-{max(used)} (mean {np.mean(used):.0f}) antithetic perturbed samples per "
-        f"image, stopped once as precise as {lime_adapter.MATCHED_SAMPLES} independent ones "
-        f"and the top {lime_adapter.TOP_K} settled"
+        f"image, stopped once as precise as {lime_stopping.MATCHED_SAMPLES} independent ones "
+        f"and the top {lime_stopping.TOP_K} settled"
         if cfg.adaptive
         else f"{cfg.lime_samples} antithetic perturbed samples per image"
     )
@@ -173,7 +173,7 @@ def segmentation_caption(fallback: dict[str, str]) -> str:
 
 def lime_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
     """LIME samples per image: never fewer than the floor of its stopping rule."""
-    floor = min(cfg.lime_samples, lime_adapter.MIN_SAMPLES)
+    floor = min(cfg.lime_samples, lime_stopping.MIN_SAMPLES)
     samples = max(floor, cfg.lime_samples * shares[NAME])
     return Work(forward=explained(run) * samples, seconds=0.3 * explained(run) + FIGURE_SECONDS)
 

@@ -10,42 +10,30 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import cam, metrics
+from .. import faithfulness, metrics
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
-from ..models import same_activation_model
-from . import integrated_gradients, lime, smoothgrad
-from .cams import cam_layer_name
+from . import cams, integrated_gradients, lime, smoothgrad
 from .lime import LimeStageResult
 from .record import Explain, Method, Shares, Stage, StageResult, explained
 from .smoothgrad import SmoothGradResult
 
 NAME = "trust checks"
-EDGE = Method("Edge detector (control)", lambda run: lambda m, x, t: metrics.edge_map(x))
+EDGE = Method("Edge detector (control)", lambda run: lambda m, x, t: faithfulness.edge_map(x))
 RANDOM = "Random map (baseline)"
 RANDOM_STREAM, RANDOMIZE_STREAM = 50, 60  # the random map's and the re-initialization's streams
 FLAG_ABOVE = 0.5  # |rank corr.| with the randomized model's map above which a method is flagged
 
-COLUMNS = [
-    "method",
-    "deletion AUC (low=good)",
-    "insertion AUC (high=good)",
-    "randomization rank corr.",
-    "flagged",
-    "pointing",
-    "mass inside",
-    "stability",
-]
-KEYS = [
-    "method",
-    "deletion",
-    "insertion",
-    "randomization",
-    "flagged",
-    "pointing",
-    "mass_inside",
-    "stability",
+COLUMNS = [  # (key of a row, its heading in the table)
+    ("method", "method"),
+    ("deletion", "deletion AUC (low=good)"),
+    ("insertion", "insertion AUC (high=good)"),
+    ("randomization", "randomization rank corr."),
+    ("flagged", "flagged"),
+    ("pointing", "pointing"),
+    ("mass_inside", "mass inside"),
+    ("stability", "stability"),
 ]
 
 
@@ -81,7 +69,7 @@ def method_table(run: Run) -> dict[str, Explain]:
 
 def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: TrustResult) -> dict:
     s, cfg = run.subject, run.cfg
-    di = metrics.deletion_insertion(
+    di = faithfulness.deletion_insertion(
         run.inference,
         s.x,
         s.target,
@@ -98,7 +86,7 @@ def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: T
     }
     if explain is not None:
         try:
-            check = metrics.randomization_check(
+            check = faithfulness.randomization_check(
                 explain,
                 run.model,
                 s.x,
@@ -129,8 +117,8 @@ def stage_trust(run: Run, bar: tqdm) -> TrustResult:
     if not cfg.trust:
         return out
     maps = run.maps()
-    maps[EDGE.name] = metrics.edge_map(s.x).cpu()
-    maps[RANDOM] = metrics.random_maps(
+    maps[EDGE.name] = faithfulness.edge_map(s.x).cpu()
+    maps[RANDOM] = faithfulness.random_maps(
         (len(s.paths), *s.x.shape[-2:]), run.generator(RANDOM_STREAM)
     )
     explains = method_table(run)
@@ -153,7 +141,7 @@ def stage_trust(run: Run, bar: tqdm) -> TrustResult:
         row["stability"] = stability.get(row["method"])
     if s.masks is not None:
         masks = torch.from_numpy(s.masks)
-        out.rows += [] if run.scripted else cam_layer_rows(run, masks)
+        out.rows += [] if run.scripted else cams.cam_layer_rows(run, masks)
         out.mask_fraction = float(metrics.mask_fraction(masks).mean())
     bar.update()
     return out
@@ -178,30 +166,13 @@ def lime_stability(run: Run, out: TrustResult) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def cam_layer_rows(run: Run, masks: Tensor) -> list[dict]:
-    """Grad-CAM pointing accuracy at each layer of the default block: the choice matters."""
-    s = run.subject
-    rows = []
-    for name in cam.cam_layer_candidates(run.model, cam_layer_name(run)):
-        model = same_activation_model(run.model, run.grad, name)
-        maps = cam.grad_cam(model, s.x, s.target, name, batch_size=run.cfg.batch_size).cpu()
-        rows.append(
-            {
-                "method": f"Grad-CAM @ {name}",
-                "pointing": float(metrics.pointing_game(maps, masks).float().mean()),
-                "mass_inside": float(metrics.mass_inside(maps, masks).mean()),
-            }
-        )
-    return rows
-
-
 def trust_manifest(result: TrustResult | None) -> dict | None:
     if result is None or not (result.rows or result.unscored):
         return None
     table = [
         [
             None if r.get(k) is None else (round(r[k], 4) if isinstance(r[k], float) else r[k])
-            for k in KEYS
+            for k, _ in COLUMNS
         ]
         for r in result.rows
     ]
@@ -232,7 +203,7 @@ def trust_manifest(result: TrustResult | None) -> dict | None:
         f"another seed, predicted by refitting lime on bootstrap resamples of its own samples "
         f"({result.lime_stability_images} images)."
     )
-    return {"columns": COLUMNS, "rows": table, "notes": notes}
+    return {"columns": [heading for _, heading in COLUMNS], "rows": table, "notes": notes}
 
 
 def trust_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
