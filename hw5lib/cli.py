@@ -32,8 +32,10 @@ bundled checkpoint trained on it.
 
 Checkpoint: --checkpoint PATH, else $HW5_CHECKPOINT, else --checkpoint-url (or
 $HW5_CHECKPOINT_URL) is downloaded once with gdown into checkpoints/. Checkpoints load with
-torch.load(weights_only=True): a bare state_dict or {"model_state_dict": ...}. A pickled whole
-model is refused unless you pass --trust-pickle (unpickling runs code from the file).
+torch.load(weights_only=True): a bare state_dict, {"model_state_dict": ...}, or a whole pickled
+HW3 Classifier (any module name, __main__ included) or torchvision AlexNet/VGG/ResNet, loaded
+into local classes without running code from the file. Any other pickled class is refused
+unless you pass --trust-pickle (unpickling it runs code from the file).
 
 Preprocessing must match how the checkpoint was trained. Checkpoints written by `hw5.py train`
 record it; otherwise the defaults are the HW3 sample code's: resize to 128x128, scale to [0,1],
@@ -57,6 +59,10 @@ bench/RESULTS.md.
 cheapest-to-lose work first (cross-checks, then sample sizes, then optional stages); the
 manifest and report list every cut. Past the deadline stages stop, and what is finished is
 written. hw5.sh passes --budget 540.
+
+Exit status: 0 done; 2 a user mistake (one line says which); 3 the report was written but a
+stage failed (manifest.json "failures"); 130/143 interrupted by Ctrl-C/SIGTERM (manifest.json
+lists what was written; rerun to finish).
 """
 
 

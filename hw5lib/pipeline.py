@@ -207,6 +207,9 @@ def measure(run: Run, clock: Clock) -> Rates:
     return measure_rates(run.inference, run.model, probe, clock=clock)
 
 
+OUTPUT_SUFFIXES = (".png", ".npz")  # what a stage writes (the manifest lists nothing else)
+
+
 def previous_outputs(out: Path) -> list[str]:
     """The files a previous run's manifest.json in ``out`` says hw5 wrote (plain names only:
     never a path that could point outside the folder)."""
@@ -214,7 +217,11 @@ def previous_outputs(out: Path) -> list[str]:
         names = json.loads((out / "manifest.json").read_text()).get("outputs") or {}
     except (OSError, ValueError, AttributeError):
         return []
-    return [n for n in names if isinstance(n, str) and n == Path(n).name and n not in ("", ".")]
+    return [
+        n
+        for n in names
+        if isinstance(n, str) and n == Path(n).name and n.endswith(OUTPUT_SUFFIXES)
+    ]
 
 
 def remove_stale(out: Path, previous: Sequence[str], written: Mapping[str, str]) -> None:

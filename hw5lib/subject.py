@@ -4,6 +4,7 @@ the images to explain (the Subject), resolved once before any stage runs."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +44,11 @@ class Subject:
         for i, p in enumerate(self.paths):
             label = self.labels[i]
             head = classes[label] if label is not None else p.name
-            out.append(f"{head}\npred {classes[self.pred[i]]} {float(self.prob[i].max()):.0%}")
+            confidence = float(self.prob[i].max())
+            if math.isfinite(confidence):
+                out.append(f"{head}\npred {classes[self.pred[i]]} {confidence:.0%}")
+            else:  # a NaN model predicts nothing; argmax would name class 0
+                out.append(f"{head}\npred n/a (outputs not finite)")
         return out
 
     def first(self, n: int) -> Subject:

@@ -244,3 +244,22 @@ def test_interrupted_run_leaves_a_true_manifest_and_a_rerun_gives_the_same_figur
     assert figure_hashes(out) == uninterrupted
     assert manifest_matches_disk(out)["interrupted"] is None
     assert (out / USER_FILE).read_text() == USER_TEXT
+
+
+def test_only_our_own_earlier_figures_are_ever_removed(tmp_path: Path) -> None:
+    from hw5lib.pipeline import previous_outputs, remove_stale
+
+    out = out_with_user_file(tmp_path)
+    for name in ("q1_saliency.png", "q4_deepdream.npz", "thesis.png"):
+        (out / name).write_bytes(b"x")
+    listed = ["q1_saliency.png", "q4_deepdream.npz", USER_FILE, "../outside.png", "sub/a.png"]
+    (out / "manifest.json").write_text(json.dumps({"outputs": dict.fromkeys(listed, "0")}))
+    previous = previous_outputs(out)
+    assert previous == ["q1_saliency.png", "q4_deepdream.npz"]
+    remove_stale(out, previous, {"q1_saliency.png": "0"})  # this run rewrote only Q1
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        USER_FILE,
+        "q1_saliency.png",
+        "thesis.png",
+    ]

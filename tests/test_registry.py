@@ -124,3 +124,12 @@ def test_every_stage_lists_options_that_exist_and_a_section_the_report_has() -> 
         assert stage.name.startswith(stage.section) or stage.name == "trust checks"
     names = [m.name for s in STAGES for m in s.methods]
     assert len(names) == len(set(names))
+
+
+def test_readme_layout_names_every_module_of_the_package() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    for path in sorted((root / "hw5lib").rglob("*.py")):
+        if path.name != "__init__.py":
+            assert path.name in layout, f"README's Layout does not name {path.name}"

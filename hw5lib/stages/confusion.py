@@ -17,7 +17,7 @@ from ..config import RunConfig
 from ..context import Run
 from ..datasets import LABELLED_SPLITS, open_dataset
 from ..images import load_inputs, load_usable
-from .record import FigureRecord, Shares, Stage, StageResult
+from .record import FigureRecord, Shares, Stage, StageResult, number
 
 NAME = "Q3 confusion matrix"
 SECTION = "Q3"
@@ -78,7 +78,8 @@ def examples_record(run: Run, paths: list[Path], labels: Tensor, probs: Tensor) 
             t, p = ex["cell"]
             tiles.append(None)
             titles.append(
-                f"{kind}: {run.classes[t]}\n-> {run.classes[p]} {ex['prob']:.0%} cell({t},{p})"
+                f"{kind}: {run.classes[t]}\n-> {run.classes[p]} {number(ex['prob'], '.0%')} "
+                f"cell({t},{p})"
             )
     pix = (
         run.pre.denormalize(load_inputs(chosen, run.pre)).permute(0, 2, 3, 1).numpy()
@@ -163,7 +164,13 @@ def stage_confusion(run: Run, bar: tqdm) -> ConfusionResult:
         f"Predictions on {subset} (rows: true class, columns: predicted; color is the row "
         f"share, numbers are counts). Overall accuracy {overall:.1%}; best class {run.classes[best]} "
         f"({acc[best]:.0%}), worst {run.classes[worst]} ({acc[worst]:.0%}). Top confusions: {confusions}."
-        + (f" No image of {', '.join(empty)}: no accuracy for them." if empty else ""),
+        + (f" No image of {', '.join(empty)}: no accuracy for them." if empty else "")
+        + (
+            f" The model's outputs were not finite for {broken} of the images; argmax counts "
+            f"them as {run.classes[0]}."
+            if (broken := int((~probs.isfinite().all(dim=1)).sum()))
+            else ""
+        ),
         "q3_confusion.png",
         "q3_confusion.npz",
         {"evaluated": len(idx)},
