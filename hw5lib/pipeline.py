@@ -218,9 +218,7 @@ def previous_outputs(out: Path) -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     return [
-        n
-        for n in names
-        if isinstance(n, str) and n == Path(n).name and n.endswith(OUTPUT_SUFFIXES)
+        n for n in names if isinstance(n, str) and n == Path(n).name and n.endswith(OUTPUT_SUFFIXES)
     ]
 
 
