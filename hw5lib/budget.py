@@ -206,6 +206,12 @@ class StageDeadline(Deadline):
         return min(super().left(), self.stop_at - self.clock())
 
 
-# A stage may run this many times its worst-case estimate before it is stopped like a stage
-# past the deadline: the estimates come from one short speed probe (see PLAN_MARGIN).
-STAGE_ALLOWANCE = 1.5
+# A stage may run this many times its worst-case estimate, and at least this many seconds more
+# than it, before it is stopped like a stage past the deadline: the estimates come from one
+# short speed probe (see PLAN_MARGIN), and a small stage's estimate is the least certain.
+STAGE_ALLOWANCE, STAGE_ALLOWANCE_SECONDS = 1.5, 60.0
+
+
+def stage_allowance(worst: float) -> float:
+    """Seconds a stage estimated at ``worst`` may take before it is stopped."""
+    return max(STAGE_ALLOWANCE * worst, worst + STAGE_ALLOWANCE_SECONDS)

@@ -22,12 +22,12 @@ from tqdm import tqdm
 from . import __version__, report
 from .budget import (
     PLAN_MARGIN,
-    STAGE_ALLOWANCE,
     Clock,
     Deadline,
     Rates,
     measure_rates,
     plan,
+    stage_allowance,
 )
 from .config import RunConfig
 from .context import Failure, Run
@@ -312,7 +312,7 @@ def run_stages(run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, prog
         worst = plan_stage(run, cfg, rates, index)
         if worst is None:
             continue
-        whole, run.deadline = run.deadline, run.deadline.within(STAGE_ALLOWANCE * worst)
+        whole, run.deadline = run.deadline, run.deadline.within(stage_allowance(worst))
         try:
             run_stage(run, stage, clock, progress)
         finally:

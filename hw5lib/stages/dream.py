@@ -23,6 +23,7 @@ def stage_dream(run: Run, bar: tqdm) -> StageResult:
     layer = run.cfg.dream_layer or candidates[len(candidates) // 2]
     name, module = resolve_layer(run.model, layer)
     n = min(run.cfg.dream_images, len(s.paths))
+    checks: list[bool] = []  # what each of deep_dream's looks at the deadline found
     out = dream.deep_dream(
         run.model,
         s.x[:n],
@@ -32,9 +33,11 @@ def stage_dream(run: Run, bar: tqdm) -> StageResult:
         octave_scale=OCTAVE_SCALE,
         max_change=MAX_CHANGE,
         generator=run.generator(STREAM),
-        stop=run.deadline.passed,
+        stop=lambda: checks.append(run.deadline.passed()) or checks[-1],
     )
     bar.update()
+    if any(checks):
+        run.cuts.append(f"{NAME}: stopped before its last step, the budget was spent")
     before = filters.layer_activations(run.model, module, s.x[:n]).pow(2).mean().item()
     after = filters.layer_activations(run.model, module, out).pow(2).mean().item()
     dreamt = run.pre.denormalize(out).permute(0, 2, 3, 1).numpy()
