@@ -167,6 +167,7 @@ PRESETS: dict[str, dict] = {
         "classes": "catdog",
         "size": 224,
         "channel_order": "rgb",
+        "reader": "pil",  # torchvision's transforms resize with PIL
         "mean": (0.485, 0.456, 0.406),
         "std": (0.229, 0.224, 0.225),
         "named_images": ("dog.jpg", "cat.jpg", "both.jpg"),
@@ -347,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                         size=(args.size, args.size),
                         channels=args.channels,
                         channel_order=args.channel_order,
+                        reader="pil",  # as train always read; recorded in the checkpoint
                     ),
                 ),
                 classes,

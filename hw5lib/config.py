@@ -114,6 +114,13 @@ class RunConfig:
         PREPROCESSING,
         choices=("rgb", "bgr"),
     )
+    reader: str | None = option(
+        None,
+        "cv2 as the HW3 sample code: cv2.imread + cv2.resize INTER_LINEAR; pil as "
+        "the HW5 sample code: PIL's antialiased bilinear resize",
+        PREPROCESSING,
+        choices=("cv2", "pil"),
+    )
     mean: tuple[float, ...] | None = option(
         None, "per-channel mean subtracted after scaling to [0,1]", PREPROCESSING, type=floats
     )

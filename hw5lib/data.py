@@ -18,6 +18,8 @@ class Preprocess:
 
     ``channel_order`` matters: the HW3 sample code read images with cv2 (BGR), the HW5 sample code
     with PIL (RGB). A checkpoint explained in the wrong order still runs, but every map is wrong.
+    ``reader`` too: cv2.resize (INTER_LINEAR, no antialiasing) and PIL's antialiased BILINEAR
+    give different pixels from the same file.
     """
 
     size: tuple[int, int] = (128, 128)  # (H, W)
@@ -25,10 +27,13 @@ class Preprocess:
     channel_order: str = "bgr"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    reader: str = "cv2"  # how files are decoded and resized: "cv2" (HW3) or "pil" (HW5)
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("rgb", "bgr"):
             raise UserError(f"channel order must be 'rgb' or 'bgr', not {self.channel_order!r}")
+        if self.reader not in ("cv2", "pil"):
+            raise UserError(f"reader must be 'cv2' or 'pil', not {self.reader!r}")
         if self.channels not in (1, 3):
             raise UserError(f"input channels must be 1 or 3, not {self.channels}")
         for name, v in (("mean", self.mean), ("std", self.std)):
@@ -55,6 +60,8 @@ class Preprocess:
             channel_order=str(d.get("channel_order", "bgr")),
             mean=tup(d.get("mean")),
             std=tup(d.get("std")),
+            # checkpoints written before the reader was recorded were trained on PIL's pixels
+            reader=str(d.get("reader", "pil")),
         )
 
     def _stats(self) -> tuple[Tensor, Tensor]:

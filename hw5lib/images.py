@@ -1,5 +1,6 @@
 """Image files decoded as cv2.imread would (a short reason where one cannot be), and batches
-of them as model inputs, skipping the unreadable ones."""
+of them as model inputs, skipping the unreadable ones. The "cv2" reader calls cv2 itself, for
+the exact pixels of the HW3 sample code; the "pil" reader decodes and resizes with PIL."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
@@ -25,7 +27,7 @@ def read_image(path: Path, channels: int = 3) -> Image.Image:
     """Open any common image upright as 8-bit RGB (or L), as cv2.imread does: EXIF orientation
     applied, grayscale repeated, alpha dropped, 16-bit and float scaled down rather than clipped.
     An unreadable file raises BadImage with a short reason."""
-    if ".csv#" in path.name and not path.is_file():
+    if _is_csv_row(path):
         return csv_row_image(path).convert("L" if channels == 1 else "RGB")
     im = _to_8bit(_decode(path))
     target = "L" if channels == 1 else "RGB"
@@ -37,6 +39,11 @@ def read_image(path: Path, channels: int = 3) -> Image.Image:
         return im.convert("RGB").convert(target)
     except ValueError:
         raise BadImage(path, f"unsupported colour mode {im.mode}") from None
+
+
+def _is_csv_row(path: Path) -> bool:
+    """A FER2013-style ``file.csv#row``: pixels from a CSV row, no file of its own."""
+    return ".csv#" in path.name and not path.is_file()
 
 
 # What cv2.imread reads, plus GIF and AVIF; others (TGA, XBM...) would decode text files as pixels.
@@ -195,9 +202,36 @@ class LoadedImages:
 def _pixel_array(path: Path, pre: Preprocess) -> np.ndarray:
     """One image resized -> (H, W, C) float32 pixels in [0,1], display channel order."""
     h, w = pre.size
-    im = read_image(path, pre.channels).resize((w, h), Image.Resampling.BILINEAR)
-    a = np.asarray(im, dtype=np.float32) / 255.0
+    if pre.reader == "cv2":
+        img = cv2.resize(_cv2_decode(path, pre.channels), (w, h), interpolation=cv2.INTER_LINEAR)
+        a = img.astype(np.float32) / 255  # as HW3's code scales: bit-equal model inputs
+    else:
+        im = read_image(path, pre.channels).resize((w, h), Image.Resampling.BILINEAR)
+        a = np.asarray(im, dtype=np.float32) / 255.0
     return a[:, :, None] if a.ndim == 2 else a
+
+
+def _cv2_decode(path: Path, channels: int) -> np.ndarray:
+    """(H, W, 3) RGB or (H, W) gray uint8 pixels of ``path`` as cv2.imread decodes them; PIL
+    for what this cv2 build cannot read (a CSV row; AVIF, GIF before 4.11) and to say why a bad
+    file is bad."""
+    if _is_csv_row(path):
+        return np.asarray(read_image(path, channels))
+    _check_file(path)  # missing or empty: PIL's reason, without cv2's warning on stderr
+    if _cut_short_file(path):
+        read_image(path, channels)  # cv2 pads a cut file with grey; skip it as PIL does
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+    if img is None:
+        return np.asarray(read_image(path, channels))  # BadImage with PIL's reason, or pixels
+    return img if img.ndim == 2 else np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
+
+
+def _cut_short_file(path: Path) -> bool:
+    """Does the file stop before the end its format's bytes promise?"""
+    try:
+        return _cut_short(path, _signature(_head(path))) is True
+    except OSError:  # gone since it was checked: cv2.imread will find it missing
+        return False
 
 
 def _stack(arrays: Sequence[np.ndarray], pre: Preprocess) -> Tensor:

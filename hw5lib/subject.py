@@ -88,6 +88,7 @@ def resolve_preprocess(cfg: RunConfig, loaded: LoadedModel, model_channels: int)
         size=size,
         channels=cfg.channels or base.channels,
         channel_order=cfg.channel_order or base.channel_order,
+        reader=cfg.reader or base.reader,
         mean=cfg.mean if cfg.mean is not None else base.mean,
         std=cfg.std if cfg.std is not None else base.std,
     )

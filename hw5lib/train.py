@@ -32,7 +32,10 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
-    preprocess: Preprocess = field(default_factory=lambda: Preprocess(channel_order="rgb"))
+    # the HW5 sample code's PIL pipeline; the checkpoint records it, so reports read alike
+    preprocess: Preprocess = field(
+        default_factory=lambda: Preprocess(channel_order="rgb", reader="pil")
+    )
 
 
 def labelled(split: ImageSet, pre: Preprocess) -> tuple[Tensor, Tensor]:

@@ -36,7 +36,7 @@ def tiny_checkpoint(small_sample: SampleInfo, tmp_path_factory: pytest.TempPathF
             widths=(4, 8, 8, 8, 8),
             hidden=(16, 16),
             epochs=2,
-            preprocess=Preprocess(size=TINY_SIZE, channel_order="rgb"),
+            preprocess=Preprocess(size=TINY_SIZE, channel_order="rgb", reader="pil"),
         ),
         list(small_sample.classes),
     )

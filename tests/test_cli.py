@@ -570,4 +570,5 @@ def test_sample_then_train_then_report_from_the_command_line(sample_train_report
     assert len(classes) == 11 and man["model"]["classes"] == classes
     assert man["model"]["architecture"]["widths"] == [4, 8, 8, 8, 8]
     assert man["preprocess"]["channel_order"] == "rgb"  # recorded by train, not the HW3 default
+    assert man["preprocess"]["reader"] == "pil"  # train reads with PIL and records it
     assert {f"{f}.png" for f in FIGURES} <= listing(sample_train_report.out)
