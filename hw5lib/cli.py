@@ -285,8 +285,16 @@ def print_summary(manifest: dict, seconds: dict[str, float], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()  # --budget counts from here: importing torch takes seconds
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_terminated)  # stop as Ctrl-C does: records kept
+    if threading.current_thread() is not threading.main_thread():  # signals reach main only
+        return run_command(argv, started)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)  # stop as Ctrl-C does
+    try:
+        return run_command(argv, started)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(argv: list[str] | None, started: float) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -21,22 +21,22 @@ RUN = ""  # the report command's own options, listed first
 GROUPS = (RUN, PREPROCESSING, WHAT, METHODS)
 
 
-def floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+def comma_list(cast: Callable[[str], Any], what: str) -> Callable[[str], tuple]:
+    """An argparse type for comma-separated values of ``cast``; a bad one is a usage error."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(cast(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}"
+            ) from None
+
+    return parse
 
 
-def ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+floats = comma_list(float, "numbers")
+ints = comma_list(int, "integers")
 
 
 def names(text: str) -> tuple[str, ...]:

@@ -113,7 +113,7 @@ def run_stage(run: Run, stage: Stage, clock: Clock, progress: bool) -> None:
     ):
         try:
             run.results[stage.name] = stage.run(run, bar)
-        except (UserError, KeyboardInterrupt):
+        except UserError:  # the user's to fix: the run stops (Ctrl-C is no Exception)
             raise
         except Exception as err:
             message = f"{type(err).__name__}: {err}".partition("\n")[0]
@@ -273,12 +273,9 @@ def run_report(
             rates = measure(run, clock)
             run.seconds["measure speed"] = deadline.elapsed() - run.seconds["load"]
         run_stages(run, cfg, rates, clock, progress)
-    except KeyboardInterrupt as stop:
-        run.interrupted = type(stop).__name__
-        run.cfg = cfg
-        write_records(run, previous)
-        raise
-    except UserError:
+    except (KeyboardInterrupt, UserError) as stop:  # record what was done, then stop
+        if isinstance(stop, KeyboardInterrupt):
+            run.interrupted = type(stop).__name__
         run.cfg = cfg
         write_records(run, previous)
         raise
