@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .config import GROUPS, RunConfig, ints, options
+from .config import COURSE, GROUPS, RunConfig, ints, options
 from .errors import Terminated, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,6 +161,7 @@ PRESETS: dict[str, dict] = {
         "training_indices": (83, 4218, 4707, 8598),
         "filter_layers": ("cnn.15",),
         "filters": (0,),
+        "conventions": COURSE,
     },
     "expression": {"classes": "fer2013", "channels": 1, "size": 48},
     "catdog": {

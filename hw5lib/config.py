@@ -20,6 +20,10 @@ METHODS = "method settings"
 RUN = ""  # the report command's own options, listed first
 GROUPS = (RUN, PREPROCESSING, WHAT, METHODS)
 
+# --conventions: this tool's definitions of saliency, LIME and filter visualization, or the
+# course sample code's (course.py)
+OURS, COURSE = "ours", "course"
+
 
 def comma_list(cast: Callable[[str], Any], what: str) -> Callable[[str], tuple]:
     """An argparse type for comma-separated values of ``cast``; a bad one is a usage error."""
@@ -188,6 +192,15 @@ class RunConfig:
         positive=True,
     )
     activation_images: int = 4
+    conventions: str = option(
+        OURS,
+        "ours: the definitions bench/RESULTS.md measures (saliency |d logit / d x| max over "
+        "channels; antithetic LIME on probabilities until converged; regularized filter ascent "
+        "from gray); course: the ML2020 HW5 sample code's (|d CE-loss / d x| per channel, "
+        "min-max per image; stock lime on logits, 1000 samples, seed 16; Adam from the image, "
+        "lr 0.1, 100 steps). --preset hw5-2020 implies course; captions say which",
+        choices=(OURS, COURSE),
+    )
     lime_samples: int = option(
         1000, "most LIME samples per image (default 1000)", type=int, positive=True
     )

@@ -71,18 +71,18 @@ class Preprocess:
 
     def normalize(self, pixels: Tensor) -> Tensor:
         """[N,C,H,W] display-order pixels in [0,1] (RGB or gray) -> model input."""
-        if self.channels == 3 and self.channel_order == "bgr":
-            pixels = pixels.flip(1)
         mean, std = self._stats()
-        return (pixels - mean) / std
+        return (self.swap_channels(pixels) - mean) / std
 
     def denormalize(self, x: Tensor) -> Tensor:
         """Model input [N,C,H,W] -> pixels in display order (RGB or gray), clipped to [0,1]."""
         mean, std = self._stats()
-        pixels = x.detach().cpu() * std + mean
-        if self.channels == 3 and self.channel_order == "bgr":
-            pixels = pixels.flip(1)
-        return pixels.clamp(0, 1)
+        return self.swap_channels(x.detach().cpu() * std + mean).clamp(0, 1)
+
+    def swap_channels(self, x: Tensor) -> Tensor:
+        """[N,C,H,W] between display order (RGB or gray) and the model's (BGR for cv2-trained
+        models), either way: a flip is its own inverse. Values are unchanged."""
+        return x.flip(1) if self.channels == 3 and self.channel_order == "bgr" else x
 
 
 def read_classes(text: str | None, count: int) -> list[str]:

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .. import figures, filters
+from .. import course, figures, filters
 from ..budget import FIGURE_SECONDS, Cut, Work
-from ..config import RunConfig
+from ..config import COURSE, RunConfig
 from ..context import Run
 from ..errors import UserError
 from ..layers import default_filter_layers, resolve_layer, same_activation_model
@@ -98,16 +98,20 @@ def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
     bad = [f for f in idx if f >= acts.shape[1]]
     if bad:
         raise UserError(f"layer {name} has {acts.shape[1]} filters; no filter {bad[0]}")
-    result = filters.filter_ascent(
-        model,
-        layer,
-        idx,
-        shape=(run.pre.channels, *run.pre.size),
-        to_input=run.to_input,
-        steps=cfg.filter_steps,
-        generator=run.generator(STREAM + k),
-        redo_climbing=cfg.adaptive,
-        stop=run.deadline.passed,
+    result = (
+        course_ascent(run, model, layer, idx)
+        if cfg.conventions == COURSE
+        else filters.filter_ascent(
+            model,
+            layer,
+            idx,
+            shape=(run.pre.channels, *run.pre.size),
+            to_input=run.to_input,
+            steps=cfg.filter_steps,
+            generator=run.generator(STREAM + k),
+            redo_climbing=cfg.adaptive,
+            stop=run.deadline.passed,
+        )
     )
     if result.stopped:
         run.cuts.append(
@@ -120,6 +124,41 @@ def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
     image = result.pixels.permute(0, 2, 3, 1).cpu().numpy()
     record = activation_record(run, name, layer, acts, idx, image, result)
     return LayerAscent(name, idx, image, gain.tolist(), record, result)
+
+
+def course_ascent(
+    run: Run, model: nn.Module, layer: nn.Module, idx: list[int]
+) -> filters.AscentResult:
+    """The course's ascent from the first explained image, as an ``AscentResult``: each image
+    min-max scaled over its values for display, as the sample code shows it."""
+    images, (start, end) = course.filter_ascent(model, layer, idx, run.subject.x[0])
+    shown = course.min_max(run.pre.swap_channels(images.cpu()))
+    steps = course.ASCENT_STEPS
+    return filters.AscentResult(
+        shown,
+        torch.stack([start, end]).cpu(),
+        torch.tensor([0, steps]),
+        torch.full((len(idx),), steps),
+        work=len(idx) * steps,
+    )
+
+
+def ascent_text(run: Run, tried: int, kept: int) -> str:
+    """How the figure's images were made, for its caption."""
+    cfg = run.cfg
+    if cfg.conventions == COURSE:
+        return (
+            f"As the course's sample code (--conventions course): each image starts from the "
+            f"first explained image ({run.subject.paths[0].name}) and climbs one filter's summed "
+            f"activation for {course.ASCENT_STEPS} Adam steps (lr {course.ASCENT_LR:g}) on the "
+            f"model input itself, with no regularizer, shown min-max scaled; one row per layer."
+        )
+    return (
+        f"Each image starts from near-gray noise and climbs one filter's mean activation for "
+        f"{cfg.filter_steps} AdamW steps on a Fourier-parameterized image with random jitter, "
+        f"rotation and scale (Olah et al., 2017), one row per layer; "
+        f"{redo_note(tried, kept, cfg.filter_steps)}."
+    )
 
 
 def summary(layers: list[LayerAscent]) -> str:
@@ -161,7 +200,8 @@ def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
         [a.image for a in layers],
         [a.filters for a in layers],
         [a.gain for a in layers],
-        "Filter visualization by gradient ascent",
+        "Filter visualization by gradient ascent"
+        + (" from the image (course)" if cfg.conventions == COURSE else ""),
     )
     run.write_png("q2_filters.png", fig)
     run.write_npz(
@@ -175,18 +215,16 @@ def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
         "q2_filters",
         SECTION,
         "Filter visualization by gradient ascent",
-        f"Each image starts from near-gray noise and climbs one filter's mean activation for "
-        f"{cfg.filter_steps} AdamW steps on a Fourier-parameterized image with random jitter, "
-        f"rotation and scale (Olah et al., 2017), one row per layer; "
-        f"{redo_note(tried, kept, cfg.filter_steps)}. {summary(layers)}.",
+        f"{ascent_text(run, tried, kept)} {summary(layers)}.",
         "q2_filters.png",
         "q2_filters.npz",
         {
             "layers": names,
             "filters": [a.filters for a in layers],
-            "steps": cfg.filter_steps,
+            "steps": course.ASCENT_STEPS if cfg.conventions == COURSE else cfg.filter_steps,
             "redone": tried,
             "redone_kept": kept,
+            "conventions": cfg.conventions,
         },
     )
     # The filters figure leads Q2, before the activation maps of the same filters.
@@ -203,8 +241,9 @@ def filters_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
     layers = len(filter_layer_names(run, cfg))
     per_layer = len(cfg.filters) or cfg.filters_per_layer
     share = shares[NAME] if cfg.adaptive else 1 / 3
+    steps = course.ASCENT_STEPS if cfg.conventions == COURSE else 3 * cfg.filter_steps * share
     return Work(
-        backward=0.5 * layers * per_layer * 3 * cfg.filter_steps * share,
+        backward=0.5 * layers * per_layer * steps,
         forward=explained(run) * layers,
         seconds=FIGURE_SECONDS * (1 + layers),
     )
@@ -229,6 +268,7 @@ STAGE = Stage(
         "filter_steps",
         "activation_images",
         "adaptive",
+        "conventions",
     ),
     share=Share(expected=0.5),
     hooks=True,

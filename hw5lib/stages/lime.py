@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from lime import lime_image
 from tqdm import tqdm
 
-from .. import figures, lime_adapter, lime_stopping
+from .. import course, figures, lime_adapter, lime_stopping
 from ..budget import FIGURE_SECONDS, Cut, Work
-from ..config import RunConfig
+from ..config import COURSE, RunConfig
 from ..context import Run
 from .record import (
     FigureRecord,
@@ -39,13 +40,19 @@ class LimeStageResult(StageResult):
     results: list[lime_adapter.LimeResult] = field(default_factory=list)
     complete: bool = False  # every explained image has its explanation
     cap: int = 0
+    course: bool = False  # stock lime as the course's sample code (--conventions course)
 
     def convergence(self) -> dict:
-        return {
-            "rule": f"antithetic samples in rounds of {lime_stopping.ROUND_SAMPLES}, at least "
+        rule = (
+            f"stock lime, {self.cap} independent samples (the course's)"
+            if self.course
+            else f"antithetic samples in rounds of {lime_stopping.ROUND_SAMPLES}, at least "
             f"{lime_stopping.MIN_SAMPLES}, until as precise as {lime_stopping.MATCHED_SAMPLES} "
             f"independent ones and the top {lime_stopping.TOP_K} separated by "
-            f">= {lime_stopping.TOP_SEPARATION:g} standard error; cap {self.cap}",
+            f">= {lime_stopping.TOP_SEPARATION:g} standard error; cap {self.cap}"
+        )
+        return {
+            "rule": rule,
             "samples": [r.samples for r in self.results],
             "needed": [[round(t[1], 1) for t in r.trace] for r in self.results],
             "separation": [[round(t[2], 2) for t in r.trace] for r in self.results],
@@ -71,13 +78,36 @@ def lime_of(run: Run, i: int, label: int, seed: int) -> lime_adapter.LimeResult:
     )
 
 
+def course_lime_of(
+    run: Run, i: int, explainer: lime_image.LimeImageExplainer
+) -> lime_adapter.LimeResult:
+    """Stock lime on explained image ``i``'s model input, as the course's sample code."""
+    s, cfg = run.subject, run.cfg
+    if run.deadline.passed():
+        raise lime_adapter.OutOfTime
+    return course.lime_explain(
+        explainer,
+        run.inference,
+        s.x[i],
+        int(s.target[i]),
+        samples=cfg.lime_samples,
+        batch_size=cfg.batch_size,
+    )
+
+
 def explain_images(run: Run, bar: tqdm) -> list[lime_adapter.LimeResult]:
-    """LIME for each explained image in turn, until done or out of time."""
+    """LIME for each explained image in turn, until done or out of time. The course's images
+    share one random stream, drawn from in the order they are explained."""
     s = run.subject
+    shared = course.lime_explainer(run.cfg.seed) if run.cfg.conventions == COURSE else None
     results = []
     for i in range(len(s.paths)):
         try:
-            results.append(lime_of(run, i, int(s.target[i]), run.cfg.seed))
+            results.append(
+                lime_of(run, i, int(s.target[i]), run.cfg.seed)
+                if shared is None
+                else course_lime_of(run, i, shared)
+            )
         except lime_adapter.OutOfTime:
             run.cuts.append(
                 f"{NAME}: {len(s.paths) - i} of {len(s.paths)} images not explained, "
@@ -106,7 +136,8 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
         segs,
         [r.weights for r in results],
         s.titles(run.classes),
-        "LIME: superpixels for (green) and against (red) the class",
+        "LIME: superpixels for (green) and against (red) the class"
+        + (" (course: stock lime on logits)" if cfg.conventions == COURSE else ""),
         notes=[r.failure for r in results],
     )
     run.write_png("q3_lime.png", fig)
@@ -121,18 +152,26 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
     # The superpixel explanation as a per-pixel map, for the mask share and the trust table.
     maps = np.stack([r.weights[r.segments] for r in results])
     complete = n == len(run.subject.paths)
-    sampling = (
-        f"{min(used)}-{max(used)} (mean {np.mean(used):.0f}) antithetic perturbed samples per "
-        f"image, stopped once as precise as {lime_stopping.MATCHED_SAMPLES} independent ones "
-        f"and the top {lime_stopping.TOP_K} settled"
-        if cfg.adaptive
-        else f"{cfg.lime_samples} antithetic perturbed samples per image"
+    is_course = cfg.conventions == COURSE
+    method = (
+        f"stock lime as the course's sample code (--conventions course): {cfg.lime_samples} "
+        f"independent perturbed samples per image from one random stream seeded with "
+        f"{course.LIME_SEED + cfg.seed}, the model's logits, over {course.SLIC_TEXT}"
+        if is_course
+        else f"{sampling_text(cfg, used)}, over SLIC superpixels (n_segments=100, "
+        f"compactness=1, sigma=1, numbered from 0)"
     )
     missing = unexplained(run, [r.failure for r in results])
+    usual = course.SLIC_TEXT if is_course else lime_adapter.COURSE_SLIC
     fallback = {p.name: r.segmentation for p, r in zip(s.paths, results, strict=True)
-                if r.segmentation != lime_adapter.COURSE_SLIC}  # fmt: skip
+                if r.segmentation != usual}  # fmt: skip
     explained_scores = [r.score for r in results if r.failure is None]
-    params: dict = {"samples": used, "cap": cfg.lime_samples, "seed": cfg.seed}
+    params: dict = {
+        "samples": used,
+        "cap": cfg.lime_samples,
+        "seed": cfg.seed,
+        "conventions": cfg.conventions,
+    }
     if missing:
         params["unexplained"] = missing
     if fallback:
@@ -141,9 +180,7 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
         "q3_lime",
         STAGE.section,
         "LIME explanations",
-        f"LIME (Ribeiro et al., 2016) with {sampling}, over SLIC superpixels "
-        f"(n_segments=100, compactness=1, sigma=1, numbered from 0); the 5 most "
-        f"positive superpixels are green, the 5 most negative red. Mean R^2 of lime's local linear "
+        f"LIME (Ribeiro et al., 2016) with {method}; the 5 most positive superpixels are green, the 5 most negative red. Mean R^2 of lime's local linear "
         f"model: {number(float(np.mean(explained_scores)) if explained_scores else math.nan)}."
         + segmentation_caption(fallback)
         + unexplained_caption(missing)
@@ -160,6 +197,17 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
         results=results,
         complete=complete,
         cap=cfg.lime_samples,
+        course=is_course,
+    )
+
+
+def sampling_text(cfg: RunConfig, used: list[int]) -> str:
+    if not cfg.adaptive:
+        return f"{cfg.lime_samples} antithetic perturbed samples per image"
+    return (
+        f"{min(used)}-{max(used)} (mean {np.mean(used):.0f}) antithetic perturbed samples per "
+        f"image, stopped once as precise as {lime_stopping.MATCHED_SAMPLES} independent ones "
+        f"and the top {lime_stopping.TOP_K} settled"
     )
 
 
@@ -174,7 +222,11 @@ def segmentation_caption(fallback: dict[str, str]) -> str:
 def lime_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
     """LIME samples per image: never fewer than the floor of its stopping rule."""
     floor = min(cfg.lime_samples, lime_stopping.MIN_SAMPLES)
-    samples = max(floor, cfg.lime_samples * shares[NAME])
+    samples = (
+        cfg.lime_samples
+        if cfg.conventions == COURSE
+        else max(floor, cfg.lime_samples * shares[NAME])
+    )
     return Work(forward=explained(run) * samples, seconds=0.3 * explained(run) + FIGURE_SECONDS)
 
 
@@ -193,7 +245,7 @@ STAGE = Stage(
             rank=14,
         ),
     ),
-    options=("lime_samples", "adaptive", "seed", "trust"),
+    options=("lime_samples", "adaptive", "seed", "trust", "conventions"),
     methods=(Method(METHOD),),
     share=Share(expected=0.75),
 )

@@ -150,14 +150,19 @@ def save_attribution(
     signed: bool = False,
     params: Mapping[str, Any] | None = None,
     raw: Tensor | None = None,
+    shown: Tensor | None = None,
 ) -> FigureRecord:
     """The figure, the raw arrays and the record of one per-pixel attribution method. An image
-    whose map explains nothing (not finite, zero everywhere) shows why instead of the map."""
+    whose map explains nothing (not finite, zero everywhere) shows why instead of the map.
+    ``shown`` [N,H,W,C] in [0,1] is drawn beside each image instead of the map's heat map."""
     s = run.subject
     arr = maps.detach().cpu().numpy().astype(np.float32)
     reasons = attributions.why_unexplained(arr)
-    fig = figures.image_map_pairs(
-        s.pixels, arr, s.titles(run.classes), title, signed=signed, notes=reasons
+    titles = s.titles(run.classes)
+    fig = (
+        figures.image_map_pairs(s.pixels, arr, titles, title, signed=signed, notes=reasons)
+        if shown is None
+        else figures.image_pairs(s.pixels, shown.cpu().numpy(), titles, title, notes=reasons)
     )
     run.write_png(f"{fid}.png", fig)
     run.write_npz(

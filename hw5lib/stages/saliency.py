@@ -1,11 +1,12 @@
-"""Q1: vanilla gradient saliency of the target logit."""
+"""Q1: vanilla gradient saliency of the target logit, or the course's of the loss."""
 
 from __future__ import annotations
 
 from tqdm import tqdm
 
-from .. import attributions
+from .. import attributions, course
 from ..budget import FIGURE_SECONDS, Work
+from ..config import COURSE
 from ..context import Run
 from .record import Explain, Method, Stage, StageResult, explained, save_attribution
 
@@ -14,21 +15,45 @@ METHOD = "Saliency"
 
 
 def explain(run: Run) -> Explain:
-    return lambda m, x, t: attributions.saliency(m, x, t, batch_size=run.cfg.batch_size)
+    """The run's saliency as an [N,H,W] map (the course's: its max over channels)."""
+    size = run.cfg.batch_size
+    if run.cfg.conventions == COURSE:
+        return lambda m, x, t: course.loss_saliency(m, x, t, batch_size=size).amax(dim=1)
+    return lambda m, x, t: attributions.saliency(m, x, t, batch_size=size)
 
 
 def stage_saliency(run: Run, bar: tqdm) -> StageResult:
     s = run.subject
-    maps = explain(run)(run.gradients, s.x, s.target)
+    if run.cfg.conventions == COURSE:
+        raw = course.loss_saliency(run.gradients, s.x, s.target, batch_size=run.cfg.batch_size)
+        maps = raw.amax(dim=1)
+        shown = run.pre.swap_channels(raw.cpu()).permute(0, 2, 3, 1)
+        title = "Saliency maps: |d loss / d pixel| per channel (course)"
+        caption = (
+            f"Saliency as the course's sample code defines it, for {len(s.paths)} images: "
+            "|d cross-entropy loss of the target class / d pixel| per color channel, min-max "
+            "scaled over each image and shown as a color image (--conventions course). The "
+            "trust table and the mask share use its max over channels."
+        )
+    else:
+        raw, shown = None, None
+        maps = explain(run)(run.gradients, s.x, s.target)
+        title = "Saliency maps: |d score / d pixel|"
+        caption = (
+            f"Vanilla gradient saliency (Simonyan et al., 2014) of the target class logit for "
+            f"{len(s.paths)} images, max over color channels, each map scaled to its own range."
+        )
     bar.update()
     record = save_attribution(
         run,
         "q1_saliency",
         STAGE.section,
-        "Saliency maps: |d score / d pixel|",
-        f"Vanilla gradient saliency (Simonyan et al., 2014) of the target class logit for "
-        f"{len(s.paths)} images, max over color channels, each map scaled to its own range.",
+        title,
+        caption,
         maps,
+        raw=raw,
+        shown=shown,
+        params={"conventions": run.cfg.conventions},
     )
     return StageResult([record], {METHOD: maps.detach().cpu()})
 
@@ -38,6 +63,6 @@ STAGE = Stage(
     "Q1",
     stage_saliency,
     lambda run, cfg, shares: Work(backward=explained(run), seconds=FIGURE_SECONDS),
-    options=("batch_size",),
+    options=("batch_size", "conventions"),
     methods=(Method(METHOD, explain),),
 )
