@@ -10,7 +10,6 @@ import pickle
 import random
 import sys
 import types
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from hw5lib.checkpoints import checkpoint_format
 from hw5lib.errors import UserError
 from hw5lib.models import load_classifier
 from model import Classifier
+from tests.pickles import save_as
 from tests.zoo import AlexNetLike
 
 # ---------------------------------------------------------------- models as students define them
@@ -213,31 +213,6 @@ def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
             if t.is_floating_point():
                 t.copy_(torch.rand(t.shape, generator=gen) * 0.5 + 0.5)
     return model.eval()
-
-
-def save_as(path: Path, obj: object, names: dict[type, str], **save_kwargs) -> Path:
-    """``torch.save(obj, path)`` with each class pickled under the given ``module.Name``, as if
-    a training script or torchvision had defined it there. Nothing stays registered."""
-    qualnames = {cls: cls.__qualname__ for cls in names}
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for cls, full in names.items():
-                module, _, name = full.rpartition(".")
-                mp.setattr(cls, "__module__", module)
-                cls.__qualname__ = name  # not in the class __dict__: monkeypatch cannot undo it
-                parts = module.split(".")
-                for i in range(1, len(parts) + 1):  # torchvision, torchvision.models, ...
-                    package = ".".join(parts[:i])
-                    if package not in sys.modules:
-                        mp.setitem(sys.modules, package, types.ModuleType(package))
-                mp.setattr(sys.modules[module], name, cls, raising=False)
-            with warnings.catch_warnings():  # the legacy format wants the source of a class
-                warnings.simplefilter("ignore", UserWarning)
-                torch.save(obj, path, **save_kwargs)
-    finally:
-        for cls, qualname in qualnames.items():
-            cls.__qualname__ = qualname
-    return path
 
 
 def images(size: int) -> Tensor:

@@ -4,7 +4,11 @@ user's own model (--model file.py:Class), TorchScript, and layer selection by in
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,8 @@ from hw5lib.cli import main
 from hw5lib.data import Preprocess
 from hw5lib.sample import generate_sample
 from hw5lib.train import TrainConfig, train
-from tests.zoo import AlexNetLike, ResidualNet
+from tests.pickles import save_as
+from tests.zoo import AlexNetLike, ResidualNet, Seed001Classifier
 
 FAST = ["--lime-samples", "30", "--filter-steps", "3", "--smooth-samples", "3", "--ig-steps", "4"]
 FAST += ["--quiet", "--filters-per-layer", "2"]
@@ -70,13 +75,20 @@ def catdog(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = AlexNetLike()
-    path = root.parent / "alexnet_whole.pth"
-    torch.save(model, path)  # a whole pickled model, as the cat/dog assignment ships it
+    # a whole pickled torchvision AlexNet, as the cat/dog seed's torch_alex.pth (narrow here)
+    path = save_as(
+        root.parent / "torch_alex.pth", model, {AlexNetLike: "torchvision.models.alexnet.AlexNet"}
+    )
     return root, path
 
 
 def test_pickled_model_without_flag_fails_in_one_line(catdog, tmp_path, capsys) -> None:
-    root, path = catdog
+    root, _ = catdog
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AlexNetLike()
+    path = tmp_path / "alexnet_whole.pth"
+    torch.save(model, path)  # pickled as tests.zoo.AlexNetLike: a class nobody stands in for
     assert report(root, tmp_path / "out", "--preset", "catdog", "--checkpoint", path) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--trust-pickle" in err[0]
@@ -84,11 +96,13 @@ def test_pickled_model_without_flag_fails_in_one_line(catdog, tmp_path, capsys) 
 
 
 def test_catdog_preset_shows_cams_for_both_classes_on_named_images(catdog, tmp_path) -> None:
+    """Out of the box: a torchvision AlexNet pickle, no torchvision, no --trust-pickle."""
     root, path = catdog
     out = tmp_path / "out"
-    args = [root, out, "--preset", "catdog", "--checkpoint", path, "--trust-pickle"]
-    assert report(*args) == 0
+    assert report(root, out, "--preset", "catdog", "--checkpoint", path) == 0
+    assert "torchvision" not in sys.modules
     man = manifest(out)
+    assert man["model"]["architecture"]["loaded_as"] == "hw5lib.standins.AlexNet"
     names = [Path(p).name for p in man["dataset"]["images"]]
     assert names[-3:] == ["dog.jpg", "cat.jpg", "both.jpg"]
     assert man["preprocess"]["mean"] == [0.485, 0.456, 0.406] and man["model"]["input"] == [
@@ -250,3 +264,79 @@ def test_pickle_needing_torchvision_says_how_to_install_it(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "torchvision" in err[0] and "pip install torchvision" in err[0]
+
+
+def test_seed_001_architecture_runs_every_stage_at_its_report_layers(tmp_path) -> None:
+    """A student's own HW3 net (seed report 001: two convs per block, Dropout2d, Linear(32768,
+    1024), BatchNorm1d) through --model at full size, with the conv layers its report picked.
+    38M parameters at 128 x 128: every stage runs, on two photos and at the smallest settings."""
+    from hw5lib.config import RunConfig
+    from hw5lib.pipeline import run_report
+    from tests.photos import write_real_food11
+
+    root = write_real_food11(tmp_path / "food")
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = Seed001Classifier()
+    ckpt = tmp_path / "model.pth"
+    torch.save({"model_state_dict": model.state_dict()}, ckpt)
+    cfg = RunConfig(
+        data=root,
+        out=tmp_path / "out",
+        checkpoint=ckpt,
+        model=f"{Path(__file__).with_name('zoo.py')}:Seed001Classifier",  # as --model
+        classes="food11",
+        filter_layers=("3", "11", "19", "27"),  # as --filter-layers 3,11,19,27
+        per_class=0,
+        images=(root / "training" / "0_0.jpg", root / "training" / "7_0.png"),
+        eval_limit=11,
+        adaptive=False,
+        trust=False,
+        lime_samples=20,
+        smooth_samples=2,
+        ig_steps=4,
+        filter_steps=2,
+        filters_per_layer=1,
+        activation_images=1,
+        dream_images=1,
+        dream_layer="3",  # the report's first layer: a middle one costs ~30 s more here
+    )
+    man, _ = run_report(cfg, progress=False)
+    out = cfg.out
+    assert not man["failures"] and not man["cuts"]
+    filt = next(f for f in man["figures"] if f["id"] == "q2_filters")
+    assert filt["params"]["layers"] == ["cnn.3", "cnn.11", "cnn.19", "cnn.27"]
+    expected = {"q1_saliency", "q2_filters", "q3_lime", "q3_confusion", "q4_smoothgrad"}
+    expected |= {"q4_grad_x_input", "q4_integrated_gradients", "q4_grad_cam", "q4_layercam"}
+    expected |= {"q4_feature_maps", "q4_deepdream"} | {f"q2_activations_cnn_{i}" for i in (3, 27)}
+    assert expected <= written_figures(out)
+    assert load(out, "q1_saliency.npz")["input"].shape == (2, 3, 128, 128)
+    assert man["model"]["input"] == [3, 128, 128]
+
+
+def test_a_students_own_model_py_loads_their_checkpoints(tmp_path) -> None:
+    """``bash hw5.sh`` unchanged, with model.py's Classifier replaced by the student's own (seed
+    001's, which takes no arguments): a state_dict and a whole ``__main__.Classifier`` pickle
+    both load, weights-only, at the report's layer indices."""
+    repo = tmp_path / "repo"
+    here = Path(__file__).resolve().parent.parent
+    shutil.copytree(here / "hw5lib", repo / "hw5lib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(here / "hw5.py", repo / "hw5.py")
+    source = inspect.getsource(Seed001Classifier).replace("Seed001Classifier", "Classifier")
+    (repo / "model.py").write_text("from torch import Tensor, nn\n\n\n" + source)
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        model = Seed001Classifier().eval()
+    torch.save(model.state_dict(), tmp_path / "state.pth")
+    save_as(tmp_path / "model.pkl", model, {Seed001Classifier: "__main__.Classifier"})
+    for name in ("state.pth", "model.pkl"):
+        done = subprocess.run(
+            [sys.executable, repo / "hw5.py", "layers", "--checkpoint", tmp_path / name],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        rows = {line.split()[0]: line.split()[2] for line in done.stdout.splitlines()[1:]}
+        assert [rows[f"cnn.{i}"] for i in (3, 11, 19, 27)] == ["Conv2d"] * 4
+        assert rows["fc.1"] == "BatchNorm1d"

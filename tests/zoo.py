@@ -118,3 +118,28 @@ class SlowNet(nn.Module):
         factor = self.slowdown if self.images > self.slow_after else 1.0
         CLOCK.advance(self.delay * factor * len(x))
         return self.net(x)
+
+
+class Seed001Classifier(nn.Module):
+    """The HW3 architecture of seed report 001, layer for layer: two convs per block, Dropout2d
+    after each pool, ``Linear(32768, 1024)`` and BatchNorm1d in the head (11 classes, 128 x 128).
+    Its report picks the conv layers 3, 11, 19 and 27 of ``cnn``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for c_in, c_out, drop in ((3, 64, 0.1), (64, 128, 0.1), (128, 256, 0.1), (256, 512, 0.5)):
+            for a, b in ((c_in, c_out), (c_out, c_out)):
+                layers += [nn.Conv2d(a, b, 3, 1, 1), nn.BatchNorm2d(b), nn.ReLU()]
+            layers += [nn.MaxPool2d(2), nn.Dropout2d(drop)]
+        self.cnn = nn.Sequential(*layers)
+        self.fc = nn.Sequential(
+            nn.Linear(32768, 1024),
+            nn.BatchNorm1d(1024),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(1024, 11),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.cnn(x).flatten(1))
