@@ -10,10 +10,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import COURSE, GROUPS, RunConfig, ints, options
 from .errors import Terminated, UserError
+from .portable import DATA, OUT, model_spec_name, portable_command, relative_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DATA = ROOT / "data" / "sample"
@@ -188,7 +190,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def report_config(args: argparse.Namespace) -> RunConfig:
+def report_config(args: argparse.Namespace, argv: Sequence[str] | None = None) -> RunConfig:
     data, out = args.data, args.out_dir or args.out
     checkpoint = args.checkpoint or (
         Path(os.environ["HW5_CHECKPOINT"]) if os.environ.get("HW5_CHECKPOINT") else None
@@ -212,24 +214,36 @@ def report_config(args: argparse.Namespace) -> RunConfig:
     for p in args.images:
         if not p.is_file():
             raise UserError(f"--images: {p} is not a file")
+    if args.notes is not None:  # its sections are checked now; its figure names once planned
+        from .notes import read_notes
+
+        read_notes(args.notes)
     chosen = {name: getattr(args, name) for name, _, _ in options()}
     return RunConfig(
         data=data,
         out=out,
         checkpoint=checkpoint,
         model_args=parse_model_args(args.model_args),
-        command=recorded_command(args),
+        command=recorded_command(args, data, argv),
         **chosen | {"images": tuple(args.images)},
     )
 
 
-def recorded_command(args: argparse.Namespace) -> str:
-    """The command line as the manifest records it: the output folder and --quiet change no
-    output file, so they are left out and reruns into another folder stay byte-identical."""
-    argv = sys.argv[1:] if sys.argv[0].endswith("hw5.py") else ["report"]
-    out = str(args.out) if args.out is not None else None
-    kept = ["OUT" if a == out else a for a in argv if a != "--quiet"]
-    return " ".join(["hw5.py", *kept])
+def recorded_command(
+    args: argparse.Namespace, data: Path | None, argv: Sequence[str] | None = None
+) -> str:
+    """The command line as the manifest records it, with no folder of this machine in it: the
+    output folder as OUT, the data folder as DATA, other files by name (--images by their
+    place in DATA), --quiet left out. Reruns elsewhere, into another folder, stay identical."""
+    if argv is None:
+        argv = sys.argv[1:] if sys.argv[0].endswith("hw5.py") else ["report"]
+    labels = {args.out: OUT, args.out_dir: OUT, args.data: DATA}
+    labels |= {p: relative_name(data, p) for p in args.images}
+    labels |= {p: p.name for p in (args.checkpoint, args.notes) if p is not None}
+    if args.model:
+        labels[Path(args.model)] = model_spec_name(args.model)
+    kept = [a for a in argv if a != "--quiet"]
+    return "hw5.py " + portable_command(kept, {k: v for k, v in labels.items() if k is not None})
 
 
 def parse_model_args(text: str | None) -> dict:
@@ -305,7 +319,7 @@ def run_command(argv: list[str] | None, started: float) -> int:
         if args.command == "report":
             from .pipeline import run_report
 
-            cfg = report_config(args)
+            cfg = report_config(args, argv)
             man, seconds = run_report(cfg, progress=not args.quiet, started=started)
             if not args.quiet:
                 print_summary(man, seconds, cfg.out)

@@ -103,6 +103,15 @@ class RunConfig:
         switch=True,
     )
     seed: int = option(0, "seed for every random choice (default 0)", RUN, type=int)
+    notes: Path | None = option(  # noqa: RUF009 (a Path is immutable)
+        None,
+        "your answers, set into report.pdf: markdown sections '## Q1' ... '## Q4', each "
+        "section's paragraphs after that question's figures; figure ids named in the text "
+        "(q1_saliency) must be ones this run makes (hw5.sh passes report_notes.md beside it "
+        "when that file exists)",
+        RUN,
+        type=Path,
+    )
     size: int | None = option(
         None,
         "resize images to SIZE x SIZE (HW3: 128); --csv-size: the side of the images in a "

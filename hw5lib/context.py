@@ -20,6 +20,7 @@ from .models import LoadedModel
 from .outputs import atomic_write_bytes, npz_bytes, sha256_bytes
 
 if TYPE_CHECKING:
+    from .notes import Notes
     from .stages.record import Stage, StageResult
     from .subject import Subject
 
@@ -60,6 +61,7 @@ class Run:
     labelled_images: int | None = None  # size of the labelled split, counted once
     skipped_images: list[Skipped] = field(default_factory=list)  # unreadable files passed over
     interrupted: str | None = None  # the signal that stopped the run
+    notes: Notes | None = None  # --notes, parsed and checked against the planned figures
 
     @property
     def inference(self) -> nn.Module:

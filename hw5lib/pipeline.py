@@ -33,15 +33,21 @@ from .config import RunConfig
 from .context import Failure, Run
 from .datasets import open_dataset
 from .errors import UserError
+from .notes import check_references, read_notes, unproduced
 from .outputs import atomic_write_bytes, finite_or_null, json_bytes, sha256_file
+from .portable import folder_name, model_spec_name, relative_name
 from .stages import STAGES, Stage, cuts_of
 from .stages.confusion import ConfusionResult
+from .stages.convergence import ID as CONVERGENCE_ID
 from .stages.convergence import convergence_records, write_convergence
 from .stages.record import FigureRecord
 from .stages.trust import TrustResult, trust_manifest
 from .subject import prepare
 
 log = logging.getLogger(__name__)
+
+# RunConfig fields that hold paths of this machine: the manifest records them on their own.
+PATH_FIELDS = ("data", "out", "checkpoint", "notes", "command")
 
 
 def expected_shares(run: Run, *, at_cap: RunConfig | None = None) -> dict[str, float]:
@@ -132,12 +138,17 @@ def figure_records(run: Run) -> list[FigureRecord]:
     return records + ([appendix] if appendix else [])
 
 
+def parameters(cfg: RunConfig) -> dict:
+    """The run's settings as the manifest records them: no path of this machine (the data,
+    checkpoint, output and notes are recorded on their own, by name or hash)."""
+    params = {k: v for k, v in vars(cfg).items() if k not in PATH_FIELDS}
+    params["images"] = [relative_name(cfg.data, p) for p in cfg.images]
+    params["model"] = model_spec_name(cfg.model) if cfg.model else None
+    return params
+
+
 def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
     cfg = run.cfg
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()}
-    params["images"] = [str(p) for p in cfg.images]
-    for k in ("data", "out", "checkpoint", "command"):
-        params.pop(k)
     c, h, w = run.pre.channels, *run.pre.size
     confusion = run.find(ConfusionResult)
     return {
@@ -153,21 +164,22 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
         "model": {
             "name": type(run.model).__name__,
             "parameters": sum(p.numel() for p in run.model.parameters()),
-            "architecture": run.loaded.architecture,
+            "architecture": portable_architecture(run.loaded.architecture),
             "input": [c, h, w],
             "classes": run.classes,
         },
-        "checkpoint": {"path": str(cfg.checkpoint), "sha256": run.loaded.sha256},
+        "checkpoint": {"file": cfg.checkpoint.name, "sha256": run.loaded.sha256},
         "dataset": {
-            "root": str(cfg.data),
+            "root": folder_name(cfg.data),
             "explained_split": open_dataset(cfg.data).root.name if cfg.data else None,
-            "images": [str(p) for p in run.subject.paths],
+            "images": [relative_name(cfg.data, p) for p in run.subject.paths],
             "targets": run.subject.target.cpu().tolist(),
             "predictions": run.subject.pred.tolist(),
             "confidence": [round(float(v), 6) for v in run.subject.prob.max(1).values],
         },
         "preprocess": run.pre.to_dict(),
-        "parameters": params,
+        "parameters": parameters(cfg),
+        "notes": {"sha256": run.notes.sha256} if run.notes else None,
         "figures": [f.to_dict() for f in figures],
         "accuracy": confusion.accuracy if confusion else None,
         "top_confusions": confusion.top_confusions if confusion else [],
@@ -190,14 +202,16 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
     }
 
 
-def relative_name(root: Path | None, path: Path) -> str:
-    """``path`` relative to the data folder where it lies inside it, else its name."""
-    if root is not None and root.is_dir():
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return path.name
+def portable_architecture(architecture: dict) -> dict:
+    """A ``--model`` architecture names its file by name, not where it lies."""
+    spec = architecture.get("model")
+    return architecture | ({"model": model_spec_name(spec)} if isinstance(spec, str) else {})
+
+
+def planned_figures(run: Run) -> list[str]:
+    """The figure ids the run's stages plan to write, before any of them runs."""
+    ids = [i for s in run.registry if s.name not in run.skipped for i in s.figures(run)]
+    return [*ids, CONVERGENCE_ID]
 
 
 def measure(run: Run, clock: Clock) -> Rates:
@@ -238,7 +252,12 @@ def write_records(run: Run, previous: Sequence[str]) -> dict:
     man["non_finite"] = non_finite  # each null that stands for a NaN or inf, and where
     remove_stale(cfg.out, previous, run.outputs)
     atomic_write_bytes(cfg.out / "manifest.json", json_bytes(man))
-    report.write_report(man, cfg.out, cfg.out / "report.pdf")
+    if run.notes and not run.interrupted:  # an interrupted run wrote only some, as it says
+        for ref in unproduced(run.notes, [f["id"] for f in man["figures"]]):
+            log.warning(
+                "notes line %d names %s, which this run did not write", ref.line, ref.figure
+            )
+    report.write_report(man, cfg.out, cfg.out / "report.pdf", run.notes)
     return man
 
 
@@ -267,6 +286,9 @@ def run_report(
     run.deadline, run.registry = deadline, tuple(stages)
     run.seconds["load"] = deadline.elapsed()
     run.skipped = [s.name for s in run.registry if run.scripted and s.hooks]
+    if cfg.notes is not None:  # a figure the notes misname fails now, before any stage runs
+        run.notes = read_notes(cfg.notes)
+        check_references(run.notes, planned_figures(run))
     rates = None
     try:
         if cfg.budget is not None:

@@ -11,15 +11,13 @@ temp file in the target directory that `os.replace` moves into place.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
@@ -27,7 +25,6 @@ from fpdf.enums import XPos, YPos
 from .pdf_layout import (
     FONT,
     GAP_MM,
-    PT_TO_MM,
     ReportPDF,
     add_bullets,
     add_figure,
@@ -37,6 +34,9 @@ from .pdf_layout import (
     format_cell,
     latin1,
 )
+
+if TYPE_CHECKING:
+    from .notes import Notes
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,15 @@ SECTION_HEADINGS: dict[str, str] = {
 TRUST_HEADING = "Which explanation to trust"
 CUTS_HEADING = "What the time budget cut"
 FAILURES_HEADING = "What failed"
-MANIFEST_HEADING = "The manifest"
-
-_MONO = "Courier"
-_MONO_PT = 7.0
+FIGURES_HEADING = "The figures and their files"
+NOTES_HEADING = "Notes"
+FULL_RECORD = (
+    "manifest.json holds the full record of this run: every parameter, input, number and "
+    "output file with its sha256."
+)
+SHA_PREFIX = 12  # hex digits of a PNG's sha256: enough to tell two files apart by eye
+SHORT_LIST = 4  # longer lists of numbers show as a range in the appendix table
+PARAMETERS_CELL = 60  # characters of key parameters per figure in the appendix table
 
 
 def _percent(value: float) -> str:
@@ -82,9 +87,9 @@ def _new_pdf(manifest: dict[str, Any]) -> ReportPDF:
 
 
 def _title(manifest: dict[str, Any]) -> str:
-    """The report's title: "Explaining <model name> on <dataset root>"."""
+    """The report's title: "Explaining <model name> on <data folder name>"."""
     model = (manifest.get("model") or {}).get("name", "the classifier")
-    root = (manifest.get("dataset") or {}).get("root", "the data")
+    root = (manifest.get("dataset") or {}).get("root") or "the given images"
     return f"Explaining {model} on {root}"
 
 
@@ -112,15 +117,17 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         if model.get("classes"):
             rows.append((f"classes ({len(model['classes'])})", _join(model["classes"])))
     if ckpt:
-        rows.append(("checkpoint", str(ckpt.get("path", "-"))))
+        rows.append(("checkpoint", str(ckpt.get("file", "-"))))
         if ckpt.get("sha256"):
             rows.append(("checkpoint sha256", str(ckpt["sha256"])))
     if data:
+        images = data.get("images", "-")
+        count = len(images) if isinstance(images, list) else images
         rows.append(
             (
                 "dataset",
-                f"{data.get('root', '-')}, split {data.get('explained_split', '-')}, "
-                f"{data.get('images', '-')} images",
+                f"{data.get('root') or '-'}, split {data.get('explained_split') or '-'}, "
+                f"{count} images explained",
             )
         )
     if prep:
@@ -158,7 +165,7 @@ def _title_page(pdf: FPDF, manifest: dict[str, Any]) -> None:
         "NTU ML 2020 HW5: explaining the HW3 Food-11 CNN. Q1 saliency maps; Q2 filter "
         "visualization and activation maps; Q3 LIME and the confusion matrix; Q4 other "
         "explanation methods and which of them to trust. Each figure's caption gives the "
-        "numbers behind it; the appendix lists the full manifest of this run.",
+        "numbers behind it; the appendix lists every figure with its parameters and file hash.",
     )
     rows = _summary_rows(manifest)
     if rows:
@@ -216,36 +223,53 @@ def _trust(pdf: FPDF, trust: dict[str, Any]) -> None:
         add_paragraph(pdf, str(trust["notes"]))
 
 
-def compact_json(obj: object) -> str:
-    """Pretty JSON with sorted keys, but a list of plain values stays on one line (the manifest
-    holds long lists of numbers and hashes that would otherwise take a line each)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str)
-    scalar_list = re.compile(r"\[\n\s*((?:[^\[\]{}\n]+,\n\s*)*[^\[\]{}\n]+)\n\s*\]")
-    return scalar_list.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text)
+def _parameter_text(value: object) -> str | None:
+    """A parameter short enough for the appendix table: a scalar, a list of up to four of
+    them, a range for a longer list of numbers; None for anything longer (in manifest.json)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return format_cell(value)
+    if not isinstance(value, list | tuple) or not value:
+        return None
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if numbers and len(value) > SHORT_LIST:
+        lo, hi = format_cell(min(value)), format_cell(max(value))
+        return lo if lo == hi else f"{lo}-{hi}"
+    if len(value) <= SHORT_LIST and all(isinstance(v, str | int | float) for v in value):
+        return ",".join(format_cell(v) for v in value)
+    return None
 
 
-def wrap_mono(text: str, width: int) -> list[str]:
-    """Hard-wrap monospaced text to `width` characters; continuation lines keep the indent."""
-    lines: list[str] = []
-    for line in text.splitlines():
-        indent = len(line) - len(line.lstrip(" "))
-        cont = " " * (indent + 2) if indent + 2 < width // 2 else ""
-        first, rest = line[:width], line[width:]
-        lines.append(first)
-        step = width - len(cont)
-        lines.extend(cont + rest[i : i + step] for i in range(0, len(rest), step))
-    return lines
+def key_parameters(params: dict[str, Any]) -> str:
+    """The short parameters of a figure, ``key=value; ...``, cut at a table cell's length."""
+    parts = [f"{k}={t}" for k, v in params.items() if (t := _parameter_text(v)) is not None]
+    kept: list[str] = []
+    for part in parts:
+        if len("; ".join([*kept, part])) > PARAMETERS_CELL:
+            break
+        kept.append(part)
+    return "; ".join(kept) or "-"
 
 
-def _manifest_text(pdf: FPDF, manifest: dict[str, Any]) -> None:
-    """The manifest as pretty, key-sorted JSON in Courier, wrapped to the page width."""
-    add_heading(pdf, MANIFEST_HEADING, level=1)
-    pdf.set_font(_MONO, size=_MONO_PT)
-    width = int(pdf.epw / pdf.get_string_width("M"))
-    text = latin1(compact_json(manifest))
-    line_h = _MONO_PT * PT_TO_MM * 1.15
-    for line in wrap_mono(text, width):
-        pdf.cell(0, line_h, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+def _figure_table(pdf: FPDF, manifest: dict[str, Any]) -> None:
+    """One row per figure: id, method, key parameters, its PNG's sha256 prefix; the rest of
+    the record is manifest.json's (a JSON dump here took six pages)."""
+    add_heading(pdf, FIGURES_HEADING, level=1)
+    outputs = manifest.get("outputs") or {}
+    rows = [("figure", "method", "key parameters", "PNG sha256")]
+    for fig in manifest.get("figures") or []:
+        title = str(fig.get("title", "")).split(":")[0]
+        digest = str(outputs.get(fig.get("png"), ""))[:SHA_PREFIX] or "-"
+        rows.append((str(fig.get("id")), title, key_parameters(fig.get("params") or {}), digest))
+    if len(rows) > 1:
+        add_table(pdf, rows, size=8.0)
+    add_paragraph(pdf, FULL_RECORD)
+
+
+def _notes(pdf: FPDF, paragraphs: Iterable[str]) -> None:
+    """The student's own paragraphs for a question (--notes), in their order."""
+    add_heading(pdf, NOTES_HEADING, level=1)
+    for paragraph in paragraphs:
+        add_paragraph(pdf, paragraph)
 
 
 def _grouped(figures: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -260,8 +284,9 @@ def _grouped(figures: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     return groups
 
 
-def build_report(manifest: dict[str, Any], out_dir: Path) -> bytes:
-    """Lay out the whole report and return the PDF bytes (deterministic for equal inputs)."""
+def build_report(manifest: dict[str, Any], out_dir: Path, notes: Notes | None = None) -> bytes:
+    """Lay out the whole report and return the PDF bytes (deterministic for equal inputs);
+    ``notes``' paragraphs close their question's section."""
     pdf = _new_pdf(manifest)
     _title_page(pdf, manifest)
     groups = _grouped(manifest.get("figures") or [])
@@ -278,6 +303,8 @@ def build_report(manifest: dict[str, Any], out_dir: Path) -> bytes:
             _accuracy(pdf, manifest)
         if q == "Q4" and manifest.get("trust"):
             _trust(pdf, manifest["trust"])
+        if notes and notes.sections.get(q):
+            _notes(pdf, notes.sections[q])
     if manifest.get("cuts"):
         add_bullets(pdf, CUTS_HEADING, manifest["cuts"])
     if manifest.get("failures"):
@@ -294,13 +321,15 @@ def build_report(manifest: dict[str, Any], out_dir: Path) -> bytes:
     for fig in groups["Appendix"]:
         number += 1
         add_figure(pdf, out_dir, fig, number)
-    _manifest_text(pdf, manifest)
+    _figure_table(pdf, manifest)
     return bytes(pdf.output())
 
 
-def write_report(manifest: dict[str, Any], out_dir: Path, path: Path) -> None:
+def write_report(
+    manifest: dict[str, Any], out_dir: Path, path: Path, notes: Notes | None = None
+) -> None:
     """Write report.pdf to `path` atomically; figure PNGs are read relative to `out_dir`."""
-    data = build_report(manifest, Path(out_dir))
+    data = build_report(manifest, Path(out_dir), notes)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

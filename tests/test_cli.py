@@ -393,6 +393,21 @@ def test_report_pdf_shows_every_manifest_figure_once_with_its_title(report_a: Ru
     assert sum(len(page.images) for page in reader.pages) == len(figures)
 
 
+def test_planned_figures_are_the_figures_the_report_writes(
+    report_a: Run, small_sample: SampleInfo, tiny_checkpoint: Path
+) -> None:
+    """--notes checks figure names against the plan before any stage runs: it must hold."""
+    from hw5lib.pipeline import planned_figures
+    from hw5lib.stages import STAGES
+    from hw5lib.subject import prepare
+
+    argv = ["report", str(small_sample.root), str(report_a.out), "--checkpoint",
+            str(tiny_checkpoint), *FAST]  # fmt: skip
+    run = prepare(cli.report_config(cli.parse_args(argv), argv))
+    run.registry = STAGES
+    assert set(planned_figures(run)) == {f["id"] for f in report_a.manifest()["figures"]}
+
+
 def test_report_run_leaves_a_users_file_in_the_out_dir_untouched(report_a: Run) -> None:
     report_a.ok()
     assert (report_a.out / USER_FILE).read_text() == "my notes, not hw5's\n"
@@ -424,7 +439,7 @@ def test_hw5_sh_explains_a_food11_folder_of_mixed_sizes_and_image_modes(
     mixed_report: Run, tiny_checkpoint: Path
 ) -> None:
     man = mixed_report.manifest()
-    assert man["checkpoint"]["path"] == str(tiny_checkpoint)  # $HW5_CHECKPOINT was used
+    assert man["checkpoint"] == {"file": tiny_checkpoint.name, "sha256": sha256(tiny_checkpoint)}
     explained = [Path(p).name for p in man["dataset"]["images"]]
     assert set(MIXED) <= set(explained)
     assert man["dataset"]["explained_split"] == "validation"
@@ -448,7 +463,7 @@ def test_hw5_sh_downloads_the_checkpoint_url_into_the_cache(
     dest = cached_path(served[0], cache)
     assert dest.read_bytes() == served[1].read_bytes()
     assert sorted(p.name for p in cache.iterdir()) == [dest.name]  # no .part left over
-    assert man["checkpoint"] == {"path": str(dest), "sha256": sha256(served[1])}
+    assert man["checkpoint"] == {"file": dest.name, "sha256": sha256(served[1])}
     assert {f"{f}.png" for f in FIGURES} <= listing(download_report.out)
 
 

@@ -11,14 +11,17 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
+from hw5lib.notes import parse_notes
 from hw5lib.pdf_layout import format_cell, latin1
 from hw5lib.report import (
     CUTS_HEADING,
-    MANIFEST_HEADING,
+    FIGURES_HEADING,
+    FULL_RECORD,
+    NOTES_HEADING,
     QUESTIONS,
     SECTION_HEADINGS,
     TRUST_HEADING,
-    wrap_mono,
+    key_parameters,
     write_report,
 )
 
@@ -79,7 +82,7 @@ def _manifest(out_dir: Path) -> dict[str, Any]:
         },
         "model": {"name": "Classifier", "parameters": 123456, "input": [3, 128, 128]}
         | {"classes": CLASSES},
-        "checkpoint": {"path": "checkpoints/sample.pt", "sha256": "ab12" * 16},
+        "checkpoint": {"file": "sample.pt", "sha256": "ab12" * 16},
         "dataset": {"root": "data/sample", "explained_split": "validation", "images": 88},
         "preprocess": {"size": 128, "channel_order": "rgb", "mean": None, "std": None},
         "figures": _make_figures(out_dir),
@@ -124,7 +127,7 @@ def test_question_headings_appear_in_order(built: tuple[dict, Path, Path]) -> No
     starts = [text.find(SECTION_HEADINGS[q].split(":")[0] + ":") for q in QUESTIONS]
     assert all(s >= 0 for s in starts)
     assert starts == sorted(starts)
-    assert text.find(SECTION_HEADINGS["Appendix"], starts[-1]) < text.find(MANIFEST_HEADING)
+    assert text.find(SECTION_HEADINGS["Appendix"], starts[-1]) < text.find(FIGURES_HEADING)
 
 
 def test_every_figure_title_appears_numbered_in_manifest_order(
@@ -186,8 +189,7 @@ def test_two_builds_are_byte_identical(built: tuple[dict, Path, Path], tmp_path:
 
 
 def test_trust_table_values_are_formatted(built: tuple[dict, Path, Path]) -> None:
-    full = _text(built[2])
-    text = full[: full.find(MANIFEST_HEADING)]  # the appendix repeats the raw values
+    text = _text(built[2])
     assert TRUST_HEADING in text
     assert text.find(TRUST_HEADING) > text.find(SECTION_HEADINGS["Q4"].split(":")[0])
     assert "Saliency 0.123 0.550 - no" in text
@@ -204,13 +206,76 @@ def test_q3_lists_accuracy_per_class_and_confusions(built: tuple[dict, Path, Pat
     assert q3 < text.find("bread egg 3") < q4
 
 
-def test_cuts_and_manifest_appendix_are_printed(built: tuple[dict, Path, Path]) -> None:
+def test_cuts_are_printed_before_the_appendix(built: tuple[dict, Path, Path]) -> None:
     text = _text(built[2])
     assert text.find(CUTS_HEADING) < text.find("DeepDream skipped: 41 s left of the budget.")
-    appendix = text[text.find(MANIFEST_HEADING) :]
-    assert text.find(CUTS_HEADING) < text.find(MANIFEST_HEADING)
-    assert '"sha256": "' + "ab12" * 16 in appendix
-    assert appendix.find('"accuracy"') < appendix.find('"checkpoint"')  # keys sorted
+    assert text.find(CUTS_HEADING) < text.find(FIGURES_HEADING)
+
+
+def _appendix_pages(path: Path) -> list[str]:
+    """The text of the pages from the appendix's first page on."""
+    reader = PdfReader(path)
+    first = next(o for o in reader.outline if not isinstance(o, list) and o.title == "Appendix")
+    start = reader.get_destination_page_number(first)
+    return [re.sub(r"\s+", " ", p.extract_text()) for p in reader.pages[start:]]
+
+
+def test_appendix_is_one_table_of_the_figures_not_a_json_dump(
+    built: tuple[dict, Path, Path],
+) -> None:
+    manifest, _, path = built
+    pages = _appendix_pages(path)
+    assert len(pages) <= 2
+    appendix = " ".join(pages)
+    table = appendix[appendix.find(FIGURES_HEADING) :]
+    positions = [table.find(f["id"] + " ") for f in manifest["figures"]]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions)
+    assert "q1_saliency Title of q1_saliency layer=cnn.8 " + "cd34" * 3 + " " in table
+    assert FULL_RECORD in appendix
+    text = _text(path)
+    assert '"outputs": {' not in text and '"sha256": "' not in text
+
+
+def test_key_parameters_keep_short_values_and_summarise_long_lists() -> None:
+    params = {"layer": "cnn.18", "samples": [600, 700, 1000, 600, 600], "steps": 80}
+    params |= {"files": [f"{i}.jpg" for i in range(12)], "unexplained": {"a.jpg": "zero"}}
+    assert key_parameters(params) == "layer=cnn.18; samples=600-1000; steps=80"
+    assert key_parameters({"layers": ["cnn.2", "cnn.6"], "filters": [[0, 1], [2, 3]]}) == (
+        "layers=cnn.2,cnn.6"
+    )
+    assert key_parameters({}) == "-"
+    assert len(key_parameters({f"k{i}": "v" * 12 for i in range(20)})) <= 60
+
+
+NOTES = """# My HW5 report
+
+## Q1. Saliency
+Saliency first paragraph, about q1_saliency,
+soft-wrapped over two lines.
+
+Saliency second paragraph: ≥ 2 “classes”.
+
+## Q3
+LIME paragraph.
+"""
+
+
+def test_notes_paragraphs_close_their_sections_in_order(
+    built: tuple[dict, Path, Path], tmp_path: Path
+) -> None:
+    manifest, out_dir, _ = built
+    path = tmp_path / "report.pdf"
+    write_report(manifest, out_dir, path, parse_notes(NOTES, "NOTES.md"))
+    text = _text(path)
+    q1, q2, q3, q4 = (text.find(SECTION_HEADINGS[q].split(":")[0] + ":") for q in QUESTIONS)
+    first = text.find("Saliency first paragraph, about q1_saliency, soft-wrapped over two lines.")
+    second = text.find('Saliency second paragraph: >= 2 "classes".')
+    lime = text.find("LIME paragraph.")
+    last_q1_figure = text.find("Figure 1. Title of q1_saliency")
+    assert q1 < last_q1_figure < text.find(NOTES_HEADING, q1) < first < second < q2
+    assert text.find("Most frequent confusions") < text.find(NOTES_HEADING, q3) < lime < q4
+    assert text.count(NOTES_HEADING + " ") == 2  # no heading for a section without notes
+    assert "My HW5 report" not in text
 
 
 def test_non_latin1_class_name_is_replaced_not_fatal(built: tuple[dict, Path, Path]) -> None:
@@ -260,13 +325,6 @@ def test_format_cell_formats_floats_none_and_bools() -> None:
         "7",
         "x",
     ]
-
-
-def test_wrap_mono_keeps_every_character_within_width() -> None:
-    text = '  "key": "' + "a" * 100 + '"\nshort'
-    lines = wrap_mono(text, 40)
-    assert all(len(line) <= 40 for line in lines)
-    assert "".join(lines).replace(" ", "") == text.replace(" ", "").replace("\n", "")
 
 
 def test_failed_replace_keeps_old_report_and_removes_temp(

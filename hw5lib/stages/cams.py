@@ -37,6 +37,10 @@ CAMS = {  # method -> (function, what it weighs: the paper)
 }
 
 
+def cam_figure_id(method: str) -> str:
+    return "q4_" + method.lower().replace("-", "_")  # Grad-CAM -> q4_grad_cam
+
+
 def cam_layer_name(run: Run) -> str:
     """--cam-layer, else the automatic choice; found once per run (the choice costs a probe
     forward pass, and several stages ask)."""
@@ -94,7 +98,7 @@ def stage_cams(run: Run, bar: tqdm) -> StageResult:
         bar.update()
         # The trust table scores the map of the explained target, as for the other methods.
         out.maps[method] = fn(model, s.x, s.target, layer, batch_size=run.cfg.batch_size).cpu()
-        fid = "q4_" + method.lower().replace("-", "_")
+        fid = cam_figure_id(method)
         reasons = attributions.why_unexplained(maps)
         fig = figures.cam_grid(
             s.pixels,
@@ -167,4 +171,5 @@ STAGE = Stage(
     options=("cam_layer", "cam_targets", "batch_size"),
     methods=tuple(Method(m, explainer(m)) for m in CAMS),
     hooks=True,
+    figures=lambda run: tuple(cam_figure_id(m) for m in CAMS),
 )

@@ -214,4 +214,5 @@ STAGE = Stage(
         Cut(NAME, "accuracy on a stratified subset of 100 images", {"eval_limit": 100}, rank=9),
     ),
     options=("eval_limit", "batch_size"),
+    figures=lambda run: ("q3_confusion", "q3_examples"),
 )

@@ -78,4 +78,5 @@ STAGE = Stage(
     ),
     options=("dream_layer", "dream_images"),
     hooks=True,
+    figures=lambda run: ("q4_deepdream",),
 )

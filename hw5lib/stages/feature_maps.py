@@ -50,4 +50,5 @@ STAGE = Stage(
     cuts=(Cut(NAME, "feature-map grid not drawn", {"skip": True}, rank=15),),
     options=("feature_layer", "cam_layer"),
     hooks=True,
+    figures=lambda run: ("q4_feature_maps",),
 )

@@ -43,6 +43,15 @@ def filter_layer_names(run: Run, cfg: RunConfig) -> list[str]:
     return list(cfg.filter_layers) or default_filter_layers(run.model, cfg.filter_layer_count)
 
 
+def planned_layers(run: Run) -> list[str]:
+    """The Q2 layers by name (``--filter-layers 15`` is ``cnn.15``), as the figure ids use."""
+    return [resolve_layer(run.model, spec)[0] for spec in filter_layer_names(run, run.cfg)]
+
+
+def activation_id(layer: str) -> str:
+    return f"q2_activations_{layer.replace('.', '_')}"  # cnn.2 -> q2_activations_cnn_2
+
+
 def activation_record(
     run: Run,
     name: str,
@@ -55,7 +64,7 @@ def activation_record(
     """The activation maps of one layer's chosen filters on the first explained images."""
     s = run.subject
     rows = min(run.cfg.activation_images, len(s.paths))
-    fid = f"q2_activations_{name.replace('.', '_')}"
+    fid = activation_id(name)
     fig = figures.activation_grid(
         s.pixels[:rows],
         acts[:rows, idx].relu().cpu().numpy(),
@@ -272,4 +281,5 @@ STAGE = Stage(
     ),
     share=Share(expected=0.5),
     hooks=True,
+    figures=lambda run: ("q2_filters", *map(activation_id, planned_layers(run))),
 )

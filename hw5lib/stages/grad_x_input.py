@@ -45,4 +45,5 @@ STAGE = Stage(
     lambda run, cfg, shares: Work(backward=explained(run), seconds=FIGURE_SECONDS),
     options=("batch_size",),
     methods=(Method(METHOD, explain),),
+    figures=lambda run: ("q4_grad_x_input",),
 )

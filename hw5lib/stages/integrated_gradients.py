@@ -161,4 +161,5 @@ STAGE = Stage(
     options=("ig_steps", "ig_baseline", "adaptive", "batch_size"),
     methods=(Method(METHOD, explain, sampled=True),),
     share=Share(expected=0.8, at_cap=share_at_cap),
+    figures=lambda run: ("q4_integrated_gradients",),
 )

@@ -248,4 +248,5 @@ STAGE = Stage(
     options=("lime_samples", "adaptive", "seed", "trust", "conventions"),
     methods=(Method(METHOD),),
     share=Share(expected=0.75),
+    figures=lambda run: ("q3_lime",),
 )

@@ -95,6 +95,7 @@ class Stage:
     methods: tuple[Method, ...] = ()  # its rows in the trust table
     share: Share | None = None  # adaptive: how much of its cap it is expected to spend
     hooks: bool = False  # reads inside the model (no TorchScript)
+    figures: Callable[[Run], tuple[str, ...]] = lambda run: ()  # the ids it plans to write
 
 
 def explained(run: Run) -> int:

@@ -65,4 +65,5 @@ STAGE = Stage(
     lambda run, cfg, shares: Work(backward=explained(run), seconds=FIGURE_SECONDS),
     options=("batch_size", "conventions"),
     methods=(Method(METHOD, explain),),
+    figures=lambda run: ("q1_saliency",),
 )

@@ -112,4 +112,5 @@ STAGE = Stage(
     options=("smooth_samples", "smooth_sigma", "adaptive", "batch_size"),
     methods=(Method(METHOD, explain, sampled=True),),
     share=Share(expected=0.6),
+    figures=lambda run: ("q4_smoothgrad",),
 )
