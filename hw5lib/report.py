@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
+from .config import COURSE, OURS
 from .pdf_layout import (
     FONT,
     GAP_MM,
@@ -98,6 +99,13 @@ def _join(values: Iterable[object]) -> str:
     return ", ".join(str(v) for v in values)
 
 
+# The title page's word on which definitions of saliency, LIME and filter visualization apply.
+CONVENTION_ROWS = {
+    OURS: "this tool's saliency, LIME and filter visualization (bench/RESULTS.md measures them)",
+    COURSE: "the HW5 sample code's saliency, LIME and filter visualization (--conventions course)",
+}
+
+
 def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """Key/value rows for the title page; a missing manifest part just drops its rows."""
     tool = manifest.get("tool") or {}
@@ -136,6 +144,9 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         )
     if "seed" in run:
         rows.append(("seed", str(run["seed"])))
+    conventions = (manifest.get("parameters") or {}).get("conventions")
+    if conventions in CONVENTION_ROWS:
+        rows.append(("conventions", CONVENTION_ROWS[conventions]))
     versions = []
     if tool:
         versions.append(f"{tool.get('name', 'hw5')} {tool.get('version', '?')}")

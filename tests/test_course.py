@@ -12,6 +12,7 @@ import skimage.data
 import torch
 from lime import lime_image
 from PIL import Image
+from pypdf import PdfReader
 from skimage.segmentation import slic
 from torch import nn
 
@@ -206,6 +207,8 @@ def test_course_figures_say_which_convention(course_run: Path) -> None:
     for fid in ("q1_saliency", "q3_lime"):
         assert by_id[fid]["params"]["conventions"] == COURSE
         assert "--conventions course" in by_id[fid]["caption"]
+    title_page = PdfReader(course_run / "report.pdf").pages[0].extract_text()
+    assert "HW5 sample code's saliency, LIME and filter visualization" in title_page
 
 
 def test_course_filter_stage_runs_from_the_image(setup, tmp_path: Path) -> None:
