@@ -299,8 +299,10 @@ def check_input(
         Score(c, float(n) / len(used)) for c, n in zip(conventions, correct.tolist(), strict=True)
     )
     chance = majority_share([labels[p] for p in used])
-    short = f" of {len(indices)} (the --budget allowed no more)" if len(used) < len(indices) else ""
-    chosen, note, warning = decide(scores, in_use, source, chance, f"{len(used)}{short}")
+    on = f"on {len(used)} labelled images"
+    if len(used) < len(indices):
+        on += f" (of {len(indices)}: the --budget allowed no more)"
+    chosen, note, warning = decide(scores, in_use, source, chance, on)
     return InputCheck(chosen, source, note, len(used), scores, warning, seconds)
 
 
@@ -318,14 +320,14 @@ def unchecked(in_use: Convention, source: str, why: str) -> InputCheck:
 
 
 def decide(
-    scores: Sequence[Score], in_use: Convention, source: str, chance: float, images: str
+    scores: Sequence[Score], in_use: Convention, source: str, chance: float, on: str
 ) -> tuple[Convention, str, str | None]:
     """(the convention to use, the note, a warning or None). Recorded or given: kept, and a
-    candidate clearly better is named. Neither: the best is adopted, ties go to the default."""
+    candidate clearly better is named. Neither: the best is adopted, ties go to the default.
+    ``on`` says what was scored ("on 200 labelled images")."""
     accuracy = {s.convention: s.accuracy for s in scores}
     top = max(accuracy.values())
     credible = top >= CHANCE_FACTOR * chance
-    on = f"on {images} labelled images"
     if source == ADOPTED:
         ties = [s.convention for s in scores if s.accuracy >= top - TIE_MARGIN]
         best = min(ties, key=in_use.distance) if credible else in_use
