@@ -323,6 +323,11 @@ def run_command(argv: list[str] | None, started: float) -> int:
             man, seconds = run_report(cfg, progress=not args.quiet, started=started)
             if not args.quiet:
                 print_summary(man, seconds, cfg.out)
+            check = man["input_check"]
+            if check["warning"]:
+                print(f"hw5: warning: {check['warning']}", file=sys.stderr)
+            elif not args.quiet:
+                print(f"hw5: {check['note']}", file=sys.stderr)
             if man["skipped_images"]:
                 print(f"hw5: warning: {skipped_line(man['skipped_images'])}", file=sys.stderr)
             if not man["figures"] and cfg.budget is not None:

@@ -150,6 +150,14 @@ class RunConfig:
     classes: str | None = option(
         None, "comma-separated class names, or food11, fer2013, catdog", PREPROCESSING
     )
+    input_check: bool = option(
+        True,
+        "skip measuring, on up to 200 labelled images, which input convention (channel order, "
+        "reader, scaling) the model scores best with",
+        PREPROCESSING,
+        flags=("--no-input-check",),
+        negate=True,
+    )
     images: tuple[Path, ...] = option(
         (),
         "extra image files to explain (label from <label>_<n> names, else the prediction)",

@@ -16,6 +16,7 @@ from .budget import Deadline
 from .config import RunConfig
 from .data import Preprocess
 from .images import Skipped
+from .input_check import InputCheck
 from .models import LoadedModel
 from .outputs import atomic_write_bytes, npz_bytes, sha256_bytes
 
@@ -62,6 +63,7 @@ class Run:
     skipped_images: list[Skipped] = field(default_factory=list)  # unreadable files passed over
     interrupted: str | None = None  # the signal that stopped the run
     notes: Notes | None = None  # --notes, parsed and checked against the planned figures
+    input_check: InputCheck | None = None  # which input convention the model scores best with
 
     @property
     def inference(self) -> nn.Module:

@@ -178,6 +178,8 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
             "confidence": [round(float(v), 6) for v in run.subject.prob.max(1).values],
         },
         "preprocess": run.pre.to_dict(),
+        # the convention the run used, how it was chosen, every candidate's accuracy
+        "input_check": run.input_check.to_dict() if run.input_check else None,
         "parameters": parameters(cfg),
         "notes": {"sha256": run.notes.sha256} if run.notes else None,
         "figures": [f.to_dict() for f in figures],
@@ -282,9 +284,11 @@ def run_report(
     cfg.out.mkdir(parents=True, exist_ok=True)
     previous = previous_outputs(cfg.out)
     deadline = Deadline(cfg.budget, clock, started)  # the clock runs from the command's start
-    run = prepare(cfg)
+    run = prepare(cfg, deadline)
     run.deadline, run.registry = deadline, tuple(stages)
-    run.seconds["load"] = deadline.elapsed()
+    check = run.input_check.seconds if run.input_check else 0.0
+    run.seconds["load"] = deadline.elapsed() - check
+    run.seconds["input check"] = check
     run.skipped = [s.name for s in run.registry if run.scripted and s.hooks]
     if cfg.notes is not None:  # a figure the notes misname fails now, before any stage runs
         run.notes = read_notes(cfg.notes)
@@ -293,7 +297,7 @@ def run_report(
     try:
         if cfg.budget is not None:
             rates = measure(run, clock)
-            run.seconds["measure speed"] = deadline.elapsed() - run.seconds["load"]
+            run.seconds["measure speed"] = deadline.elapsed() - run.seconds["load"] - check
         run_stages(run, cfg, rates, clock, progress)
     except (KeyboardInterrupt, UserError) as stop:  # record what was done, then stop
         if isinstance(stop, KeyboardInterrupt):

@@ -142,6 +142,9 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(
             ("preprocessing", _join(f"{k}={'none' if v is None else v}" for k, v in prep.items()))
         )
+    check = manifest.get("input_check") or {}
+    if check:
+        rows.append(("input check", _input_check_text(check)))
     if "seed" in run:
         rows.append(("seed", str(run["seed"])))
     conventions = (manifest.get("parameters") or {}).get("conventions")
@@ -164,6 +167,16 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _input_check_text(check: dict[str, Any]) -> str:
+    """The check's one line, then each candidate convention's accuracy."""
+    scores = [
+        f"{_join(v for v in (c.get('channel_order'), c.get('reader'), c.get('scaling')) if v)}: "
+        f"{c.get('accuracy', 0):.2f}"
+        for c in check.get("candidates") or []
+    ]
+    return str(check.get("note", "")) + (f". Candidates: {'; '.join(scores)}" if scores else "")
+
+
 def _title_page(pdf: FPDF, manifest: dict[str, Any]) -> None:
     """Title, one line on what the report is, and the run's key/value table."""
     pdf.add_page()
@@ -178,6 +191,11 @@ def _title_page(pdf: FPDF, manifest: dict[str, Any]) -> None:
         "explanation methods and which of them to trust. Each figure's caption gives the "
         "numbers behind it; the appendix lists every figure with its parameters and file hash.",
     )
+    warning = (manifest.get("input_check") or {}).get("warning")
+    if warning:  # explaining a model fed the wrong pixels: say so before anything else
+        pdf.set_font(FONT, style="B", size=11)
+        pdf.multi_cell(0, 6, latin1(f"Warning: {warning}."), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.ln(GAP_MM)
     rows = _summary_rows(manifest)
     if rows:
         add_table(pdf, [("item", "value"), *rows], col_widths=(1, 4.5))

@@ -14,12 +14,21 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics
+from .budget import Deadline
 from .config import RunConfig
 from .context import Run
 from .data import CLASS_PRESETS, FOOD11_CLASSES, Preprocess
 from .datasets import TRAIN_SPLITS, ImageSet, label_of, object_masks, open_dataset
 from .errors import UserError
 from .images import Skipped, load_usable, skipped_warning
+from .input_check import (
+    ADOPTED,
+    Convention,
+    InputCheck,
+    check_input,
+    preprocess_source,
+    unchecked,
+)
 from .layers import gradient_copy, inference_copy, resolve_layer
 from .models import LoadedModel, load_classifier
 
@@ -92,6 +101,33 @@ def resolve_preprocess(cfg: RunConfig, loaded: LoadedModel, model_channels: int)
         mean=cfg.mean if cfg.mean is not None else base.mean,
         std=cfg.std if cfg.std is not None else base.std,
     )
+
+
+def preprocess_given(cfg: RunConfig) -> bool:
+    """Did the user (or a preset) set any part of the input convention?"""
+    return any(v is not None for v in (cfg.channel_order, cfg.reader, cfg.mean, cfg.std))
+
+
+def check_convention(
+    cfg: RunConfig,
+    loaded: LoadedModel,
+    model: nn.Module,
+    pre: Preprocess,
+    split: ImageSet | None,
+    num_outputs: int,
+    deadline: Deadline | None,
+) -> tuple[Preprocess, InputCheck]:
+    """The preprocessing to use after the input check (input_check.py): the resolved one, or
+    the best-scoring convention where nothing was recorded or given."""
+    source = preprocess_source(preprocess_given(cfg), loaded.preprocess is not None)
+    if not cfg.input_check:
+        check = unchecked(Convention.of(pre), source, "--no-input-check")
+    else:
+        check = check_input(
+            model, split, pre, source, num_outputs, batch_size=cfg.batch_size, deadline=deadline
+        )
+    log.info("input check: %s", check.note)
+    return (check.chosen.apply(pre) if source == ADOPTED else pre), check
 
 
 def resolve_classes(
@@ -243,7 +279,7 @@ def explained_inputs(
     return paths, labels, torch.cat(inputs), skipped
 
 
-def prepare(cfg: RunConfig) -> Run:
+def prepare(cfg: RunConfig, deadline: Deadline | None = None) -> Run:
     device = pick_device(cfg.device)
     loaded = load_classifier(
         cfg.checkpoint,
@@ -261,6 +297,13 @@ def prepare(cfg: RunConfig) -> Run:
     with torch.inference_mode():
         num_outputs = int(model(torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1])
     classes = resolve_classes(cfg, loaded, num_outputs, split.classes if split else None)
+    # Built before the images are chosen, on seeded random pixels: the input check's forwards
+    # run through it too (about 2x a plain forward of the HW3 Classifier on the CPU).
+    noise = torch.rand(
+        8, pre.channels, *pre.size, generator=torch.Generator().manual_seed(cfg.seed)
+    )
+    infer = inference_copy(model, pre.normalize(noise).to(device))
+    pre, check = check_convention(cfg, loaded, infer, pre, split, num_outputs, deadline)
     validate_cam_targets(cfg.cam_targets, num_outputs)
     paths, labels, x, skipped = explained_inputs(cfg, split, num_outputs, pre)
     x = x.to(device)
@@ -268,7 +311,6 @@ def prepare(cfg: RunConfig) -> Run:
     pred = prob.argmax(1)
     target = explained_targets(cfg.targets, labels, pred, num_outputs)
     root = mask_root(cfg.data)
-    infer = inference_copy(model, x[: min(len(x), 8)])
     grad = gradient_copy(model, x[: min(len(x), 8)])
     subject = Subject(
         paths=paths,
@@ -281,5 +323,6 @@ def prepare(cfg: RunConfig) -> Run:
         masks=object_masks(root, paths, pre.size) if root else None,
     )
     run = Run(cfg, loaded, model, pre, classes, subject, device, infer=infer, grad=grad)
+    run.input_check = check
     run.skip_images(skipped)
     return run
