@@ -138,6 +138,8 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
     params["images"] = [str(p) for p in cfg.images]
     for k in ("data", "out", "checkpoint", "command"):
         params.pop(k)
+    if cfg.threads is None:  # torch's own choice: the manifest stays as before the option
+        params.pop("threads")
     c, h, w = run.pre.channels, *run.pre.size
     confusion = run.find(ConfusionResult)
     return {
@@ -261,6 +263,8 @@ def run_report(
     if cfg.out.exists() and not cfg.out.is_dir():
         raise UserError(f"output path {cfg.out} exists and is not a folder")
     cfg.out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     previous = previous_outputs(cfg.out)
     deadline = Deadline(cfg.budget, clock, started)  # the clock runs from the command's start
     run = prepare(cfg)
