@@ -8,7 +8,8 @@ of one layer's activation, with normalized steps, a random jitter (roll) per ste
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,20 @@ from torch import Tensor, nn
 
 from .hooks import eval_mode, forward_until, frozen_params
 from .layers import as_module
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread, then restore the count. oneDNN splits a convolution
+    on odd sizes (the octaves' 65 and 91 px) by the thread count, so its float32 rounding
+    depends on it, and sixty ascent steps grow that into a visibly different dream; on one
+    thread the dream is the same whatever the machine's count (DeepDream is ~1 s of a run)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -84,7 +99,7 @@ def deep_dream(
     lo, hi = x.min(), x.max()
     x = x.detach()
     detail = torch.zeros_like(x)
-    with eval_mode(model), frozen_params(model), torch.enable_grad():
+    with eval_mode(model), frozen_params(model), torch.enable_grad(), one_thread():
         for size in _octave_sizes(x.shape[-2], x.shape[-1], octaves, octave_scale):
             base = _resize(x, size)  # [N,C,h,w]
             img = _clamp(base + _resize(detail, size), base, max_change, lo, hi)
