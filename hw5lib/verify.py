@@ -91,7 +91,9 @@ class Tolerance:
         if self.at_least:
             room = 1.0 - self.limit
             return (1.0 - value) / room if room > 0 else float(value < self.limit)
-        return value / self.limit if self.limit > 0 else float(value > 0) * math.inf
+        if self.limit > 0:
+            return value / self.limit
+        return math.inf if value > 0 else 0.0
 
     def describe(self) -> str:
         return f"{self.what} {'>=' if self.at_least else '<='} {self.limit:g}"
