@@ -102,7 +102,7 @@ class Tolerance:
 # The tolerances; bench/RESULTS.md ("Reproducing on another machine") gives the measurements.
 EXACT = Tolerance(
     "max rel. diff",
-    1e-4,
+    1e-4,  # 1 vs 2 threads: 1.1e-7 at most (the CAMs, saliency, grad x input)
     False,
     max_relative_difference,
     "exact methods' float arrays (saliency, grad x input, IG, CAMs, feature maps, activations, "
@@ -117,7 +117,7 @@ EQUAL = Tolerance(
 )
 RANKED = Tolerance(
     "min Spearman",
-    0.98,
+    0.95,  # rounding grown over DeepDream's 60 steps: 0.990; another jitter seed: 0.57
     True,
     min_spearman,
     "sampled or iterated maps (SmoothGrad, DeepDream's change to the image, filter ascent "
