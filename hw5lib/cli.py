@@ -25,6 +25,7 @@ CHECKPOINT_CACHE = Path(os.environ.get("HW5_CHECKPOINT_CACHE", ROOT / "checkpoin
 
 # Exit statuses besides 0 (done) and 2 (a user mistake, one line says which).
 STAGE_FAILED = 3  # the report was written, but a stage failed (manifest.json: failures)
+REPRODUCTION_FAILED = 1  # verify: some figure differs from the submitted one or is missing
 INTERRUPTED, TERMINATED = 130, 143  # Ctrl-C / SIGTERM: what was written is complete and listed
 
 REPORT_HELP = """\
@@ -65,6 +66,19 @@ written. hw5.sh passes --budget 540.
 Exit status: 0 done; 2 a user mistake (one line says which); 3 the report was written but a
 stage failed (manifest.json "failures"); 130/143 interrupted by Ctrl-C/SIGTERM (manifest.json
 lists what was written; rerun to finish).
+"""
+
+VERIFY_HELP = """\
+Compare a submitted output folder with a rerun, figure by figure, from each folder's
+manifest.json: every figure the submitted manifest lists must be in the rerun and reproduce.
+Prints one line per figure (identical / reproduced within tolerance / differs / missing) with
+its worst number, and a line for the trust table's numbers.
+
+Tolerances (another CPU or thread count rounds floats differently; bench/RESULTS.md measures):
+{tolerances}
+
+Exit status: 0 every figure reproduces; 1 some figure differs or is missing; 2 a user mistake
+(a folder without manifest.json).
 """
 
 
@@ -127,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--channels", type=int, choices=(1, 3), help="input channels")
     lay.add_argument("--model", help="your architecture, path/to/file.py:ClassName")
     lay.add_argument("--model-args", help="JSON keyword arguments for --model")
+
+    from .verify import tolerances_help
+
+    ver = sub.add_parser(
+        "verify",
+        help="does a rerun reproduce a submitted report? (for graders)",
+        description=VERIFY_HELP.format(tolerances=tolerances_help()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ver.add_argument("submitted", type=Path, help="the submitted output folder")
+    ver.add_argument("rerun", type=Path, help="the grader's rerun (bash hw5.sh FOOD RERUN)")
 
     smp = sub.add_parser("sample", help="generate the synthetic sample dataset")
     smp.add_argument("dir", type=Path)
@@ -343,6 +368,12 @@ def run_command(argv: list[str] | None, started: float) -> int:
                     file=sys.stderr,
                 )
                 return STAGE_FAILED
+        elif args.command == "verify":
+            from .verify import table, verify
+
+            result = verify(args.submitted, args.rerun)
+            print(table(result))
+            return 0 if result.reproduced else REPRODUCTION_FAILED
         elif args.command == "layers":
             print_layers(args)
         elif args.command == "sample":

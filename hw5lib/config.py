@@ -276,6 +276,14 @@ class RunConfig:
     randomize_sampled: bool = True  # also re-run SmoothGrad and IG on the randomized model
     batch_size: int = option(64, "images per model call (default 64)", type=int, positive=True)
     device: str = option("auto", "cpu, cuda, or auto (a GPU when present)")
+    threads: int | None = option(
+        None,
+        "torch intra-op threads (default: torch's choice); a grader's machine is a different "
+        "count, and `hw5.py verify` compares two runs",
+        RUN,
+        type=int,
+        positive=True,
+    )
     budget: float | None = option(
         None,
         "finish within SECONDS: plan the work to fit, cut the cheapest-to-lose parts first and "

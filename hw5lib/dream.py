@@ -14,8 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hooks import eval_mode, forward_until, frozen_params
+from .hooks import eval_mode, forward_until, frozen_params, torch_threads
 from .layers import as_module
+
+# ONE_THREAD_WHY: oneDNN splits a convolution on odd sizes (the octaves' 65 and 91 px) by the
+# thread count, so its float32 rounding depends on it, and sixty ascent steps grow that into a
+# visibly different dream; on one thread the dream is the same whatever the machine's count
+# (DeepDream is ~1 s of a run).
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -84,7 +89,12 @@ def deep_dream(
     lo, hi = x.min(), x.max()
     x = x.detach()
     detail = torch.zeros_like(x)
-    with eval_mode(model), frozen_params(model), torch.enable_grad():
+    with (
+        eval_mode(model),
+        frozen_params(model),
+        torch.enable_grad(),
+        torch_threads(1),
+    ):  # see ONE_THREAD_WHY
         for size in _octave_sizes(x.shape[-2], x.shape[-1], octaves, octave_scale):
             base = _resize(x, size)  # [N,C,h,w]
             img = _clamp(base + _resize(detail, size), base, max_change, lo, hi)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 
@@ -104,3 +105,15 @@ def hook_count(model: nn.Module) -> int:
         total += len(m._forward_hooks) + len(m._forward_pre_hooks)
         total += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
     return total
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run torch on ``count`` intra-op threads (None: as it is), then restore the count."""
+    threads = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

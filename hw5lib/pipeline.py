@@ -33,6 +33,7 @@ from .config import RunConfig
 from .context import Failure, Run
 from .datasets import open_dataset
 from .errors import UserError
+from .hooks import torch_threads
 from .notes import check_references, read_notes, unproduced
 from .outputs import atomic_write_bytes, finite_or_null, json_bytes, sha256_file
 from .portable import folder_name, model_spec_name, relative_name
@@ -144,6 +145,8 @@ def parameters(cfg: RunConfig) -> dict:
     params = {k: v for k, v in vars(cfg).items() if k not in PATH_FIELDS}
     params["images"] = [relative_name(cfg.data, p) for p in cfg.images]
     params["model"] = model_spec_name(cfg.model) if cfg.model else None
+    if cfg.threads is None:  # torch's own choice: the manifest stays as before the option
+        params.pop("threads")
     return params
 
 
@@ -282,6 +285,13 @@ def run_report(
     if cfg.out.exists() and not cfg.out.is_dir():
         raise UserError(f"output path {cfg.out} exists and is not a folder")
     cfg.out.mkdir(parents=True, exist_ok=True)
+    with torch_threads(cfg.threads):  # --threads: another CPU's reduction order, for verify
+        return _run_report(cfg, progress, clock, started, stages)
+
+
+def _run_report(
+    cfg: RunConfig, progress: bool, clock: Clock, started: float | None, stages: Sequence[Stage]
+) -> tuple[dict, dict[str, float]]:
     previous = previous_outputs(cfg.out)
     deadline = Deadline(cfg.budget, clock, started)  # the clock runs from the command's start
     run = prepare(cfg, deadline)

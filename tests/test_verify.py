@@ -1,0 +1,155 @@
+"""hw5.py verify: a rerun on another thread count reproduces; a changed or missing figure and a
+bad folder are caught and named.
+
+Two small reports (the tiny 32x32 checkpoint of conftest.py, the cheapest settings) run
+in-process through ``cli.main``, one with ``--threads 1`` and one with ``--threads 2``; each
+tampering test works on its own copy of the second.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hw5lib import cli, verify
+from hw5lib.sample import SampleInfo
+
+FAST = ["--lime-samples", "40", "--filter-steps", "5", "--smooth-samples", "4",
+        "--ig-steps", "4", "--per-class", "1", "--filter-layers", "2", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Path]]:
+    """(the 1-thread report, the 2-thread report) of the same command; torch's thread count is
+    restored afterwards."""
+    work, threads = tmp_path_factory.mktemp("verify"), torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            out = work / f"threads{n}"
+            args = ["report", str(small_sample.root), str(out), "--threads", str(n)]
+            assert cli.main([*args, "--checkpoint", str(tiny_checkpoint), *FAST]) == 0
+            outs.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    yield outs[0], outs[1]
+
+
+@pytest.fixture
+def rerun(runs: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A copy of the 2-thread report to tamper with."""
+    return Path(shutil.copytree(runs[1], tmp_path / "rerun"))
+
+
+def verify_lines(
+    submitted: Path, rerun: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, str]]:
+    """verify's exit status and its table: figure -> the rest of its line."""
+    code = cli.main(["verify", str(submitted), str(rerun)])
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in out[1:-1]}
+    return code, rows
+
+
+def figure_ids(folder: Path) -> list[str]:
+    return [f["id"] for f in json.loads((folder / "manifest.json").read_text())["figures"]]
+
+
+def rewrite_npz(path: Path, change: Callable[[dict[str, np.ndarray]], None]) -> None:
+    with np.load(path) as z:
+        arrays = dict(z)
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+def test_runs_at_one_and_two_threads_verify_as_reproduced(
+    runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, rows = verify_lines(*runs, capsys)
+    assert code == 0
+    assert set(figure_ids(runs[0])) <= set(rows)  # every figure has its line
+    for line in rows.values():
+        assert line.split()[1] in ("identical", "reproduced"), line
+    assert "manifest.json:trust" in rows  # the trust table's numbers are compared too
+
+
+def test_a_scaled_saliency_map_is_named_and_fails(
+    runs: tuple[Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rewrite_npz(rerun / "q1_saliency.npz", lambda a: a.update(map=a["map"] * 1.01))
+    code, rows = verify_lines(runs[0], rerun, capsys)
+    assert code == 1
+    assert verify.DIFFERS in rows["q1_saliency"]
+    assert "q1_saliency.npz:map" in rows["q1_saliency"]
+    assert verify.DIFFERS not in rows["q4_grad_x_input"]  # only the changed figure
+
+
+def test_a_rank_preserving_change_passes_for_smoothgrad_but_not_for_saliency() -> None:
+    """Per-method tolerance: a sampled map is compared by rank, an exact one by value."""
+    a = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    b = a**1.05  # same order, values up to ~2% off
+    assert verify.array_rule("q4_smoothgrad", "map", a).tolerance.passes(verify.min_spearman(a, b))
+    exact = verify.array_rule("q1_saliency", "map", a).tolerance
+    assert not exact.passes(exact.measure(a, b))
+
+
+def test_lime_weights_with_another_top_five_fail(
+    runs: tuple[Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def reverse_first(arrays: dict[str, np.ndarray]) -> None:
+        arrays["weights"][0] = -arrays["weights"][0]  # image 0's top five become its bottom
+
+    rewrite_npz(rerun / "q3_lime.npz", reverse_first)
+    code, rows = verify_lines(runs[0], rerun, capsys)
+    assert code == 1
+    assert verify.DIFFERS in rows["q3_lime"] and "top-5 overlap" in rows["q3_lime"]
+
+
+def test_a_changed_png_is_named_and_fails(
+    runs: tuple[Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = rerun / "q4_grad_cam.png"
+    with Image.open(png) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    Image.fromarray(255 - pixels).save(png)
+    code, rows = verify_lines(runs[0], rerun, capsys)
+    assert code == 1
+    assert verify.DIFFERS in rows["q4_grad_cam"]
+    assert "q4_grad_cam.png: mean |pixel diff|" in rows["q4_grad_cam"]
+
+
+def test_a_missing_file_and_a_missing_figure_are_reported(
+    runs: tuple[Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (rerun / "q4_layercam.npz").unlink()
+    manifest = json.loads((rerun / "manifest.json").read_text())
+    manifest["figures"] = [f for f in manifest["figures"] if f["id"] != "q4_smoothgrad"]
+    (rerun / "manifest.json").write_text(json.dumps(manifest))
+    code, rows = verify_lines(runs[0], rerun, capsys)
+    assert code == 1
+    assert verify.MISSING in rows["q4_layercam"] and "q4_layercam.npz" in rows["q4_layercam"]
+    assert verify.MISSING in rows["q4_smoothgrad"]
+
+
+@pytest.mark.parametrize("bad", ["empty", "absent"])
+def test_a_folder_without_manifest_is_one_error_line_and_exit_2(
+    bad: str, runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / bad
+    if bad == "empty":
+        folder.mkdir()
+    code = cli.main(["verify", str(runs[0]), str(folder)])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hw5: error:") and str(folder) in lines[0]
+    assert "Traceback" not in captured.err and captured.out == ""
