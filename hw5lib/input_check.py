@@ -289,6 +289,8 @@ def check_input(
             break  # the next round would overrun the check's share of the budget
         pixels, readable = decode([paths[p] for p in positions], pre)
         kept = [positions[k] for k in readable]
+        if not kept:  # a round of unreadable files: nothing to score
+            continue
         truth = torch.tensor([labels[p] for p in kept], dtype=torch.long)
         correct += correct_counts(model, pixels, truth, conventions, pre, batch_size)
         used += kept

@@ -1,21 +1,21 @@
 """hw5.py verify: a rerun on another thread count reproduces; a changed or missing figure and a
 bad folder are caught and named.
 
-Two small reports (the tiny 32x32 checkpoint of conftest.py, the cheapest settings) run
-in-process through ``cli.main``, one with ``--threads 1`` and one with ``--threads 2``; each
-tampering test works on its own copy of the second.
+Small reports (the tiny 32x32 checkpoint of conftest.py, the cheapest settings) run in-process
+through ``cli.main``: with ``--threads 1``, with ``--threads 2`` on a copy of the data and
+checkpoint in another folder, and with ``--threads 1`` on that copy; each tampering test works on
+its own copy of the second.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from hw5lib import cli, verify
@@ -28,24 +28,31 @@ FAST = ["--lime-samples", "40", "--filter-steps", "5", "--smooth-samples", "4",
 @pytest.fixture(scope="module")
 def runs(
     small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, Path]]:
-    """(the 1-thread report, the 2-thread report) of the same command; torch's thread count is
-    restored afterwards."""
-    work, threads = tmp_path_factory.mktemp("verify"), torch.get_num_threads()
+) -> tuple[Path, Path, Path]:
+    """The same command three times: on 1 thread, on 2 threads with the data and checkpoint
+    copied to another folder (a grader's machine), and on 1 thread from that copy."""
+    work = tmp_path_factory.mktemp("verify")
+    moved = work / "grader" / "home"
+    shutil.copytree(small_sample.root, moved / small_sample.root.name)
+    shutil.copy(tiny_checkpoint, moved / tiny_checkpoint.name)
     outs = []
-    try:
-        for n in (1, 2):
-            out = work / f"threads{n}"
-            args = ["report", str(small_sample.root), str(out), "--threads", str(n)]
-            assert cli.main([*args, "--checkpoint", str(tiny_checkpoint), *FAST]) == 0
-            outs.append(out)
-    finally:
-        torch.set_num_threads(threads)
-    yield outs[0], outs[1]
+    for n, home in ((1, small_sample.root.parent), (2, moved), (1, moved)):
+        out = work / f"threads{n}-{len(outs)}"
+        args = ["report", str(home / small_sample.root.name), str(out), "--threads", str(n)]
+        checkpoint = home / tiny_checkpoint.name if home == moved else tiny_checkpoint
+        assert cli.main([*args, "--checkpoint", str(checkpoint), *FAST]) == 0
+        outs.append(out)
+    return outs[0], outs[1], outs[2]
+
+
+def test_the_same_data_in_another_folder_gives_the_same_bytes(runs) -> None:
+    here, _, there = runs
+    for name in ("manifest.json", "report.pdf"):
+        assert (here / name).read_bytes() == (there / name).read_bytes(), name
 
 
 @pytest.fixture
-def rerun(runs: tuple[Path, Path], tmp_path: Path) -> Path:
+def rerun(runs: tuple[Path, Path, Path], tmp_path: Path) -> Path:
     """A copy of the 2-thread report to tamper with."""
     return Path(shutil.copytree(runs[1], tmp_path / "rerun"))
 
@@ -72,9 +79,9 @@ def rewrite_npz(path: Path, change: Callable[[dict[str, np.ndarray]], None]) -> 
 
 
 def test_runs_at_one_and_two_threads_verify_as_reproduced(
-    runs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, rows = verify_lines(*runs, capsys)
+    code, rows = verify_lines(*runs[:2], capsys)
     assert code == 0
     assert set(figure_ids(runs[0])) <= set(rows)  # every figure has its line
     for line in rows.values():
@@ -83,7 +90,7 @@ def test_runs_at_one_and_two_threads_verify_as_reproduced(
 
 
 def test_a_scaled_saliency_map_is_named_and_fails(
-    runs: tuple[Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
+    runs: tuple[Path, Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rewrite_npz(rerun / "q1_saliency.npz", lambda a: a.update(map=a["map"] * 1.01))
     code, rows = verify_lines(runs[0], rerun, capsys)
@@ -103,7 +110,7 @@ def test_a_rank_preserving_change_passes_for_smoothgrad_but_not_for_saliency() -
 
 
 def test_lime_weights_with_another_top_five_fail(
-    runs: tuple[Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
+    runs: tuple[Path, Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def reverse_first(arrays: dict[str, np.ndarray]) -> None:
         arrays["weights"][0] = -arrays["weights"][0]  # image 0's top five become its bottom
@@ -115,7 +122,7 @@ def test_lime_weights_with_another_top_five_fail(
 
 
 def test_a_changed_png_is_named_and_fails(
-    runs: tuple[Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
+    runs: tuple[Path, Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     png = rerun / "q4_grad_cam.png"
     with Image.open(png) as im:
@@ -128,7 +135,7 @@ def test_a_changed_png_is_named_and_fails(
 
 
 def test_a_missing_file_and_a_missing_figure_are_reported(
-    runs: tuple[Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
+    runs: tuple[Path, Path, Path], rerun: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (rerun / "q4_layercam.npz").unlink()
     manifest = json.loads((rerun / "manifest.json").read_text())
@@ -142,7 +149,7 @@ def test_a_missing_file_and_a_missing_figure_are_reported(
 
 @pytest.mark.parametrize("bad", ["empty", "absent"])
 def test_a_folder_without_manifest_is_one_error_line_and_exit_2(
-    bad: str, runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    bad: str, runs: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / bad
     if bad == "empty":
