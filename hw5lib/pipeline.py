@@ -36,10 +36,13 @@ from .errors import UserError
 from .notes import check_references, read_notes, unproduced
 from .outputs import atomic_write_bytes, finite_or_null, json_bytes, sha256_file
 from .portable import folder_name, model_spec_name, relative_name
+from .replay import Decisions, check_same_subject, read_replay
 from .stages import STAGES, Stage, cuts_of
 from .stages.confusion import ConfusionResult
 from .stages.convergence import ID as CONVERGENCE_ID
 from .stages.convergence import convergence_records, write_convergence
+from .stages.dream import DreamResult
+from .stages.filters import FiltersResult
 from .stages.record import FigureRecord
 from .stages.trust import TrustResult, trust_manifest
 from .subject import prepare
@@ -47,7 +50,7 @@ from .subject import prepare
 log = logging.getLogger(__name__)
 
 # RunConfig fields that hold paths of this machine: the manifest records them on their own.
-PATH_FIELDS = ("data", "out", "checkpoint", "notes", "command")
+PATH_FIELDS = ("data", "out", "checkpoint", "notes", "command", "replay")
 
 
 def expected_shares(run: Run, *, at_cap: RunConfig | None = None) -> dict[str, float]:
@@ -198,8 +201,22 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
             for s in run.skipped_images
         ],
         "convergence": convergence_records(run),
+        "decisions": decisions(run).to_dict(),
+        "replayed": ({"sha256": run.replay.sha256, "cut": run.replay_cut} if run.replay else None),
         "outputs": dict(sorted(run.outputs.items())),
     }
+
+
+def decisions(run: Run) -> Decisions:
+    """What this run decided beyond the per-image counts under "convergence": what --replay
+    reads back to make the same decisions."""
+    ascent, dream = run.find(FiltersResult), run.find(DreamResult)
+    return Decisions(
+        stage_config=dict(run.stage_config),
+        skipped_stages=tuple(run.cut_stages),
+        filters=tuple(ascent.layers) if ascent else None,
+        dream_steps=dream.steps if dream else None,
+    )
 
 
 def portable_architecture(architecture: dict) -> dict:
@@ -282,7 +299,15 @@ def run_report(
     cfg.out.mkdir(parents=True, exist_ok=True)
     previous = previous_outputs(cfg.out)
     deadline = Deadline(cfg.budget, clock, started)  # the clock runs from the command's start
+    replay = read_replay(cfg.replay) if cfg.replay is not None else None
     run = prepare(cfg)
+    if replay is not None:
+        check_same_subject(
+            replay, run.loaded.sha256, [relative_name(cfg.data, p) for p in run.subject.paths]
+        )
+        # a --targets pred near a tie could pick another class on another machine
+        run.subject.target = torch.tensor(replay.targets, device=run.subject.target.device)
+        run.replay = replay
     run.deadline, run.registry = deadline, tuple(stages)
     run.seconds["load"] = deadline.elapsed()
     run.skipped = [s.name for s in run.registry if run.scripted and s.hooks]
@@ -294,6 +319,7 @@ def run_report(
         if cfg.budget is not None:
             rates = measure(run, clock)
             run.seconds["measure speed"] = deadline.elapsed() - run.seconds["load"]
+            run.replay_cut = replay_overrun(run, cfg, rates)
         run_stages(run, cfg, rates, clock, progress)
     except (KeyboardInterrupt, UserError) as stop:  # record what was done, then stop
         if isinstance(stop, KeyboardInterrupt):
@@ -317,20 +343,65 @@ def run_report(
     return man, run.seconds
 
 
+def replay_overrun(run: Run, cfg: RunConfig, rates: Rates) -> str | None:
+    """Why the replay does not fit the budget (the planner's estimate of its stages at the
+    replayed settings), said in one warning line; None when it fits."""
+    if run.replay is None:
+        return None
+    replay, shares = run.replay, expected_shares(run)
+    skip = {*run.skipped, *replay.decisions.skipped_stages}
+    needed = sum(
+        s.cost(run, replay.config(s.name, cfg), shares).at(rates)
+        for s in run.registry
+        if s.name not in skip
+    )
+    left = run.deadline.left() * PLAN_MARGIN
+    if needed <= left:
+        return None
+    why = (
+        f"the replay of {replay.name} needs about {needed:.0f} s and {max(left, 0):.0f} s of "
+        f"the {cfg.budget:.0f} s budget are left: cut to fit as without --replay"
+    )
+    log.warning(why)
+    return why
+
+
+def record_settings(run: Run, cfg: RunConfig, stage: Stage) -> None:
+    """The settings the budget's cuts changed from the command's for ``stage``, about to run
+    with ``run.cfg``: what --replay gives it again."""
+    cut = {k for c in cuts_of(run.registry) for k in c.change if k != "skip"}
+    changed = {
+        k: getattr(run.cfg, k) for k in sorted(cut) if getattr(run.cfg, k) != getattr(cfg, k)
+    }
+    if changed:
+        run.stage_config[stage.name] = changed
+
+
 def run_stages(run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, progress: bool) -> None:
-    """Each stage in registry order: planned to the time left, run, its failure isolated."""
+    """Each stage in registry order: planned to the time left (or as the replayed run ran it),
+    run, its failure isolated."""
     for index, stage in enumerate(run.registry):
         if stage.name in run.skipped:
             continue
+        replayed = run.replay is not None and not run.replay_cut
+        if replayed and stage.name in run.replay.decisions.skipped_stages:  # type: ignore[union-attr]
+            run.cuts.append(f"{stage.name}: not run, as in the replayed run")
+            run.cut_stages.append(stage.name)
+            continue
         if run.deadline.passed():
             run.cuts.append(f"{stage.name}: not run, the {cfg.budget:.0f} s budget was spent")
+            run.cut_stages.append(stage.name)
             continue
-        if rates is None:
+        if rates is None or replayed:
+            run.cfg = run.replay.config(stage.name, cfg) if run.replay else cfg
+            record_settings(run, cfg, stage)
             run_stage(run, stage, clock, progress)
             continue
         worst = plan_stage(run, cfg, rates, index)
         if worst is None:
+            run.cut_stages.append(stage.name)
             continue
+        record_settings(run, cfg, stage)
         whole, run.deadline = run.deadline, run.deadline.within(stage_allowance(worst))
         try:
             run_stage(run, stage, clock, progress)
