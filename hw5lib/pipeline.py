@@ -88,7 +88,7 @@ def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> float | N
         return None
     # A stage that may not finish in the time left is not started: a sampled method at its
     # cap (it need not converge early) must fit, or its figure would be cut off half-done.
-    worst = stage.cost(run, p.cfg, expected_shares(run, at_cap=p.cfg)).at(rates)
+    worst = worst_case(run, stage, rates)
     if worst > left:
         run.cuts.append(
             f"{stage.name}: not run, it may need {worst:.0f} s and {max(left, 0):.0f} s of the "
@@ -378,13 +378,14 @@ def record_settings(run: Run, cfg: RunConfig, stage: Stage) -> None:
 
 
 def run_stages(run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, progress: bool) -> None:
-    """Each stage in registry order: planned to the time left (or as the replayed run ran it),
-    run, its failure isolated."""
+    """Each stage in registry order: planned to the time left (or with the settings the
+    replayed run gave it), run, its failure isolated."""
+    replayed = run.replay is not None and not run.replay_cut  # a cut replay is planned anew
+    cut_before = run.replay.decisions.skipped_stages if run.replay and replayed else ()
     for index, stage in enumerate(run.registry):
         if stage.name in run.skipped:
             continue
-        replayed = run.replay is not None and not run.replay_cut
-        if replayed and stage.name in run.replay.decisions.skipped_stages:  # type: ignore[union-attr]
+        if stage.name in cut_before:
             run.cuts.append(f"{stage.name}: not run, as in the replayed run")
             run.cut_stages.append(stage.name)
             continue
@@ -394,19 +395,26 @@ def run_stages(run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, prog
             continue
         if rates is None or replayed:
             run.cfg = run.replay.config(stage.name, cfg) if run.replay else cfg
-            record_settings(run, cfg, stage)
+            worst = None if rates is None else worst_case(run, stage, rates)
+        else:
+            worst = plan_stage(run, cfg, rates, index)
+            if worst is None:
+                run.cut_stages.append(stage.name)
+                continue
+        record_settings(run, cfg, stage)
+        if worst is None:
             run_stage(run, stage, clock, progress)
             continue
-        worst = plan_stage(run, cfg, rates, index)
-        if worst is None:
-            run.cut_stages.append(stage.name)
-            continue
-        record_settings(run, cfg, stage)
         whole, run.deadline = run.deadline, run.deadline.within(stage_allowance(worst))
         try:
             run_stage(run, stage, clock, progress)
         finally:
             run.deadline = whole
+
+
+def worst_case(run: Run, stage: Stage, rates: Rates) -> float:
+    """The stage's seconds at ``run.cfg`` if its sampled methods spend their caps."""
+    return stage.cost(run, run.cfg, expected_shares(run, at_cap=run.cfg)).at(rates)
 
 
 __all__ = ["RunConfig", "run_report", "sha256_file"]

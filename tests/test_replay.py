@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -176,3 +179,25 @@ def test_replay_of_other_images_or_an_older_manifest_says_what_differs(
     path.write_text(json.dumps(older))
     with pytest.raises(UserError, match=r"older.json: it records no decisions \(written by an"):
         run_report(replace(cfg, replay=path), progress=False, stages=ADAPTIVE)
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_hw5_sh_replays_a_submitted_manifest_beside_it(tmp_path: Path, setting: str) -> None:
+    """hw5.sh, copied beside a submitted/manifest.json, with a stand-in for python that prints
+    the arguments it gets."""
+    (tmp_path / "submitted").mkdir()
+    (tmp_path / "submitted" / "manifest.json").write_text("{}")
+    shutil.copy(REPO / "hw5.sh", tmp_path)
+    echo = tmp_path / "echo.sh"
+    echo.write_text('#!/bin/sh\necho "$@"\n')
+    echo.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(echo), "HW5_REPLAY": setting}
+    done = subprocess.run(
+        ["bash", str(tmp_path / "hw5.sh"), "food", "out", "--seed", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wanted = f"--replay {tmp_path / 'submitted' / 'manifest.json'} --seed 1"
+    assert (wanted in done.stdout) == (setting == "on")

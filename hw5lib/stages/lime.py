@@ -73,6 +73,7 @@ def lime_of(
         label,
         to_input=run.to_input,
         channels=run.pre.channels,
+        # a replayed 0 (the image failed before its first batch) fails again at the cap
         samples=samples or run.cfg.lime_samples,
         seed=seed,
         adaptive=run.cfg.adaptive,
