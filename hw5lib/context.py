@@ -84,10 +84,11 @@ class Run:
         """An independent, seeded random stream per stage: stages never share RNG state."""
         return torch.Generator().manual_seed(self.cfg.seed * 1000 + stream)
 
-    def replayed(self, recorded: Sequence[int] | None, cap: int) -> list[int] | None:
-        """A replay's recorded per-image counts (None without one); a replay cut to fit the
-        budget spends no more than the planned ``cap``."""
-        if self.replay is None or recorded is None:
+    def replayed(self, method: str, key: str, cap: int) -> list[int] | None:
+        """A replay's recorded per-image ``key`` of ``method`` (None without them); a replay
+        cut to fit the budget spends no more than the planned ``cap``."""
+        recorded = self.replay.counts(method, key) if self.replay else None
+        if recorded is None:
             return None
         return [min(n, cap) for n in recorded] if self.replay_cut else list(recorded)
 

@@ -367,11 +367,12 @@ def replay_overrun(run: Run, cfg: RunConfig, rates: Rates) -> str | None:
 
 
 def record_settings(run: Run, cfg: RunConfig, stage: Stage) -> None:
-    """The settings the budget's cuts changed from the command's for ``stage``, about to run
-    with ``run.cfg``: what --replay gives it again."""
-    cut = {k for c in cuts_of(run.registry) for k in c.change if k != "skip"}
+    """The settings of ``stage`` (its options and what its cuts change) that the budget's cuts
+    changed from the command's, as it is about to run with ``run.cfg``: what --replay gives it
+    again."""
+    read = {*stage.options, *(k for c in stage.cuts for k in c.change if k != "skip")}
     changed = {
-        k: getattr(run.cfg, k) for k in sorted(cut) if getattr(run.cfg, k) != getattr(cfg, k)
+        k: getattr(run.cfg, k) for k in sorted(read) if getattr(run.cfg, k) != getattr(cfg, k)
     }
     if changed:
         run.stage_config[stage.name] = changed

@@ -31,8 +31,6 @@ REQUIRED = (
     ("convergence", None),
     (SECTION, None),
 )
-# The convergence records a replay reads its per-image counts from, by method.
-LIME, SMOOTHGRAD, IG = "LIME", "SmoothGrad", "Integrated Gradients"
 # RunConfig fields a recorded cut may not set: where things are, and what a replay is.
 NOT_REPLAYED = ("data", "out", "checkpoint", "notes", "command", "replay", "skip_stages")
 
@@ -89,14 +87,29 @@ class Replay:
     images: tuple[str, ...]  # the explained images, as the manifest names them
     targets: tuple[int, ...]  # the class each map explained
     decisions: Decisions
-    lime_samples: tuple[int, ...] | None  # per explained image, for those LIME explained
-    smooth_samples: tuple[int, ...] | None
-    ig_steps: tuple[int, ...] | None  # the steps of each image's final estimate
-    ig_first_steps: int | None  # where IG's doublings started
+    # method -> its "convergence" record, whose per-image counts its stage reads (counts())
+    convergence: Mapping[str, Mapping[str, Any]]
 
     def config(self, stage: str, cfg: RunConfig) -> RunConfig:
         """``cfg`` with the settings the replayed run's cuts gave ``stage``."""
         return replace(cfg, **self.decisions.stage_config.get(stage, {}))
+
+    def recorded(self, method: str, key: str) -> Any:
+        """``method``'s ``key`` in its "convergence" record; None where it did not run."""
+        record = self.convergence.get(method)
+        if record is None:
+            return None
+        if key not in record:
+            raise UserError(
+                f"--replay {self.name}: its {method} record has no {key} (written by an older "
+                "hw5); rerun without --replay"
+            )
+        return record[key]
+
+    def counts(self, method: str, key: str) -> tuple[int, ...] | None:
+        """``method``'s per-image ``key`` (samples, steps) as the replayed run spent them."""
+        values = self.recorded(method, key)
+        return None if values is None else tuple(int(v) for v in values)
 
 
 def read_replay(path: Path) -> Replay:
@@ -128,13 +141,6 @@ def read_replay(path: Path) -> Replay:
 
 
 def parse(name: str, sha256: str, man: dict) -> Replay:
-    conv = man["convergence"]
-    ig = conv.get(IG)
-    if ig is not None and "steps" not in ig:
-        raise UserError(
-            f"--replay {name}: its Integrated Gradients record has no per-image steps "
-            "(written by an older hw5); rerun without --replay"
-        )
     return Replay(
         name=name,
         sha256=sha256,
@@ -142,15 +148,8 @@ def parse(name: str, sha256: str, man: dict) -> Replay:
         images=tuple(map(str, man["dataset"]["images"])),
         targets=tuple(map(int, man["dataset"]["targets"])),
         decisions=decisions_of(man[SECTION]),
-        lime_samples=counts(conv.get(LIME), "samples"),
-        smooth_samples=counts(conv.get(SMOOTHGRAD), "samples"),
-        ig_steps=counts(ig, "steps"),
-        ig_first_steps=int(ig["first_steps"]) if ig else None,
+        convergence=man["convergence"],
     )
-
-
-def counts(record: dict | None, key: str) -> tuple[int, ...] | None:
-    return None if record is None else tuple(int(v) for v in record[key])
 
 
 def decisions_of(section: dict) -> Decisions:

@@ -80,7 +80,7 @@ def integrated_gradients_of(
     exactly --ig-steps with --no-adaptive; in a replay of the explained images, doubled from
     the recorded first steps to each image's recorded steps."""
     cfg = run.cfg
-    replayed = run.replayed(run.replay and run.replay.ig_steps, cfg.ig_steps)
+    replayed = run.replayed(METHOD, "steps", cfg.ig_steps)
     # the stage's own maps: the trust table's randomized model decides its counts anew
     same = replayed is not None and len(replayed) == len(x) and model is run.gradients
     return attributions.integrated_gradients_until_converged(
@@ -100,10 +100,10 @@ def integrated_gradients_of(
 def round_one(run: Run) -> int:
     """The steps of IG's first round: the replayed run's (no more than --ig-steps when the
     replay was cut), else ``first_steps``."""
-    first = run.replay.ig_first_steps if run.replay else None
+    first = run.replay.recorded(METHOD, "first_steps") if run.replay else None
     if first is None:
         return first_steps(run.cfg)
-    return min(first, run.cfg.ig_steps) if run.replay_cut else first
+    return min(int(first), run.cfg.ig_steps) if run.replay_cut else int(first)
 
 
 def explain(run: Run) -> Explain:

@@ -106,7 +106,7 @@ def explain_images(run: Run, bar: tqdm) -> list[lime_adapter.LimeResult]:
     images the replayed run did, each with its count of samples."""
     s = run.subject
     shared = course.lime_explainer(run.cfg.seed) if run.cfg.conventions == COURSE else None
-    replayed = run.replayed(run.replay and run.replay.lime_samples, run.cfg.lime_samples)
+    replayed = run.replayed(METHOD, "samples", run.cfg.lime_samples)
     counts: list[int | None] = list(replayed) if replayed is not None else [None] * len(s.paths)
     results = []
     for i, samples in enumerate(counts):

@@ -51,7 +51,7 @@ def smoothgrad_of(run: Run, model: nn.Module, x: Tensor, target: Tensor) -> attr
     --smooth-samples), or exactly that many with --no-adaptive; in a replay of the explained
     images, each image's recorded count."""
     cfg = run.cfg
-    replayed = run.replayed(run.replay and run.replay.smooth_samples, cfg.smooth_samples)
+    replayed = run.replayed(METHOD, "samples", cfg.smooth_samples)
     # the stage's own maps: the trust table's randomized model decides its counts anew
     same = replayed is not None and len(replayed) == len(x) and model is run.gradients
     return attributions.smoothgrad_until_converged(
