@@ -20,6 +20,14 @@ fi
 notes=()
 if [ -f "$here/report_notes.md" ]; then notes=(--notes "$here/report_notes.md"); fi
 
+# The submitted run's manifest (copy out_dir/manifest.json there): a grader's rerun makes the
+# same decisions (samples, steps, filters, cuts) and so the same figures (--replay). HW5_REPLAY=off
+# decides afresh.
+replay=()
+if [ -f "$here/submitted/manifest.json" ] && [ "${HW5_REPLAY:-on}" != "off" ]; then
+  replay=(--replay "$here/submitted/manifest.json")
+fi
+
 if [ "$#" -eq 0 ]; then
   exec "$py" "$here/hw5.py" report --budget "$budget" ${notes[@]+"${notes[@]}"}
 fi
@@ -30,4 +38,4 @@ fi
 data="$1" out="$2"
 shift 2
 exec "$py" "$here/hw5.py" report "$data" "$out" --checkpoint-url "$CHECKPOINT_URL" --budget "$budget" \
-  ${notes[@]+"${notes[@]}"} "$@"
+  ${notes[@]+"${notes[@]}"} ${replay[@]+"${replay[@]}"} "$@"

@@ -116,6 +116,7 @@ def smoothgrad_until_converged(
     generator: torch.Generator | None = None,
     batch_size: int = 64,
     stop: Callable[[], bool] | None = None,
+    samples_per_image: Tensor | None = None,
 ) -> Converged:
     """SmoothGrad that stops per image once its map has converged (at most ``max_samples``).
 
@@ -124,8 +125,12 @@ def smoothgrad_until_converged(
     exact expectation (``split_half_agreement``). Every round draws noise for all images from
     ``generator`` (converged ones discard theirs), so the result is independent of batching.
     ``quality`` is that predicted correlation: also a free seed-stability measure.
+    ``samples_per_image`` [N] (a replayed run's counts) stops each image at its count instead:
+    the same rounds and noise as the run that decided them.
     """
     n = len(x)
+    if samples_per_image is not None:
+        max_samples = int(samples_per_image.max())
     halves: list[Tensor | None] = [None, None]
     used = torch.zeros(n, dtype=torch.long)
     quality = torch.zeros(n)
@@ -146,7 +151,10 @@ def smoothgrad_until_converged(
         used[idx] += k
         quality[idx] = split_half_agreement(halves[0][idx], halves[1][idx])  # type: ignore[index]
         trace.append(quality.tolist())
-        active &= ~((used >= min_samples) & (quality >= agreement))
+        if samples_per_image is None:
+            active &= ~((used >= min_samples) & (quality >= agreement))
+        else:
+            active &= used < samples_per_image
         if stop is not None and stop():  # out of time: one round is still a SmoothGrad map
             break
     total = halves[0] + halves[1]  # type: ignore[operator]
@@ -165,12 +173,16 @@ def integrated_gradients_until_converged(
     tolerance: float = 0.01,
     batch_size: int = 64,
     stop: Callable[[], bool] | None = None,
+    steps_per_image: Tensor | None = None,
 ) -> Converged:
     """Integrated Gradients that doubles its Gauss-Legendre steps (``first_steps``, 2x, ... up
     to ``max_steps``) for each image until its completeness error is at most ``tolerance``.
     ``quality`` is the completeness error reached; ``used`` counts every gradient evaluated and
-    ``final`` the steps of the estimate returned."""
+    ``final`` the steps of the estimate returned. ``steps_per_image`` [N] (a replayed run's
+    ``final``) doubles each image up to its count instead of testing the error."""
     n = len(x)
+    if steps_per_image is not None:
+        max_steps = int(steps_per_image.max())
     value = torch.zeros_like(x)
     used = torch.zeros(n, dtype=torch.long)
     final = torch.zeros(n, dtype=torch.long)
@@ -189,7 +201,7 @@ def integrated_gradients_until_converged(
         error[cpu_idx], used[cpu_idx] = err, used[cpu_idx] + steps
         final[cpu_idx] = steps
         trace.append(error.tolist())
-        active &= error > tolerance
+        active &= error > tolerance if steps_per_image is None else steps_per_image > steps
         steps *= 2
         if stop is not None and stop():
             break

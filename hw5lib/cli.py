@@ -264,7 +264,7 @@ def recorded_command(
         argv = sys.argv[1:] if sys.argv[0].endswith("hw5.py") else ["report"]
     labels = {args.out: OUT, args.out_dir: OUT, args.data: DATA}
     labels |= {p: relative_name(data, p) for p in args.images}
-    labels |= {p: p.name for p in (args.checkpoint, args.notes) if p is not None}
+    labels |= {p: p.name for p in (args.checkpoint, args.notes, args.replay) if p is not None}
     if args.model:
         labels[Path(args.model)] = model_spec_name(args.model)
     kept = [a for a in argv if a != "--quiet"]

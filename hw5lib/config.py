@@ -292,6 +292,16 @@ class RunConfig:
         type=float,
         positive=True,
     )
+    replay: Path | None = option(  # noqa: RUF009 (a Path is immutable)
+        None,
+        "rerun with exactly the decisions a manifest.json records (samples and steps per "
+        "image, filters and their redos, the budget's cuts, the stages skipped) instead of "
+        "deciding them again: figures reproduce on a slower machine or one whose floats round "
+        "differently (hw5.sh passes submitted/manifest.json beside it when that file exists)",
+        RUN,
+        type=Path,
+        metavar="MANIFEST",
+    )
     skip_stages: tuple[str, ...] = ()  # stages the budget planner cut
     command: str = ""
 

@@ -22,6 +22,7 @@ from .outputs import atomic_write_bytes, npz_bytes, sha256_bytes
 
 if TYPE_CHECKING:
     from .notes import Notes
+    from .replay import Replay
     from .stages.record import Stage, StageResult
     from .subject import Subject
 
@@ -64,6 +65,10 @@ class Run:
     interrupted: str | None = None  # the signal that stopped the run
     notes: Notes | None = None  # --notes, parsed and checked against the planned figures
     input_check: InputCheck | None = None  # which input convention the model scores best with
+    replay: Replay | None = None  # --replay: the decisions to make again
+    replay_cut: str | None = None  # why the replay was cut to fit --budget (None: it was not)
+    stage_config: dict[str, dict] = field(default_factory=dict)  # settings the budget cut, by stage
+    cut_stages: list[str] = field(default_factory=list)  # stages the budget or deadline cut
 
     @property
     def inference(self) -> nn.Module:
@@ -80,6 +85,14 @@ class Run:
     def generator(self, stream: int) -> torch.Generator:
         """An independent, seeded random stream per stage: stages never share RNG state."""
         return torch.Generator().manual_seed(self.cfg.seed * 1000 + stream)
+
+    def replayed(self, method: str, key: str, cap: int) -> list[int] | None:
+        """A replay's recorded per-image ``key`` of ``method`` (None without them); a replay
+        cut to fit the budget spends no more than the planned ``cap``."""
+        recorded = self.replay.counts(method, key) if self.replay else None
+        if recorded is None:
+            return None
+        return [min(n, cap) for n in recorded] if self.replay_cut else list(recorded)
 
     def find(self, kind: type[R]) -> R | None:
         """The result of the stage that produced a ``kind``, if it ran."""

@@ -49,6 +49,16 @@ RECORD_EVERY = 10  # steps between recorded activations (each costs a forward)
 
 
 @dataclass(frozen=True)
+class Redo:
+    """Which filters, by position in the ascent's ``filters``, were redone because still
+    climbing, and whose redo was kept because it climbed higher: decided by ``filter_ascent``,
+    or given to it by a replay."""
+
+    rows: tuple[int, ...] = ()
+    kept: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class AscentResult:
     pixels: Tensor  # [F,C,H,W] in [0,1], display order: the images that excite each filter
     activation: Tensor  # [T, F] mean activation on the un-jittered image at ``recorded`` steps,
@@ -56,8 +66,13 @@ class AscentResult:
     recorded: Tensor  # [T] the step of each row of ``activation``
     steps: Tensor  # [F] the length of each filter's schedule (doubled where it was climbing)
     stopped: bool = False  # ``stop()`` ended the ascent before its schedule did
-    redone: int = 0  # filters redone because still climbing, kept or not (``steps`` shows kept)
+    redo: Redo = Redo()  # filters redone because still climbing, and those whose redo was kept
     work: int = 0  # filter-steps run in all, a redo that was not kept included
+
+    @property
+    def redone(self) -> int:
+        """How many filters were redone, kept or not (``steps`` shows the kept)."""
+        return len(self.redo.rows)
 
     @property
     def final(self) -> Tensor:
@@ -205,6 +220,7 @@ def filter_ascent(
     shift: float = 4.0,
     redo_climbing: bool = True,
     stop: Callable[[], bool] | None = None,
+    replay: Redo | None = None,
 ) -> AscentResult:
     """Images [F,C,H,W] in [0,1] (mapped to model input by ``to_input``) maximizing the mean
     activation of ``filters`` of ``layer``; one image per filter, all in one batch.
@@ -218,25 +234,33 @@ def filter_ascent(
     recorded intervals are redone, together, from a new random start with a schedule of
     2 x ``steps``; a redo replaces the first result only where it climbed higher (all 16 bench
     filters then reach >= 0.9 of a 400-step run). ``stop()`` true ends the ascent early (a
-    deadline); a redo it interrupts is dropped, keeping the finished first schedule.
+    deadline); a redo it interrupts is dropped, keeping the finished first schedule. A
+    ``replay`` redoes and keeps exactly the filters it names instead of deciding.
     """
     idx = torch.as_tensor(list(filters), dtype=torch.long)
     how = _Climb(shape, to_input, lr, decay_power, weight_decay, rotate, rescale, shift)
     first = _ascend(model, layer, idx, steps, how, generator, stop)
-    if not redo_climbing or first.stopped or steps < RECORD_EVERY:
+    if replay is None and (not redo_climbing or first.stopped or steps < RECORD_EVERY):
         return first
-    rows = still_climbing(first.activation).nonzero().flatten()
+    if replay is None:
+        rows = still_climbing(first.activation).nonzero().flatten()
+    else:
+        rows = torch.as_tensor(replay.rows, dtype=torch.long)
     if not len(rows):
         return first
     redo = _ascend(model, layer, idx[rows], 2 * steps, how, generator, stop)
     if redo.stopped:
         return first
-    higher = redo.final > first.final[rows]
+    if replay is None:
+        higher = redo.final > first.final[rows]
+    else:
+        higher = torch.isin(rows, torch.as_tensor(replay.kept, dtype=torch.long))
     kept = AscentResult(
         redo.pixels[higher], redo.activation[:, higher], redo.recorded, redo.steps[higher]
     )
     merged = _merge(first, kept, rows[higher]) if higher.any() else first
-    return replace(merged, redone=len(rows), work=first.work + redo.work)
+    done = Redo(tuple(rows.tolist()), tuple(rows[higher].tolist()))
+    return replace(merged, redo=done, work=first.work + redo.work)
 
 
 def still_climbing(activation: Tensor) -> Tensor:

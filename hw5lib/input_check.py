@@ -51,7 +51,8 @@ SCALINGS: dict[str, tuple[tuple[float, ...] | None, tuple[float, ...] | None]] =
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
 }
 
-ADOPTED, RECORDED, FLAGS = "adopted", "recorded", "flags"  # where the convention in use came from
+# where the convention in use came from (REPLAYED: the --replay'd run's, whichever way it chose)
+ADOPTED, RECORDED, FLAGS, REPLAYED = "adopted", "recorded", "flags", "replayed"
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class InputCheck:
     the report's title page), ``warning`` the same when it asks the user to act."""
 
     chosen: Convention  # the convention the run uses
-    source: str  # ADOPTED, RECORDED or FLAGS
+    source: str  # ADOPTED, RECORDED, FLAGS or REPLAYED
     note: str
     images: int = 0  # labelled images scored; 0: not checked
     scores: tuple[Score, ...] = ()
@@ -349,7 +350,7 @@ def decide(
         return best, note, note
     ties = [s.convention for s in scores if s.accuracy >= top - TIE_MARGIN]
     best = min(ties, key=in_use.distance)
-    what = "as read" if source == FLAGS else "as the checkpoint records"
+    what = {FLAGS: "as read", RECORDED: "as the checkpoint records"}.get(source, "as replayed")
     if credible and top - accuracy[in_use] >= WARN_GAP and best != in_use:
         warning = (
             f"the model scores {accuracy[in_use]:.2f} {on} {what} ({in_use.describe()}) "

@@ -192,9 +192,13 @@ class AntitheticLimeExplainer(lime_image.LimeImageExplainer):
     fit make the explanation.
     """
 
-    def __init__(self, *args: object, adaptive: bool = True, **kwargs: object) -> None:
+    def __init__(
+        self, *args: object, adaptive: bool = True, exact: bool = False, **kwargs: object
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.adaptive = adaptive
+        # a replay: draw exactly the samples asked for, still tracing the stopping statistics
+        self.exact = exact
         self.label = 0  # the class whose weights decide when to stop; explain() sets it
         self.stop: Callable[[], bool] | None = None  # a deadline, checked before each batch
         # per round: (samples so far, samples needed, top-5 separation)
@@ -241,7 +245,7 @@ class AntitheticLimeExplainer(lime_image.LimeImageExplainer):
                 fit = lime_weights(self.base, data, outputs, self.label)
                 separation = top_separation(fit, None if cov is None else cov[0])
                 self.trace.append((len(data), needed, separation))
-                if len(data) >= needed and separation >= TOP_SEPARATION:
+                if len(data) >= needed and separation >= TOP_SEPARATION and not self.exact:
                     break
         self.samples = (data, np.concatenate(labels))
         return self.samples
@@ -263,17 +267,20 @@ def explain(
     batch_size: int = 250,
     seed: int = 0,
     adaptive: bool = True,
+    exact: bool = False,
     stop: Callable[[], bool] | None = None,
     stability_rounds: int = 0,
 ) -> LimeResult:
     """Explain ``label`` for one [H,W,3] display image in [0,1] with at most ``samples``
-    perturbations (fewer once converged, unless ``adaptive`` is off); seeded, so reruns match.
+    perturbations (fewer once converged, unless ``adaptive`` is off; exactly ``samples`` with
+    ``exact``, a replayed run's count); seeded, so reruns match: the masks come from the same
+    stream in the same rounds.
     With ``stability_rounds`` the result also predicts its agreement with a rerun under another
     seed (``resampled_agreement``). An image that cannot be explained (``Unexplainable``, a
     response that never changes, a fit that is not finite) gives a result whose ``failure`` says
     why. Raises ``OutOfTime`` if ``stop()`` turns true before the last model batch."""
     segments, segmentation = segment_with_fallback(image)
-    explainer = AntitheticLimeExplainer(random_state=seed, adaptive=adaptive)
+    explainer = AntitheticLimeExplainer(random_state=seed, adaptive=adaptive, exact=exact)
     explainer.label, explainer.stop = label, stop
 
     def unexplained(why: str) -> LimeResult:

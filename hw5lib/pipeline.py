@@ -37,10 +37,13 @@ from .hooks import torch_threads
 from .notes import check_references, read_notes, unproduced
 from .outputs import atomic_write_bytes, finite_or_null, json_bytes, sha256_file
 from .portable import folder_name, model_spec_name, relative_name
+from .replay import Decisions, check_same_subject, read_replay
 from .stages import STAGES, Stage, cuts_of
 from .stages.confusion import ConfusionResult
 from .stages.convergence import ID as CONVERGENCE_ID
 from .stages.convergence import convergence_records, write_convergence
+from .stages.dream import DreamResult
+from .stages.filters import FiltersResult
 from .stages.record import FigureRecord
 from .stages.trust import TrustResult, trust_manifest
 from .subject import prepare
@@ -48,7 +51,7 @@ from .subject import prepare
 log = logging.getLogger(__name__)
 
 # RunConfig fields that hold paths of this machine: the manifest records them on their own.
-PATH_FIELDS = ("data", "out", "checkpoint", "notes", "command")
+PATH_FIELDS = ("data", "out", "checkpoint", "notes", "command", "replay")
 
 
 def expected_shares(run: Run, *, at_cap: RunConfig | None = None) -> dict[str, float]:
@@ -86,7 +89,7 @@ def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> float | N
         return None
     # A stage that may not finish in the time left is not started: a sampled method at its
     # cap (it need not converge early) must fit, or its figure would be cut off half-done.
-    worst = stage.cost(run, p.cfg, expected_shares(run, at_cap=p.cfg)).at(rates)
+    worst = worst_case(run, stage, rates)
     if worst > left:
         run.cuts.append(
             f"{stage.name}: not run, it may need {worst:.0f} s and {max(left, 0):.0f} s of the "
@@ -203,8 +206,22 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
             for s in run.skipped_images
         ],
         "convergence": convergence_records(run),
+        "decisions": decisions(run).to_dict(),
+        "replayed": ({"sha256": run.replay.sha256, "cut": run.replay_cut} if run.replay else None),
         "outputs": dict(sorted(run.outputs.items())),
     }
+
+
+def decisions(run: Run) -> Decisions:
+    """What this run decided beyond the per-image counts under "convergence": what --replay
+    reads back to make the same decisions."""
+    ascent, dream = run.find(FiltersResult), run.find(DreamResult)
+    return Decisions(
+        stage_config=dict(run.stage_config),
+        skipped_stages=tuple(run.cut_stages),
+        filters=tuple(ascent.layers) if ascent else None,
+        dream_steps=dream.steps if dream else None,
+    )
 
 
 def portable_architecture(architecture: dict) -> dict:
@@ -294,7 +311,15 @@ def _run_report(
 ) -> tuple[dict, dict[str, float]]:
     previous = previous_outputs(cfg.out)
     deadline = Deadline(cfg.budget, clock, started)  # the clock runs from the command's start
-    run = prepare(cfg, deadline)
+    replay = read_replay(cfg.replay) if cfg.replay is not None else None
+    run = prepare(cfg, deadline, replay.preprocess if replay else None)
+    if replay is not None:
+        check_same_subject(
+            replay, run.loaded.sha256, [relative_name(cfg.data, p) for p in run.subject.paths]
+        )
+        # a --targets pred near a tie could pick another class on another machine
+        run.subject.target = torch.tensor(replay.targets, device=run.subject.target.device)
+        run.replay = replay
     run.deadline, run.registry = deadline, tuple(stages)
     check = run.input_check.seconds if run.input_check else 0.0
     run.seconds["load"] = deadline.elapsed() - check
@@ -308,6 +333,7 @@ def _run_report(
         if cfg.budget is not None:
             rates = measure(run, clock)
             run.seconds["measure speed"] = deadline.elapsed() - run.seconds["load"] - check
+            run.replay_cut = replay_overrun(run, cfg, rates)
         run_stages(run, cfg, rates, clock, progress)
     except (KeyboardInterrupt, UserError) as stop:  # record what was done, then stop
         if isinstance(stop, KeyboardInterrupt):
@@ -331,25 +357,79 @@ def _run_report(
     return man, run.seconds
 
 
+def replay_overrun(run: Run, cfg: RunConfig, rates: Rates) -> str | None:
+    """Why the replay does not fit the budget (the planner's estimate of its stages at the
+    replayed settings), said in one warning line; None when it fits."""
+    if run.replay is None:
+        return None
+    replay, shares = run.replay, expected_shares(run)
+    skip = {*run.skipped, *replay.decisions.skipped_stages}
+    needed = sum(
+        s.cost(run, replay.config(s.name, cfg), shares).at(rates)
+        for s in run.registry
+        if s.name not in skip
+    )
+    left = run.deadline.left() * PLAN_MARGIN
+    if needed <= left:
+        return None
+    why = (
+        f"the replay of {replay.name} needs about {needed:.0f} s and {max(left, 0):.0f} s of "
+        f"the {cfg.budget:.0f} s budget are left: cut to fit as without --replay"
+    )
+    log.warning(why)
+    return why
+
+
+def record_settings(run: Run, cfg: RunConfig, stage: Stage) -> None:
+    """The settings of ``stage`` (its options and what its cuts change) that the budget's cuts
+    changed from the command's, as it is about to run with ``run.cfg``: what --replay gives it
+    again."""
+    read = {*stage.options, *(k for c in stage.cuts for k in c.change if k != "skip")}
+    changed = {
+        k: getattr(run.cfg, k) for k in sorted(read) if getattr(run.cfg, k) != getattr(cfg, k)
+    }
+    if changed:
+        run.stage_config[stage.name] = changed
+
+
 def run_stages(run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, progress: bool) -> None:
-    """Each stage in registry order: planned to the time left, run, its failure isolated."""
+    """Each stage in registry order: planned to the time left (or with the settings the
+    replayed run gave it), run, its failure isolated."""
+    replayed = run.replay is not None and not run.replay_cut  # a cut replay is planned anew
+    cut_before = run.replay.decisions.skipped_stages if run.replay and replayed else ()
     for index, stage in enumerate(run.registry):
         if stage.name in run.skipped:
             continue
+        if stage.name in cut_before:
+            run.cuts.append(f"{stage.name}: not run, as in the replayed run")
+            run.cut_stages.append(stage.name)
+            continue
         if run.deadline.passed():
             run.cuts.append(f"{stage.name}: not run, the {cfg.budget:.0f} s budget was spent")
+            run.cut_stages.append(stage.name)
             continue
-        if rates is None:
-            run_stage(run, stage, clock, progress)
-            continue
-        worst = plan_stage(run, cfg, rates, index)
+        if rates is None or replayed:
+            run.cfg = run.replay.config(stage.name, cfg) if run.replay else cfg
+            worst = None if rates is None else worst_case(run, stage, rates)
+        else:
+            worst = plan_stage(run, cfg, rates, index)
+            if worst is None:
+                run.cut_stages.append(stage.name)
+                continue
+        record_settings(run, cfg, stage)
         if worst is None:
+            run_stage(run, stage, clock, progress)
             continue
         whole, run.deadline = run.deadline, run.deadline.within(stage_allowance(worst))
         try:
             run_stage(run, stage, clock, progress)
         finally:
             run.deadline = whole
+
+
+def worst_case(run: Run, stage: Stage, rates: Rates) -> float:
+    """The stage's seconds at ``run.cfg`` if its sampled methods spend their caps."""
+    return stage.cost(run, run.cfg, expected_shares(run, at_cap=run.cfg)).at(rates)
 
 
 __all__ = ["RunConfig", "run_report", "sha256_file"]

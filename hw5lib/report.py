@@ -164,6 +164,10 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("machine", ", ".join(machine)))
     if run.get("command"):
         rows.append(("command", str(run["command"])))
+    replayed = manifest.get("replayed")
+    if replayed:  # --replay: the decisions came from that manifest
+        cut = f"; cut to fit the budget: {replayed['cut']}" if replayed.get("cut") else ""
+        rows.append(("replayed manifest sha256", f"{replayed.get('sha256', '-')}{cut}"))
     return rows
 
 

@@ -23,6 +23,7 @@ from .errors import UserError
 from .images import Skipped, load_usable, skipped_warning
 from .input_check import (
     ADOPTED,
+    REPLAYED,
     Convention,
     InputCheck,
     check_input,
@@ -116,10 +117,21 @@ def check_convention(
     split: ImageSet | None,
     num_outputs: int,
     deadline: Deadline | None,
+    replayed: Preprocess | None = None,
 ) -> tuple[Preprocess, InputCheck]:
     """The preprocessing to use after the input check (input_check.py): the resolved one, or
-    the best-scoring convention where nothing was recorded or given."""
+    the best-scoring convention where nothing was recorded or given; under --replay the one the
+    replayed run used (the check still runs and is recorded, but decides nothing)."""
     source = preprocess_source(preprocess_given(cfg), loaded.preprocess is not None)
+    if replayed is not None:
+        pre = replace(
+            pre,
+            channel_order=replayed.channel_order,
+            reader=replayed.reader,
+            mean=replayed.mean,
+            std=replayed.std,
+        )
+        source = REPLAYED
     if not cfg.input_check:
         check = unchecked(Convention.of(pre), source, "--no-input-check")
     else:
@@ -279,7 +291,11 @@ def explained_inputs(
     return paths, labels, torch.cat(inputs), skipped
 
 
-def prepare(cfg: RunConfig, deadline: Deadline | None = None) -> Run:
+def prepare(
+    cfg: RunConfig, deadline: Deadline | None = None, replayed: Preprocess | None = None
+) -> Run:
+    """Load the model, choose the preprocessing and the images to explain; ``replayed`` is the
+    input convention of a --replay'd run."""
     device = pick_device(cfg.device)
     loaded = load_classifier(
         cfg.checkpoint,
@@ -303,7 +319,7 @@ def prepare(cfg: RunConfig, deadline: Deadline | None = None) -> Run:
         8, pre.channels, *pre.size, generator=torch.Generator().manual_seed(cfg.seed)
     )
     infer = inference_copy(model, pre.normalize(noise).to(device))
-    pre, check = check_convention(cfg, loaded, infer, pre, split, num_outputs, deadline)
+    pre, check = check_convention(cfg, loaded, infer, pre, split, num_outputs, deadline, replayed)
     validate_cam_targets(cfg.cam_targets, num_outputs)
     paths, labels, x, skipped = explained_inputs(cfg, split, num_outputs, pre)
     x = x.to(device)

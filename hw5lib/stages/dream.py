@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from tqdm import tqdm
 
 from .. import dream, figures, filters
@@ -17,13 +20,39 @@ OCTAVES, OCTAVE_SCALE, STEPS = 3, 1.4, 20  # per octave; the cost prices the sam
 MAX_CHANGE = 0.3  # no pixel moves further than this from the original
 
 
-def stage_dream(run: Run, bar: tqdm) -> StageResult:
+@dataclass
+class DreamResult(StageResult):
+    steps: int = 0  # ascent steps taken over all octaves (fewer than all: the deadline)
+
+
+@dataclass
+class StepLimit:
+    """deep_dream's ``stop``: true at the deadline, or once a replayed run's count of steps is
+    taken; counts the steps it lets through. Once true it stays true, so the count alone says
+    which steps of which octave ran."""
+
+    deadline: Callable[[], bool]
+    limit: int | None = None
+    taken: int = 0
+    late: bool = False  # the deadline stopped it
+
+    def __call__(self) -> bool:
+        if self.limit is not None and self.taken >= self.limit:
+            return True
+        self.late = self.late or self.deadline()
+        if self.late:
+            return True
+        self.taken += 1
+        return False
+
+
+def stage_dream(run: Run, bar: tqdm) -> DreamResult:
     s = run.subject
     candidates = default_filter_layers(run.model)
     layer = run.cfg.dream_layer or candidates[len(candidates) // 2]
     name, module = resolve_layer(run.model, layer)
     n = min(run.cfg.dream_images, len(s.paths))
-    checks: list[bool] = []  # what each of deep_dream's looks at the deadline found
+    limit = StepLimit(run.deadline.passed, run.replay.decisions.dream_steps if run.replay else None)
     out = dream.deep_dream(
         run.model,
         s.x[:n],
@@ -33,11 +62,16 @@ def stage_dream(run: Run, bar: tqdm) -> StageResult:
         octave_scale=OCTAVE_SCALE,
         max_change=MAX_CHANGE,
         generator=run.generator(STREAM),
-        stop=lambda: checks.append(run.deadline.passed()) or checks[-1],
+        stop=limit,
     )
     bar.update()
-    if any(checks):
+    if limit.late:
         run.cuts.append(f"{NAME}: stopped before its last step, the budget was spent")
+    elif limit.taken < OCTAVES * STEPS:
+        run.cuts.append(
+            f"{NAME}: stopped after {limit.taken} of {OCTAVES * STEPS} steps, as in the "
+            "replayed run"
+        )
     before = filters.layer_activations(run.model, module, s.x[:n]).pow(2).mean().item()
     after = filters.layer_activations(run.model, module, out).pow(2).mean().item()
     dreamt = run.pre.denormalize(out).permute(0, 2, 3, 1).numpy()
@@ -58,7 +92,7 @@ def stage_dream(run: Run, bar: tqdm) -> StageResult:
         "q4_deepdream.npz",
         {"layer": name},
     )
-    return StageResult([record])
+    return DreamResult([record], steps=limit.taken)
 
 
 def dream_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:

@@ -15,6 +15,7 @@ from ..config import COURSE, RunConfig
 from ..context import Run
 from ..errors import UserError
 from ..layers import default_filter_layers, resolve_layer, same_activation_model
+from ..replay import LayerDecision
 from .record import FigureRecord, Share, Shares, Stage, StageResult, explained, number
 
 NAME = "Q2 filters"
@@ -25,6 +26,7 @@ STREAM = 10  # random stream of the first layer's ascent; the k-th layer draws f
 @dataclass
 class FiltersResult(StageResult):
     curves: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per filter
+    layers: list[LayerDecision] = field(default_factory=list)  # what a replay makes again
 
 
 @dataclass
@@ -40,7 +42,17 @@ class LayerAscent:
 
 
 def filter_layer_names(run: Run, cfg: RunConfig) -> list[str]:
+    """--filter-layers, else the default layers; in a replay the replayed run's (no more than
+    the planned count when the replay was cut)."""
+    replayed = replayed_layers(run)
+    if replayed is not None:
+        layers = [d.layer for d in replayed]
+        return layers[: cfg.filter_layer_count] if run.replay_cut else layers
     return list(cfg.filter_layers) or default_filter_layers(run.model, cfg.filter_layer_count)
+
+
+def replayed_layers(run: Run) -> tuple[LayerDecision, ...] | None:
+    return run.replay.decisions.filters if run.replay else None
 
 
 def planned_layers(run: Run) -> list[str]:
@@ -103,7 +115,13 @@ def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
     model = same_activation_model(run.model, run.grad, name)
     layer = resolve_layer(model, name)[1]
     acts = filters.layer_activations(model, layer, s.x, batch_size=cfg.batch_size)
-    idx = list(cfg.filters) or filters.most_active_filters(acts, cfg.filters_per_layer)
+    replayed = replayed_layers(run)
+    decided = replayed[k] if replayed else None  # the filters and redos a replay makes again
+    idx = (
+        list(decided.filters)
+        if decided
+        else list(cfg.filters) or filters.most_active_filters(acts, cfg.filters_per_layer)
+    )
     bad = [f for f in idx if f >= acts.shape[1]]
     if bad:
         raise UserError(f"layer {name} has {acts.shape[1]} filters; no filter {bad[0]}")
@@ -120,6 +138,7 @@ def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
             generator=run.generator(STREAM + k),
             redo_climbing=cfg.adaptive,
             stop=run.deadline.passed,
+            replay=decided.redo() if decided else None,
         )
     )
     if result.stopped:
@@ -133,6 +152,17 @@ def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
     image = result.pixels.permute(0, 2, 3, 1).cpu().numpy()
     record = activation_record(run, name, layer, acts, idx, image, result)
     return LayerAscent(name, idx, image, gain.tolist(), record, result)
+
+
+def layer_decision(ascent: LayerAscent) -> LayerDecision:
+    """What the ascent decided on this layer, by filter index, for the manifest."""
+    redo, idx = ascent.result.redo, ascent.filters
+    return LayerDecision(
+        ascent.name,
+        tuple(idx),
+        tuple(idx[r] for r in redo.rows),
+        tuple(idx[r] for r in redo.kept),
+    )
 
 
 def course_ascent(
@@ -241,6 +271,7 @@ def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
         [lead, *(a.record for a in layers)],
         share=float(np.mean(spent)) if spent else None,
         curves=[c for a in layers for c in a.result.curves()],
+        layers=[layer_decision(a) for a in layers],
     )
 
 

@@ -34,6 +34,8 @@ FIRST_STEPS = 8  # doubled from here
 @dataclass
 class IntegratedGradientsResult(StageResult):
     final_steps: int = 0  # the most steps any image's estimate needed
+    steps: list[int] = field(default_factory=list)  # of each image's final estimate
+    first: int = FIRST_STEPS  # the steps of the first round, doubled from there
     gradients: list[int] = field(default_factory=list)  # evaluated per image
     trace: list[list[float]] = field(default_factory=list)  # completeness error per round
     cap: int = 0
@@ -42,6 +44,8 @@ class IntegratedGradientsResult(StageResult):
         return {
             "rule": f"Gauss-Legendre steps {FIRST_STEPS}, {2 * FIRST_STEPS}, {4 * FIRST_STEPS}, "
             f"... until the completeness error is <= {TOLERANCE}; cap {self.cap}",
+            "first_steps": self.first,
+            "steps": self.steps,
             "gradients": self.gradients,
             "completeness_error": [[round(v, 5) for v in row] for row in self.trace],
         }
@@ -73,19 +77,33 @@ def integrated_gradients_of(
     run: Run, model: nn.Module, x: Tensor, target: Tensor
 ) -> attributions.Converged:
     """IG with the run's baseline: steps doubled until converged (at most --ig-steps), or
-    exactly --ig-steps with --no-adaptive."""
+    exactly --ig-steps with --no-adaptive; in a replay of the explained images, doubled from
+    the recorded first steps to each image's recorded steps."""
     cfg = run.cfg
+    replayed = run.replayed(METHOD, "steps", cfg.ig_steps)
+    # the stage's own maps: the trust table's randomized model decides its counts anew
+    same = replayed is not None and len(replayed) == len(x) and model is run.gradients
     return attributions.integrated_gradients_until_converged(
         model,
         x,
         target,
         baseline=baseline(run, cfg.ig_baseline),
         max_steps=cfg.ig_steps,
-        first_steps=first_steps(cfg),
+        first_steps=round_one(run),
         tolerance=TOLERANCE,
         batch_size=cfg.batch_size,
         stop=run.deadline.passed,
+        steps_per_image=torch.tensor(replayed) if same else None,
     )
+
+
+def round_one(run: Run) -> int:
+    """The steps of IG's first round: the replayed run's (no more than --ig-steps when the
+    replay was cut), else ``first_steps``."""
+    first = run.replay.recorded(METHOD, "first_steps") if run.replay else None
+    if first is None:
+        return first_steps(run.cfg)
+    return min(int(first), run.cfg.ig_steps) if run.replay_cut else int(first)
 
 
 def explain(run: Run) -> Explain:
@@ -142,6 +160,8 @@ def stage_integrated_gradients(run: Run, bar: tqdm) -> IntegratedGradientsResult
         {METHOD: maps.detach().cpu()},
         share=float(result.used.float().mean()) / cfg.ig_steps,
         final_steps=int(result.final.max()),
+        steps=result.final.tolist(),
+        first=round_one(run),
         gradients=result.used.tolist(),
         trace=result.trace,
         cap=cfg.ig_steps,

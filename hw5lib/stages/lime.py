@@ -59,9 +59,12 @@ class LimeStageResult(StageResult):
         }
 
 
-def lime_of(run: Run, i: int, label: int, seed: int) -> lime_adapter.LimeResult:
+def lime_of(
+    run: Run, i: int, label: int, seed: int, samples: int | None = None
+) -> lime_adapter.LimeResult:
     """LIME for explained image ``i`` (gray images go to lime as RGB and back); with the trust
-    checks on, also its predicted agreement with a rerun (no extra model forwards)."""
+    checks on, also its predicted agreement with a rerun (no extra model forwards). A replay
+    gives ``samples``, drawn exactly."""
     s = run.subject
     rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
     return lime_adapter.explain(
@@ -70,16 +73,18 @@ def lime_of(run: Run, i: int, label: int, seed: int) -> lime_adapter.LimeResult:
         label,
         to_input=run.to_input,
         channels=run.pre.channels,
-        samples=run.cfg.lime_samples,
+        # a replayed 0 (the image failed before its first batch) fails again at the cap
+        samples=samples or run.cfg.lime_samples,
         seed=seed,
         adaptive=run.cfg.adaptive,
+        exact=samples is not None,
         stop=run.deadline.passed,
         stability_rounds=STABILITY_ROUNDS if run.cfg.trust else 0,
     )
 
 
 def course_lime_of(
-    run: Run, i: int, explainer: lime_image.LimeImageExplainer
+    run: Run, i: int, explainer: lime_image.LimeImageExplainer, samples: int | None = None
 ) -> lime_adapter.LimeResult:
     """Stock lime on explained image ``i``'s model input, as the course's sample code."""
     s, cfg = run.subject, run.cfg
@@ -90,23 +95,26 @@ def course_lime_of(
         run.inference,
         s.x[i],
         int(s.target[i]),
-        samples=cfg.lime_samples,
+        samples=samples or cfg.lime_samples,
         batch_size=cfg.batch_size,
     )
 
 
 def explain_images(run: Run, bar: tqdm) -> list[lime_adapter.LimeResult]:
     """LIME for each explained image in turn, until done or out of time. The course's images
-    share one random stream, drawn from in the order they are explained."""
+    share one random stream, drawn from in the order they are explained. A replay explains the
+    images the replayed run did, each with its count of samples."""
     s = run.subject
     shared = course.lime_explainer(run.cfg.seed) if run.cfg.conventions == COURSE else None
+    replayed = run.replayed(METHOD, "samples", run.cfg.lime_samples)
+    counts: list[int | None] = list(replayed) if replayed is not None else [None] * len(s.paths)
     results = []
-    for i in range(len(s.paths)):
+    for i, samples in enumerate(counts):
         try:
             results.append(
-                lime_of(run, i, int(s.target[i]), run.cfg.seed)
+                lime_of(run, i, int(s.target[i]), run.cfg.seed, samples)
                 if shared is None
-                else course_lime_of(run, i, shared)
+                else course_lime_of(run, i, shared, samples)
             )
         except lime_adapter.OutOfTime:
             run.cuts.append(
@@ -115,6 +123,11 @@ def explain_images(run: Run, bar: tqdm) -> list[lime_adapter.LimeResult]:
             )
             break
         bar.update()
+    if len(counts) < len(s.paths) and len(results) == len(counts):
+        run.cuts.append(
+            f"{NAME}: {len(s.paths) - len(counts)} of {len(s.paths)} images not explained, as "
+            "in the replayed run"
+        )
     return results
 
 

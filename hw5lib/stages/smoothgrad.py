@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -47,8 +48,12 @@ class SmoothGradResult(StageResult):
 
 def smoothgrad_of(run: Run, model: nn.Module, x: Tensor, target: Tensor) -> attributions.Converged:
     """SmoothGrad of saliency with the run's settings: until converged (at most
-    --smooth-samples), or exactly that many with --no-adaptive."""
+    --smooth-samples), or exactly that many with --no-adaptive; in a replay of the explained
+    images, each image's recorded count."""
     cfg = run.cfg
+    replayed = run.replayed(METHOD, "samples", cfg.smooth_samples)
+    # the stage's own maps: the trust table's randomized model decides its counts anew
+    same = replayed is not None and len(replayed) == len(x) and model is run.gradients
     return attributions.smoothgrad_until_converged(
         attributions.saliency,
         model,
@@ -62,6 +67,7 @@ def smoothgrad_of(run: Run, model: nn.Module, x: Tensor, target: Tensor) -> attr
         generator=run.generator(NOISE_STREAM),
         batch_size=cfg.batch_size,
         stop=run.deadline.passed,
+        samples_per_image=torch.tensor(replayed) if same else None,
     )
 
 
