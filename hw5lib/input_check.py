@@ -284,10 +284,12 @@ def check_input(
     paths = [split.paths[i] for i in indices]  # type: ignore[union-attr]
     correct = torch.zeros(len(conventions), dtype=torch.long)
     used: list[int] = []
+    tried = 0  # sampled images of the rounds run, the unreadable ones included
     for r, positions in enumerate(rounds):
         spent = clock() - start
         if r and spent + len(positions) * spent / len(positions_done(rounds, r)) > allowed:
             break  # the next round would overrun the check's share of the budget
+        tried += len(positions)
         pixels, readable = decode([paths[p] for p in positions], pre)
         kept = [positions[k] for k in readable]
         if not kept:  # a round of unreadable files: nothing to score
@@ -303,8 +305,11 @@ def check_input(
     )
     chance = majority_share([labels[p] for p in used])
     on = f"on {len(used)} labelled images"
-    if len(used) < len(indices):
-        on += f" (of {len(indices)}: the --budget allowed no more)"
+    left_out = [f"{tried - len(used)} unreadable"] if tried > len(used) else []
+    if tried < len(indices):
+        left_out.append(f"the --budget allowed {tried} of {len(indices)}")
+    if left_out:
+        on += f" ({'; '.join(left_out)})"
     chosen, note, warning = decide(scores, in_use, source, chance, on)
     return InputCheck(chosen, source, note, len(used), scores, warning, seconds)
 

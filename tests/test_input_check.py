@@ -177,7 +177,7 @@ def test_budget_prices_the_check_and_cuts_images_or_the_whole_check(
     if images == 0:
         assert "--budget allows it 2 s" in check.note
     elif images < 66:
-        assert "on 33 labelled images (of 66: the --budget allowed no more)" in check.note
+        assert "on 33 labelled images (the --budget allowed 33 of 66)" in check.note
 
 
 def test_no_input_check_switch_skips_it(trained: dict[str, Path], check_sample: SampleInfo) -> None:

@@ -112,6 +112,9 @@ def test_real_photos_in_mixed_modes_with_bad_files_complete(
     assert "fallback" in lime["caption"]
     assert not re.search(r"\b(nan|inf)\b", captions(man))
     assert len(PdfReader(out / "report.pdf").pages) > 5
+    # the input check sampled the validation split: its unreadable files are named as such
+    assert "3 unreadable)" in man["input_check"]["note"]
+    assert "--budget" not in man["input_check"]["note"]
 
 
 def test_nan_weights_explain_nothing_and_say_why_without_crashing(
