@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .attributions import chunks
 from .hooks import eval_mode, forward_until, frozen_params
-from .lime_adapter import LimeResult, weights_vector
+from .lime_adapter import LimeResult, as_rgb, weights_vector
 
 LIME_SEED = 16  # np.random.seed(16) before the sample code's LIME loop
 LIME_SAMPLES = 1000  # lime_image's default num_samples
@@ -69,10 +69,9 @@ def segment(image: np.ndarray) -> np.ndarray:
 
 
 def as_lime_image(x: Tensor) -> np.ndarray:
-    """One model input [C,H,W] as the sample code hands it to lime: [H,W,C] float64 (a gray
-    input repeated to 3 channels: lime fills hidden superpixels channel by channel, R, G, B)."""
-    image = x.detach().cpu().permute(1, 2, 0).double().numpy()
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+    """One model input [C,H,W] as the sample code hands it to lime: [H,W,C] float64, a gray
+    input repeated to 3 channels (``as_rgb``)."""
+    return as_rgb(x.detach().cpu().permute(1, 2, 0).double().numpy())
 
 
 def logits_fn(

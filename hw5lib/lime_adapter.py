@@ -91,6 +91,12 @@ def segment_with_fallback(image: np.ndarray) -> tuple[np.ndarray, str]:
     return segments, f"{why} a grid of {int(segments.max()) + 1} squares"
 
 
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """An [H,W,C] image as lime takes it, 3 channels: lime fills a hidden superpixel channel by
+    channel (R, G, B), so a gray image goes in repeated and comes back by ``classifier_fn``."""
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
 def classifier_fn(
     model: nn.Module, to_input: Callable[[Tensor], Tensor], channels: int
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -102,7 +108,8 @@ def classifier_fn(
         if channels == 1:
             pixels = pixels.mean(dim=1, keepdim=True)
         with eval_mode(model), torch.inference_mode():
-            return torch.softmax(model(to_input(pixels)), dim=1).numpy().astype(np.float64)
+            probs = torch.softmax(model(to_input(pixels)), dim=1)  # on the model's device
+            return probs.cpu().numpy().astype(np.float64)
 
     return predict
 

@@ -66,10 +66,9 @@ def lime_of(
     checks on, also its predicted agreement with a rerun (no extra model forwards). A replay
     gives ``samples``, drawn exactly."""
     s = run.subject
-    rgb = np.repeat(s.pixels[i], 3, axis=-1) if s.pixels.shape[-1] == 1 else s.pixels[i]
     return lime_adapter.explain(
         run.inference,
-        rgb,
+        lime_adapter.as_rgb(s.pixels[i]),
         label,
         to_input=run.to_input,
         channels=run.pre.channels,
@@ -179,6 +178,7 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
     fallback = {p.name: r.segmentation for p, r in zip(s.paths, results, strict=True)
                 if r.segmentation != usual}  # fmt: skip
     explained_scores = [r.score for r in results if r.failure is None]
+    mean_r2 = number(float(np.mean(explained_scores)) if explained_scores else math.nan)
     params: dict = {
         "samples": used,
         "cap": cfg.lime_samples,
@@ -193,8 +193,8 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
         "q3_lime",
         STAGE.section,
         "LIME explanations",
-        f"LIME (Ribeiro et al., 2016) with {method}; the 5 most positive superpixels are green, the 5 most negative red. Mean R^2 of lime's local linear "
-        f"model: {number(float(np.mean(explained_scores)) if explained_scores else math.nan)}."
+        f"LIME (Ribeiro et al., 2016) with {method}; the 5 most positive superpixels are "
+        f"green, the 5 most negative red. Mean R^2 of lime's local linear model: {mean_r2}."
         + segmentation_caption(fallback)
         + unexplained_caption(missing)
         + (mask_caption(run, maps) if complete else ""),
