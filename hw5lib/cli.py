@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--checkpoint", type=Path, help="checkpoint file (default: $HW5_CHECKPOINT)")
     r.add_argument(
-        "--model-args", help="JSON keyword arguments for --model, e.g. '{\"num_classes\": 7}'"
+        "--model-args",
+        help="JSON arguments for --model: an object of keyword arguments, e.g. "
+        "'{\"num_classes\": 7}', or a list of positional ones, e.g. '[\"C\", \"C\"]'",
     )
     r.add_argument(
         "--checkpoint-url",
@@ -140,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--size", type=int, help="input side (default: the checkpoint's, else 128)")
     lay.add_argument("--channels", type=int, choices=(1, 3), help="input channels")
     lay.add_argument("--model", help="your architecture, path/to/file.py:ClassName")
-    lay.add_argument("--model-args", help="JSON keyword arguments for --model")
+    lay.add_argument("--model-args", help="JSON arguments for --model (object or list)")
+    lay.add_argument("--checkpoint-key", help="which state_dict of the checkpoint to list")
 
     from .verify import tolerances_help
 
@@ -271,15 +274,19 @@ def recorded_command(
     return "hw5.py " + portable_command(kept, {k: v for k, v in labels.items() if k is not None})
 
 
-def parse_model_args(text: str | None) -> dict:
+def parse_model_args(text: str | None) -> dict | list:
+    """--model-args: a JSON object (keyword arguments) or list (positional ones)."""
     if not text:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"--model-args is not valid JSON ({err.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise UserError("--model-args must be a JSON object, e.g. '{\"num_classes\": 7}'")
+    if not isinstance(value, dict | list):
+        raise UserError(
+            "--model-args must be a JSON object or list, e.g. '{\"num_classes\": 7}' or "
+            "'[\"C\", \"C\"]'"
+        )
     return value
 
 
@@ -302,6 +309,7 @@ def print_layers(args: argparse.Namespace) -> None:
         trust_pickle=args.trust_pickle,
         model_spec=args.model,
         model_args=parse_model_args(args.model_args),
+        checkpoint_key=args.checkpoint_key,
     )
     pre = loaded.preprocess
     channels = args.channels or (pre.channels if pre else infer_channels(loaded.model))

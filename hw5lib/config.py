@@ -89,12 +89,20 @@ class RunConfig:
     checkpoint: Path
     model: str | None = option(
         None,
-        "your own architecture as path/to/file.py:ClassName, built with --model-args and "
-        "filled from the checkpoint's state_dict (default: the HW3 Classifier; TorchScript files "
-        "need no --model)",
+        "your own architecture as path/to/file.py:ClassName, a function that returns the "
+        "model (path/to/file.py:get_model, torchvision.models:resnet18), built with "
+        "--model-args and filled from the checkpoint's state_dict (default: the HW3 "
+        "Classifier; TorchScript files need no --model)",
         RUN,
     )
-    model_args: dict | None = None  # parsed from --model-args (cli)
+    model_args: dict | list | None = None  # parsed from --model-args (cli)
+    checkpoint_key: str | None = option(
+        None,
+        "which state_dict of the checkpoint to explain, where it holds more than one that fits "
+        "(a dotted path for nested dicts: model, ema.state_dict)",
+        RUN,
+        metavar="KEY",
+    )
     trust_pickle: bool = option(
         False,
         "allow a checkpoint that is a pickled whole model (runs code from the file: "

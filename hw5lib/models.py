@@ -1,12 +1,16 @@
-"""The classifier a checkpoint holds: a state_dict loaded into the HW3 ``Classifier`` or the user's
-``--model`` class, or a whole pickled model checked against the stand-in it loaded as."""
+"""The classifier a checkpoint holds: a state_dict (found in whatever container holds it) loaded
+into the HW3 ``Classifier`` or the user's ``--model`` class or factory, or a whole pickled model
+checked against the class it loaded as."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import io
+import logging
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +20,14 @@ from torch import Tensor, nn
 from model import Classifier
 
 from .checkpoints import checkpoint_format, file_sha256, load_torchscript
+from .containers import find_state_dict
 from .data import Preprocess
 from .errors import UserError
 from .outputs import atomic_write_bytes
-from .standins import StandIn
-from .unpickling import Unpickled, first_line, full_unpickle, unpickle
+from .tv import import_torchvision
+from .unpickling import Unpickled, first_line, full_unpickle, is_students, unpickle
+
+log = logging.getLogger(__name__)
 
 _CONV_KEY = re.compile(r"^cnn\.(\d+)\.weight$")
 _FC_KEY = re.compile(r"^fc\.(\d+)\.weight$")
@@ -35,14 +42,23 @@ class LoadedModel:
     sha256: str
 
 
+@dataclass(frozen=True)
+class UserModel:
+    """``--model``: what was asked for, and a freshly built instance."""
+
+    spec: str
+    args: dict | list
+    model: nn.Module
+
+
 def checked_module(
-    path: Path, unpickled: Unpickled, user: tuple[str, dict] | None = None
+    path: Path, unpickled: Unpickled, user: UserModel | None = None
 ) -> tuple[nn.Module, dict]:
     """The unpickled model (out of its DataParallel) and its ``architecture`` record, after
-    checking that a stand-in received the layers its ``forward`` uses: a model.py Classifier
-    must have the module tree of a fresh one of the inferred widths and run, a torchvision
-    stand-in must hold its parts, a ``--model`` class (``user``: spec, args) must match a fresh
-    one. A one-line UserError otherwise."""
+    checking that it is what its class's ``forward`` expects: a model.py Classifier must have
+    the module tree of a fresh one of the inferred widths and run, a ``--model`` class must
+    match the freshly built one, a torchvision model must run on a shape-only input. A
+    one-line UserError naming the pickled class otherwise."""
     model = unpickled.obj
     if isinstance(model, nn.DataParallel):  # saved from a multi-GPU run
         model = model.module
@@ -54,27 +70,47 @@ def checked_module(
     arch["unpickler"] = unpickled.unpickler
     try:
         model.eval()
-        if cls is Classifier:
+        if user is not None and cls is type(user.model):
+            _check_same_tree(model, user.model, f"--model {user.spec}")
+        elif cls is Classifier:
             arch |= _check_classifier(model)
-        elif isinstance(model, StandIn):
-            _check_stand_ins(model)
-        elif user is not None and pickled in unpickled.stand_ins:
-            _check_same_tree(model, _construct(cls, user[1]), f"--model {user[0]}")
+        elif cls.__module__.startswith("torchvision."):
+            _check_forward_shapes(model)
     except UserError as err:
         raise UserError(
-            f"{path}: the pickled {pickled} does not load as {loaded_as}: {err}"
+            f"{path}: the pickled {pickled} does not load as {loaded_as}: {err}{_hint(pickled)}"
         ) from None
-    except Exception as err:  # an attribute the stand-in needs is missing or of the wrong kind
+    except Exception as err:  # an attribute its forward needs is missing or of the wrong kind
         raise UserError(
             f"{path}: the pickled {pickled} is not a working {loaded_as}: {first_line(err)}"
+            + _hint(pickled)
         ) from None
     return model, arch
 
 
+def _hint(pickled: str) -> str:
+    if not is_students(pickled):
+        return ""
+    name = pickled.rpartition(".")[2]
+    return (
+        f"; pass the file that defines it (--model path/to/file.py:{name}), or rerun with "
+        "--trust-pickle only if you trust the file"
+    )
+
+
+def _check_forward_shapes(model: nn.Module, side: int = 224) -> None:
+    """A forward on shape-only (meta) tensors: every attribute ``forward`` uses must be there,
+    at no cost in memory or time."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = conv.in_channels if conv is not None else 3
+    state = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict().items()}
+    x = torch.zeros(1, channels, side, side, device="meta")
+    with torch.inference_mode():
+        torch.func.functional_call(model, state, (x,))
+
+
 def _check_classifier(model: nn.Module) -> dict:
     args = infer_classifier_args(model.state_dict())
-    if not args:
-        raise UserError("it has no cnn.N / fc.N layers")
     with torch.device("meta"):  # only the structure is compared: no memory, no init
         fresh, args = model_py_classifier(args)
     _check_same_tree(model, fresh, "model.py's Classifier")
@@ -87,12 +123,6 @@ def _check_classifier(model: nn.Module) -> dict:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise UserError(f"its forward returns {shape}, not (1, {args['num_classes']})")
     return args
-
-
-def _check_stand_ins(model: nn.Module) -> None:
-    for name, module in model.named_modules():
-        if isinstance(module, StandIn) and (missing := module.missing_parts()):
-            raise UserError(f"{name or 'the model'} has no {', '.join(missing)}")
 
 
 def _check_same_tree(model: nn.Module, fresh: nn.Module, what: str) -> None:
@@ -117,19 +147,6 @@ def _tree(model: nn.Module) -> dict[str, str]:
 
 
 _INPLACE = re.compile(r"(, )?inplace=(True|False)")  # in-place or not, the same function
-
-
-def state_dict_of(obj: object) -> dict[str, torch.Tensor]:
-    """A bare state_dict, or the course's ``{"model_state_dict": ...}``."""
-    if isinstance(obj, dict) and isinstance(obj.get("model_state_dict"), dict):
-        obj = obj["model_state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(
-            "checkpoint is neither a state_dict nor a dict with 'model_state_dict'; "
-            "save it with torch.save(model.state_dict(), path)"
-        )
-    # torch.compile and DataParallel prefix every key; strip the known prefixes.
-    return {re.sub(r"^(_orig_mod\.|module\.)+", "", k): v for k, v in obj.items()}
 
 
 def infer_classifier_args(state: dict[str, torch.Tensor]) -> dict:
@@ -195,12 +212,25 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def import_model_class(spec: str) -> type[nn.Module]:
-    """``path/to/file.py:ClassName`` -> the class, imported from that file."""
-    file, sep, name = spec.rpartition(":")
-    path = Path(file)
-    if not sep or not name or path.suffix != ".py":
-        raise UserError(f"--model must look like path/to/file.py:ClassName, not {spec!r}")
+def import_model_builder(spec: str) -> Callable[..., object]:
+    """``path/to/file.py:NAME`` or ``package.module:NAME`` -> the class or function NAME, a
+    builder of the model (a class, or a factory like ``get_vgg_model`` or ``resnet18``)."""
+    where, sep, name = spec.rpartition(":")
+    if not sep or not name or not where:
+        raise UserError(
+            "--model must look like path/to/file.py:ClassName (or :function) or "
+            f"package.module:function, not {spec!r}"
+        )
+    module = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
+    builder = getattr(module, name, None)
+    if not callable(builder):
+        raise UserError(
+            f"--model: {where} defines no nn.Module subclass or function named {name!r}"
+        )
+    return builder
+
+
+def _import_file(path: Path) -> object:
     if not path.is_file():
         raise UserError(f"--model: {path} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"hw5_user_model_{path.stem}", path)
@@ -211,23 +241,36 @@ def import_model_class(spec: str) -> type[nn.Module]:
         module_spec.loader.exec_module(module)
     except Exception as err:
         raise UserError(f"--model: importing {path} failed: {type(err).__name__}: {err}") from None
-    cls = getattr(module, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise UserError(f"--model: {path} defines no nn.Module subclass named {name!r}")
-    return cls
+    return module
 
 
-def build_user_model(spec: str, args: dict) -> nn.Module:
-    return _construct(import_model_class(spec), args)
-
-
-def _construct(cls: type[nn.Module], args: dict) -> nn.Module:
+def _import_module(name: str) -> object:
+    if name == "torchvision" or name.startswith("torchvision."):
+        import_torchvision()
     try:
-        return cls(**args)
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise UserError(f"--model: cannot import {name}: {err}") from None
+
+
+def build_user_model(spec: str, args: dict | list | None = None) -> UserModel:
+    """``--model`` built with ``--model-args`` (a JSON object: keyword arguments; a list:
+    positional ones); whatever it returns must be an nn.Module."""
+    builder = import_model_builder(spec)
+    args = args if args is not None else {}
+    name = getattr(builder, "__name__", spec)
+    shown = f"{name}(**{args})" if isinstance(args, dict) else f"{name}(*{args})"
+    try:
+        model = builder(**args) if isinstance(args, dict) else builder(*args)
     except TypeError as err:
+        raise UserError(f"--model: {shown} failed: {err}; see --model-args") from None
+    except Exception as err:
+        raise UserError(f"--model: {shown} raised {first_line(err)}") from None
+    if not isinstance(model, nn.Module):
         raise UserError(
-            f"--model: {cls.__name__}(**{args}) failed: {err}; see --model-args"
-        ) from None
+            f"--model: {shown} returned a {type(model).__name__}, not an nn.Module"
+        )
+    return UserModel(spec, args, model)
 
 
 def load_classifier(
@@ -235,40 +278,84 @@ def load_classifier(
     *,
     trust_pickle: bool = False,
     model_spec: str | None = None,
-    model_args: dict | None = None,
+    model_args: dict | list | None = None,
+    checkpoint_key: str | None = None,
 ) -> LoadedModel:
-    """Load a checkpoint: a state_dict into the HW3 ``Classifier`` or into the user's
-    ``file.py:Class`` (``model_spec``), TorchScript, or a whole pickled model, which loads
-    weights-only into local stand-ins (``unpickle``) unless only ``trust_pickle`` can load it."""
+    """Load a checkpoint: a state_dict, in whatever container holds it, into the HW3
+    ``Classifier`` or into the user's ``--model`` (``model_spec``), TorchScript, or a whole
+    pickled model, which loads weights-only (``unpickle``) unless only ``trust_pickle`` can
+    load it. Non-finite weights are named in one warning and in ``architecture``."""
     fmt = checkpoint_format(path)
     digest = file_sha256(path)
     if fmt == "torchscript":
         model = load_torchscript(path)
         return LoadedModel(model.eval(), None, None, {"torchscript": True}, digest)
-    user_cls = import_model_class(model_spec) if model_spec else None
-    unpickled = unpickle(path, fmt, trust_pickle=trust_pickle, user_cls=user_cls)
+    user = build_user_model(model_spec, model_args) if model_spec else None
+    built = user.model if user else None
+    unpickled = unpickle(path, fmt, trust_pickle=trust_pickle, user=built)
     if isinstance(unpickled.obj, nn.Module):
-        user = (model_spec, dict(model_args or {})) if model_spec else None
         try:
             model, arch = checked_module(path, unpickled, user)
-        except UserError:  # a stand-in that does not fit: the class itself may be importable
+        except UserError:  # a class that does not fit: the file's own class may be importable
             if not (trust_pickle and unpickled.unpickler != "full" and unpickled.stand_ins):
                 raise
-            model, arch = checked_module(path, full_unpickle(path, user_cls), user)
-        return LoadedModel(model.eval(), None, None, arch, digest)
+            model, arch = checked_module(path, full_unpickle(path, built), user)
+        return _loaded(model, None, None, arch, digest)
     obj = unpickled.obj
     meta = obj.get("hw5", {}) if isinstance(obj, dict) else {}
-    state = state_dict_of(obj)
-    if user_cls is not None and model_spec:
-        args = dict(model_args or {})
-        model = _construct(user_cls, args)
-        args = {"model": model_spec, "args": args}
+    recorded = meta.get("architecture") if isinstance(meta, dict) else None
+    if user is not None:
+        found = find_state_dict(obj, lambda s: _fits(user.model, s), checkpoint_key)
+        model, args = user.model, {"model": user.spec, "args": user.args}
     else:
-        model, args = model_py_classifier(meta.get("architecture") or infer_classifier_args(state))
-    load_into(model, state)
+        found = find_state_dict(obj, lambda s: _fits_classifier(s, recorded), checkpoint_key)
+        model, args = model_py_classifier(recorded or infer_classifier_args(found.state))
+    load_into(model, found.state)
     pre = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else None
     classes = tuple(meta["classes"]) if "classes" in meta else None
-    return LoadedModel(model.eval(), classes, pre, dict(args), digest)
+    return _loaded(model, classes, pre, dict(args) | found.record(), digest)
+
+
+def _loaded(
+    model: nn.Module,
+    classes: tuple[str, ...] | None,
+    pre: Preprocess | None,
+    arch: dict,
+    digest: str,
+) -> LoadedModel:
+    """The LoadedModel, its non-finite weights named once (log warning and ``architecture``)."""
+    bad = [
+        name
+        for name, t in model.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        more = f" (+{len(bad) - 8} more)" if len(bad) > 8 else ""
+        log.warning(
+            "the checkpoint has non-finite weights in %s%s: every figure of this model will "
+            'say "not finite"',
+            ", ".join(bad[:8]),
+            more,
+        )
+        arch = arch | {"non_finite_weights": bad}
+    return LoadedModel(model.eval(), classes, pre, arch, digest)
+
+
+def _fits(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """The same keys, each tensor of the same shape."""
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(own[k].shape == v.shape for k, v in state.items())
+
+
+def _fits_classifier(state: dict[str, torch.Tensor], recorded: dict | None) -> bool:
+    """Whether ``state`` fits model.py's Classifier of the widths recorded or inferred."""
+    args = recorded or infer_classifier_args(state)
+    try:
+        with torch.device("meta"):  # only the shapes are compared: no memory, no init
+            model, _ = model_py_classifier(args)
+    except UserError:
+        return False
+    return _fits(model, state)
 
 
 def save_checkpoint(

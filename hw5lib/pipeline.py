@@ -150,6 +150,8 @@ def parameters(cfg: RunConfig) -> dict:
     params["model"] = model_spec_name(cfg.model) if cfg.model else None
     if cfg.threads is None:  # torch's own choice: the manifest stays as before the option
         params.pop("threads")
+    if cfg.checkpoint_key is None:  # the one state_dict that fits: as before the option
+        params.pop("checkpoint_key")
     return params
 
 

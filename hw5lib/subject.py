@@ -302,6 +302,7 @@ def prepare(
         trust_pickle=cfg.trust_pickle,
         model_spec=cfg.model,
         model_args=cfg.model_args,
+        checkpoint_key=cfg.checkpoint_key,
     )
     model = loaded.model.to(device).eval()
     if device.type == "cpu" and not isinstance(model, torch.jit.ScriptModule):

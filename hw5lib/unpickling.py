@@ -1,14 +1,19 @@
 """Unpickling a checkpoint without running code from it: torch's weights-only unpickler with an
-allow-list of torch.nn layers and local stand-ins matched by name; a full unpickle only by opt-in."""
+allow-list of every torch.nn layer, torchvision's model classes, numpy scalars, and the student's
+own classes mapped to model.py's or ``--model``'s; a full unpickle only by opt-in."""
 
 from __future__ import annotations
 
 import _compat_pickle
+import functools
+import importlib
 import io
 import logging
 import pickle
 import pickletools
+import pkgutil
 import re
+import sys
 import types
 import warnings
 import zipfile
@@ -18,74 +23,55 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 import model as model_py
 
 from .errors import UserError
-from .standins import TORCHVISION
+from .tv import VERSION as TORCHVISION_VERSION
+from .tv import import_torchvision
 
 log = logging.getLogger(__name__)
 
 
-# torch.nn classes a whole-model pickle may name, allowed as themselves: unpickling one calls
-# only its __new__ and Module.__setstate__, and every attribute it receives is itself something
-# the weights-only unpickler allows. An explicit list, no wildcard. What else such a pickle names
-# (collections.OrderedDict, builtins.set, torch._utils._rebuild_parameter and
-# _rebuild_tensor_v2, torch.FloatStorage, ...) torch allows by default.
-SAFE_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Sequential,
-    nn.ModuleList,
-    nn.ModuleDict,
-    nn.Identity,
-    nn.Flatten,
-    nn.Conv2d,
-    nn.ConvTranspose2d,
-    nn.Linear,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.InstanceNorm2d,
-    nn.LocalResponseNorm,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Softmax,
-    nn.LogSoftmax,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-    nn.ZeroPad2d,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.AlphaDropout,
-    nn.DataParallel,  # unwrapped after loading
-)
+@functools.cache
+def torch_nn_classes() -> tuple[type[nn.Module], ...]:
+    """Every module class torch.nn defines (each ``torch.nn.modules.*`` file's, and
+    DataParallel), allowed as themselves: unpickling one calls only its ``__new__`` and
+    ``Module.__setstate__``, and every attribute it receives is itself something the
+    weights-only unpickler allows. Computed from torch.nn, so a layer torch adds is allowed too;
+    only classes torch.nn itself defines, never a subclass defined elsewhere."""
+    classes: set[type[nn.Module]] = {nn.DataParallel}  # unwrapped after loading
+    for info in pkgutil.iter_modules(nn.modules.__path__, "torch.nn.modules."):
+        module = importlib.import_module(info.name)
+        classes |= {
+            v
+            for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == info.name
+        }
+    return tuple(sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}"))
+
+
+def numpy_scalar_globals() -> list[Any]:
+    """What a pickled numpy scalar (an ``"acc": np.float64(0.9)`` beside the weights) names:
+    numpy's ``scalar(dtype, bytes)`` and ``dtype``, which build a number and nothing else."""
+    dtypes = {type(np.dtype(c)) for c in np.typecodes["All"] if c not in "OMmV"}  # no objects
+    return [np.float64(0).__reduce__()[0], np.dtype, *sorted(dtypes, key=str)]
 
 
 @dataclass(frozen=True)
 class Unpickled:
     obj: object
-    stand_ins: dict[str, type]  # pickled class name -> the local class it was loaded as
+    stand_ins: dict[str, type]  # pickled class name -> the class it was loaded as, where not its own
     unpickler: str  # "weights_only", "allowlist" (legacy whole models) or "full" (--trust-pickle)
 
 
-def pickled_globals(path: Path, fmt: str) -> set[str]:
-    """``module.name`` of every class or function the checkpoint's pickle names, found by
-    pickletools, which only parses. Empty if it cannot parse (torch.load will say why)."""
+def pickled_globals(path: Path, fmt: str) -> list[str]:
+    """``module.name`` of every class or function the checkpoint's pickle names, in the order it
+    names them, found by pickletools, which only parses. Empty if it cannot parse (torch.load
+    will say why)."""
     try:
         if fmt == "zip":
             with zipfile.ZipFile(path) as zf:
@@ -94,58 +80,118 @@ def pickled_globals(path: Path, fmt: str) -> set[str]:
         with open(path, "rb") as f:  # magic number, protocol, sys_info, then the object
             return _globals_in(f, pickles=4)
     except Exception:  # a malformed pickle is torch.load's to report
-        return set()
+        return []
 
 
-def _globals_in(stream: IO[bytes], *, pickles: int) -> set[str]:
-    found: set[str] = set()
+def _globals_in(stream: IO[bytes], *, pickles: int) -> list[str]:
+    found: dict[str, None] = {}
     for _ in range(pickles):
-        ops = pickletools.genops(stream)
-        found |= {str(arg).replace(" ", ".", 1) for op, arg, _ in ops if op.name == "GLOBAL"}
+        for op, arg, _ in pickletools.genops(stream):
+            if op.name == "GLOBAL":
+                found.setdefault(str(arg).replace(" ", ".", 1))
+    return list(found)
+
+
+# Packages whose names in a pickle are never a student's model class.
+_NOT_STUDENTS = frozenset({"torch", "torchvision", "numpy", "__builtin__", "copy_reg"})
+
+
+def is_students(pickled: str) -> bool:
+    """Whether a pickled name can be a student's own class (``__main__.Net``, ``hw3.MyCNN``):
+    not torch's, torchvision's or numpy's, not the standard library's (``posix.system``)."""
+    top = pickled.partition(".")[0]
+    return top not in _NOT_STUDENTS and top not in sys.stdlib_module_names
+
+
+def load_as(
+    names: list[str], user: nn.Module | None = None
+) -> dict[str, type[nn.Module]]:
+    """The class each pickled student or torchvision class loads as. The first student class the
+    pickle names is the model itself: it loads as the ``--model`` class (``user``, built), or
+    else as model.py's class of that name or its ``Classifier``, and is then checked against a
+    fresh one. Other student classes (blocks) load as the class of that name in the ``--model``
+    file or model.py. torchvision's load as themselves. Anything else is left for torch to
+    refuse."""
+    students = [n for n in names if is_students(n)]
+    found = {n: cls for n in names if n.startswith("torchvision.") and (cls := _torchvision(n))}
+    for i, pickled in enumerate(students):
+        if cls := _students_class(pickled, user, top=i == 0):
+            found[pickled] = cls
     return found
 
 
-def stand_in_for(pickled: str, user_cls: type[nn.Module] | None = None) -> type[nn.Module] | None:
-    """The local class a pickled class loads as, matched by name: the ``--model`` class of that
-    name, a torchvision stand-in, or model.py's class of that name (``__main__.Classifier``,
-    ``hw3.Classifier``: HW3's ``torch.save(model, path)`` from a script or notebook)."""
-    module, _, name = pickled.rpartition(".")
-    if module == "torch" or module.startswith("torch."):
-        return None
-    if user_cls is not None and name == user_cls.__name__:
-        return user_cls
-    if pickled in TORCHVISION:
-        return TORCHVISION[pickled]
+def _students_class(pickled: str, user: nn.Module | None, *, top: bool) -> type[nn.Module] | None:
+    name = pickled.rpartition(".")[2]
+    if user is not None:
+        if top:
+            return type(user)
+        module = sys.modules.get(type(user).__module__)
+        classes = {type(m).__name__: type(m) for m in user.modules()}
+        cls = classes.get(name, getattr(module, name, None))
+        return cls if isinstance(cls, type) and issubclass(cls, nn.Module) else None
     cls = getattr(model_py, name, None)
+    if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == "model":
+        return cls
+    return model_py.Classifier if top else None
+
+
+def _torchvision(pickled: str) -> type[nn.Module] | None:
+    """torchvision's own class of that name (``torchvision.models.resnet.ResNet``), if it has
+    one: only modules torchvision has imported itself are looked in, nothing is imported by
+    name from the file."""
+    import_torchvision()
+    module, _, name = pickled.rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
     is_model = isinstance(cls, type) and issubclass(cls, nn.Module)
-    return cls if is_model and cls.__module__ == model_py.__name__ else None
+    return cls if is_model and cls.__module__.startswith("torchvision.") else None
 
 
 def unpickle(
-    path: Path, fmt: str, *, trust_pickle: bool = False, user_cls: type[nn.Module] | None = None
+    path: Path, fmt: str, *, trust_pickle: bool = False, user: nn.Module | None = None
 ) -> Unpickled:
-    """Unpickling that runs no code from the file, with ``SAFE_LAYERS`` and stand-ins allowed
-    under the names the file uses; anything else needs ``trust_pickle`` and a full unpickle."""
+    """Unpickling that runs no code from the file, with every torch.nn layer, torchvision's
+    models, numpy scalars and ``load_as``'s classes allowed under the names the file uses;
+    anything else needs ``trust_pickle`` and a full unpickle."""
     names = pickled_globals(path, fmt)
-    stand_ins = {n: cls for n in sorted(names) if (cls := stand_in_for(n, user_cls))}
+    if any(n.startswith("torchvision.") for n in names) and not trust_pickle:
+        import_torchvision()  # its absence is one line, before torch names a class it needs
+    stand_ins = load_as(names, user)
     try:
         with _torch_errors(path):
             obj, how = _safe_load(path, fmt, stand_ins)
-        return Unpickled(obj, stand_ins, how)
+        return Unpickled(obj, {n: c for n, c in stand_ins.items() if _renamed(n, c)}, how)
     except pickle.UnpicklingError as err:
         needs = _refused_global(str(err))
         if not trust_pickle:
-            raise UserError(
-                f"{path} is a pickled model that needs {needs}; unpickling that would run code "
-                "from the file, so it is off by default: rerun with --trust-pickle only if you "
-                "trust the file, or save model.state_dict() instead"
-            ) from None
+            raise UserError(_refusal(path, needs)) from None
         log.info("%s needs %s: unpickling it in full (--trust-pickle)", path, needs)
-    return full_unpickle(path, user_cls)
+    return full_unpickle(path, user)
+
+
+def _renamed(pickled: str, cls: type) -> bool:
+    return pickled != f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _refusal(path: Path, needs: str) -> str:
+    """The one line refusing a pickle that names ``needs``."""
+    if is_students(needs) and needs.rpartition(".")[2][:1].isupper():  # a class of theirs
+        name = needs.rpartition(".")[2]
+        return (
+            f"{path} is a pickled model that needs the class {needs}, which hw5 cannot load "
+            f"without running code from the file: pass the file that defines it (--model "
+            f"path/to/file.py:{name}), or rerun with --trust-pickle only if you trust the file, "
+            "or save model.state_dict() instead"
+        )
+    return (
+        f"{path} is a pickled model that needs {needs}; unpickling that would run code "
+        "from the file, so it is off by default: rerun with --trust-pickle only if you "
+        "trust the file, or save model.state_dict() instead"
+    )
 
 
 def _safe_load(path: Path, fmt: str, stand_ins: dict[str, type]) -> tuple[object, str]:
-    allowed = [*SAFE_LAYERS, *((cls, n) for n, cls in stand_ins.items())]
+    allowed = [*torch_nn_classes(), *numpy_scalar_globals()]
+    allowed += [(cls, n) for n, cls in stand_ins.items()]  # under the name the file uses
     with torch.serialization.safe_globals(allowed):
         try:
             return _torch_load(path, weights_only=True), "weights_only"
@@ -211,21 +257,26 @@ def _torch_errors(path: Path) -> Iterator[None]:
     """torch.load's failures on a damaged file as one-line UserErrors; UnpicklingError passes."""
     try:
         yield
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError) as err:
         msg = str(err).partition("\n")[0] or type(err).__name__
         raise UserError(f"cannot read checkpoint {path}: {msg}") from None
 
 
-def full_unpickle(path: Path, user_cls: type[nn.Module] | None) -> Unpickled:
+def full_unpickle(path: Path, user: nn.Module | None) -> Unpickled:
     """Plain unpickling (runs code from the file); a class that cannot be imported, like
-    ``__main__.Classifier`` of the training script, resolves through ``stand_in_for``."""
+    ``__main__.Classifier`` of the training script, resolves through ``load_as``."""
+    stand_ins = load_as(pickled_globals(path, _format_of(path)), user)
     resolved: dict[str, type] = {}
 
     def fallback(module: str, name: str) -> Any:
         pickled = f"{module}.{name}"
-        cls = stand_in_for(pickled, user_cls)
+        cls = stand_ins.get(pickled)
         if cls is None:
-            hint = "pip install torchvision, or pass" if module.startswith("torchvision") else ""
+            hint = (
+                f"pip install torchvision=={TORCHVISION_VERSION}, or pass"
+                if module.startswith("torchvision")
+                else ""
+            )
             raise UserError(
                 f"{path} needs the class {pickled}, which is not defined here: "
                 f"{hint or 'pass'} the file that defines it: --model path/to/file.py:{name}"
@@ -241,6 +292,10 @@ def full_unpickle(path: Path, user_cls: type[nn.Module] | None) -> Unpickled:
     except Exception as err:  # unpickling runs arbitrary code: any error can come out of it
         raise UserError(f"cannot unpickle {path}: {first_line(err)}") from None
     return Unpickled(obj, resolved, "full")
+
+
+def _format_of(path: Path) -> str:
+    return "zip" if zipfile.is_zipfile(path) else "legacy"
 
 
 def _importing_unpickler(fallback: Callable[[str, str], Any]) -> type[pickle.Unpickler]:

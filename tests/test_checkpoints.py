@@ -1,6 +1,6 @@
 """Checkpoint files students actually have: files that are no checkpoint at all, whole-model
 pickles of the HW3 Classifier and of torchvision's AlexNet, VGG and ResNet (loaded weights-only
-into local stand-ins, without torchvision), and pickles that would run code."""
+into torchvision's own classes), and pickles that would run code."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.serialization import MAGIC_NUMBER
 
-from hw5lib import standins
 from hw5lib.checkpoints import checkpoint_format
 from hw5lib.errors import UserError
 from hw5lib.models import load_classifier
+from hw5lib.tv import import_torchvision
 from model import Classifier
 from tests.pickles import save_as
 from tests.zoo import AlexNetLike
@@ -305,54 +305,69 @@ def test_hw3_classifier_pickled_by_a_script_loads_weights_only_as_model_classifi
     assert not hasattr(sys.modules["__main__"], "Classifier")  # nothing was added to __main__
 
 
-TORCHVISION = {  # case -> (model, its classes' torchvision names, stand-in, input size)
+TORCHVISION = {  # case -> (narrow model, its classes' torchvision names, input size)
     "alexnet": (
         lambda: AlexNetLike(num_classes=3, width=4),
         {AlexNetLike: "torchvision.models.alexnet.AlexNet"},
-        standins.AlexNet,
         64,
     ),
     "vgg_bn": (
         lambda: VGG(make_vgg_features([4, "M", 8, "M", 8, 8, "M"], batch_norm=True)),
         {VGG: "torchvision.models.vgg.VGG"},
-        standins.VGG,
         32,
     ),
     "resnet_basic": (
         lambda: ResNet(BasicBlock),
         {ResNet: "torchvision.models.resnet.ResNet", BasicBlock: "torchvision.models.resnet.BasicBlock"},
-        standins.ResNet,
         32,
     ),
     "resnet_bottleneck": (
         lambda: ResNet(Bottleneck),
         {ResNet: "torchvision.models.resnet.ResNet", Bottleneck: "torchvision.models.resnet.Bottleneck"},
-        standins.ResNet,
         32,
     ),
 }  # fmt: skip
 
 
+def torchvision_class(name: str) -> type:
+    module, _, cls = name.rpartition(".")
+    import_torchvision()
+    return getattr(sys.modules[module], cls)
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("case", list(TORCHVISION))
-def test_torchvision_pickles_load_into_stand_ins_without_torchvision(tmp_path, case, legacy):
-    build, names, stand_in, size = TORCHVISION[case]
+def test_torchvision_pickles_load_into_torchvisions_own_classes(tmp_path, case, legacy):
+    build, names, size = TORCHVISION[case]
     model = seeded(build())
     path = save_as(
         tmp_path / f"{case}.pth", model, names, _use_new_zipfile_serialization=not legacy
     )
     loaded = load_classifier(path)
-    assert type(loaded.model) is stand_in
+    top = next(iter(names.values()))
+    assert type(loaded.model) is torchvision_class(top)
     want = [(n, type(m).__name__) for n, m in model.named_modules() if n]
     assert [(n, type(m).__name__) for n, m in loaded.model.named_modules() if n] == want
+    blocks = {type(m) for m in loaded.model.modules()} - {type(loaded.model)}
+    assert all(c.__module__.startswith(("torch.nn.", "torchvision.")) for c in blocks)
     torch.testing.assert_close(loaded.model(images(size)), model(images(size)), rtol=0, atol=0)
-    top = next(iter(names.values()))
     assert loaded.architecture == {
         "pickled_class": top,
-        "loaded_as": f"hw5lib.standins.{stand_in.__name__}",
+        "loaded_as": top,
         "unpickler": "allowlist" if legacy else "weights_only",
     }
-    assert "torchvision" not in sys.modules
+
+
+def test_a_real_torchvision_resnet18_pickle_loads_into_torchvisions_class(tmp_path):
+    models = import_torchvision().models
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = models.resnet18(num_classes=3).eval()
+    torch.save(model, tmp_path / "resnet18.pth")
+    loaded = load_classifier(tmp_path / "resnet18.pth")
+    assert type(loaded.model) is models.ResNet
+    torch.testing.assert_close(loaded.model(images(64)), model(images(64)), rtol=0, atol=0)
+    assert loaded.architecture["unpickler"] == "weights_only"
 
 
 def test_torch_nn_containers_and_data_parallel_load_as_themselves(tmp_path):
@@ -378,11 +393,12 @@ def test_a_main_classifier_with_other_layers_is_refused_in_one_line(tmp_path):
     assert "__main__.Classifier" in msg and "fc.2" in msg and "Dropout" in msg
 
 
-def test_a_stand_in_missing_a_part_is_refused_in_one_line(tmp_path):
+def test_a_torchvision_model_missing_a_part_is_refused_in_one_line(tmp_path):
     model = VGG(make_vgg_features([8, "M"], batch_norm=False))
     del model.avgpool
     path = save_as(tmp_path / "vgg.pth", model, {VGG: "torchvision.models.vgg.VGG"})
-    assert "has no avgpool" in one_line_error(path)
+    msg = one_line_error(path)
+    assert "torchvision.models.vgg.VGG" in msg and "avgpool" in msg
 
 
 # --------------------------------------------------------------------------- refused, and trusted
