@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--model-args",
         help="JSON arguments for --model: an object of keyword arguments, e.g. "
-        "'{\"num_classes\": 7}', or a list of positional ones, e.g. '[\"C\", \"C\"]'",
+        '\'{"num_classes": 7}\', or a list of positional ones, e.g. \'["C", "C"]\'',
     )
     r.add_argument(
         "--checkpoint-url",
@@ -285,7 +285,7 @@ def parse_model_args(text: str | None) -> dict | list:
     if not isinstance(value, dict | list):
         raise UserError(
             "--model-args must be a JSON object or list, e.g. '{\"num_classes\": 7}' or "
-            "'[\"C\", \"C\"]'"
+            '\'["C", "C"]\''
         )
     return value
 

@@ -267,9 +267,7 @@ def build_user_model(spec: str, args: dict | list | None = None) -> UserModel:
     except Exception as err:
         raise UserError(f"--model: {shown} raised {first_line(err)}") from None
     if not isinstance(model, nn.Module):
-        raise UserError(
-            f"--model: {shown} returned a {type(model).__name__}, not an nn.Module"
-        )
+        raise UserError(f"--model: {shown} returned a {type(model).__name__}, not an nn.Module")
     return UserModel(spec, args, model)
 
 

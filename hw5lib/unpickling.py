@@ -64,7 +64,7 @@ def numpy_scalar_globals() -> list[Any]:
 @dataclass(frozen=True)
 class Unpickled:
     obj: object
-    stand_ins: dict[str, type]  # pickled class name -> the class it was loaded as, where not its own
+    stand_ins: dict[str, type]  # pickled name -> the class it loaded as, where not its own
     unpickler: str  # "weights_only", "allowlist" (legacy whole models) or "full" (--trust-pickle)
 
 
@@ -103,9 +103,7 @@ def is_students(pickled: str) -> bool:
     return top not in _NOT_STUDENTS and top not in sys.stdlib_module_names
 
 
-def load_as(
-    names: list[str], user: nn.Module | None = None
-) -> dict[str, type[nn.Module]]:
+def load_as(names: list[str], user: nn.Module | None = None) -> dict[str, type[nn.Module]]:
     """The class each pickled student or torchvision class loads as. The first student class the
     pickle names is the model itself: it loads as the ``--model`` class (``user``, built), or
     else as model.py's class of that name or its ``Classifier``, and is then checked against a

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from hw5lib.cli import main
 from hw5lib.data import Preprocess
@@ -96,13 +95,12 @@ def test_pickled_model_without_flag_fails_in_one_line(catdog, tmp_path, capsys) 
 
 
 def test_catdog_preset_shows_cams_for_both_classes_on_named_images(catdog, tmp_path) -> None:
-    """Out of the box: a torchvision AlexNet pickle, no torchvision, no --trust-pickle."""
+    """Out of the box: a torchvision AlexNet pickle, no flag, no --trust-pickle."""
     root, path = catdog
     out = tmp_path / "out"
     assert report(root, out, "--preset", "catdog", "--checkpoint", path) == 0
-    assert "torchvision" not in sys.modules
     man = manifest(out)
-    assert man["model"]["architecture"]["loaded_as"] == "hw5lib.standins.AlexNet"
+    assert man["model"]["architecture"]["loaded_as"] == "torchvision.models.alexnet.AlexNet"
     names = [Path(p).name for p in man["dataset"]["images"]]
     assert names[-3:] == ["dog.jpg", "cat.jpg", "both.jpg"]
     assert man["preprocess"]["mean"] == [0.485, 0.456, 0.406] and man["model"]["input"] == [
@@ -241,29 +239,25 @@ def test_flat_image_list_needs_no_data_folder(small_sample, tiny_checkpoint, tmp
     assert [Path(p).name for p in manifest(out)["dataset"]["images"]] == [p.name for p in images]
 
 
-def test_pickle_needing_torchvision_says_how_to_install_it(tmp_path, monkeypatch, capsys) -> None:
-    # A stand-in package named torchvision pickles a model, then disappears, as on a machine
-    # without torchvision: loading must name the missing package and the pip command.
-    pkg = tmp_path / "site" / "torchvision"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "models.py").write_text(
-        "from torch import nn\nclass AlexNet(nn.Sequential):\n    pass\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    import importlib
-    import sys
+@pytest.mark.parametrize("trust", [False, True])
+def test_pickle_needing_torchvision_says_how_to_install_it(
+    catdog, tmp_path, monkeypatch, capsys, trust
+) -> None:
+    # On a machine without torchvision (None in sys.modules makes its import fail), a
+    # torchvision pickle names the missing package and the pip command, trusted or not.
+    from hw5lib.tv import import_torchvision
 
-    models = importlib.import_module("torchvision.models")
-    path = tmp_path / "alexnet.pth"
-    torch.save(models.AlexNet(nn.Flatten(), nn.Linear(3 * 224 * 224, 2)), path)
-    for name in ("torchvision", "torchvision.models"):
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "site")])
-    code = report(tmp_path, tmp_path / "out", "--checkpoint", path, "--trust-pickle")
+    root, path = catdog
+    import_torchvision.cache_clear()
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    try:
+        flags = ["--trust-pickle"] if trust else []
+        code = report(root, tmp_path / "out", "--preset", "catdog", "--checkpoint", path, *flags)
+    finally:
+        import_torchvision.cache_clear()
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert "torchvision" in err[0] and "pip install torchvision" in err[0]
+    assert "torchvision" in err[0] and "pip install torchvision==0.28.0" in err[0]
 
 
 def test_seed_001_architecture_runs_every_stage_at_its_report_layers(tmp_path) -> None:
