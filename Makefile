@@ -7,10 +7,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test report clean
 
-# torch pinned in the same call: pip then takes the local CPU wheel, not a multi-GB CUDA build.
+# torch and torchvision pinned in the same call: pip then takes the local CPU wheel of torch, not
+# a multi-GB CUDA build (torchvision's own dependencies are numpy and pillow).
 $(BIN)/.core: requirements.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 torchvision==0.28.0 \
+		-r requirements.txt
 	touch $@
 
 $(BIN)/.dev: $(BIN)/.core requirements-dev.txt

@@ -35,10 +35,12 @@ bundled checkpoint trained on it.
 
 Checkpoint: --checkpoint PATH, else $HW5_CHECKPOINT, else --checkpoint-url (or
 $HW5_CHECKPOINT_URL) is downloaded once with gdown into checkpoints/. Checkpoints load with
-torch.load(weights_only=True): a bare state_dict, {"model_state_dict": ...}, or a whole pickled
-HW3 Classifier (any module name, __main__ included) or torchvision AlexNet/VGG/ResNet, loaded
-into local classes without running code from the file. Any other pickled class is refused
-unless you pass --trust-pickle (unpickling it runs code from the file).
+torch.load(weights_only=True, map_location="cpu"): a state_dict, bare or in any training dict
+(the one dict of tensors that fits; module./_orig_mod./model. key prefixes stripped;
+--checkpoint-key picks one of several), or a whole pickled model of torch.nn layers, torchvision
+classes, or your own class under any module name (__main__ included) loaded into model.py's
+Classifier or --model when its layers match, without running code from the file. Anything else
+is refused unless you pass --trust-pickle (unpickling it runs code from the file).
 
 Preprocessing must match how the checkpoint was trained. Checkpoints written by `hw5.py train`
 record it; otherwise the defaults are the HW3 sample code's: resize to 128x128, scale to [0,1],

@@ -498,7 +498,7 @@ def test_url_serving_a_web_page_is_an_error_and_is_not_cached_as_a_checkpoint(
 
 
 def pickled_model(tmp: Path) -> Path:
-    """A whole model of a class hw5 has no stand-in for: loading it would run its code."""
+    """A whole model of a class neither model.py nor --model defines: loading it would run its code."""
     from tests.zoo import AlexNetLike
 
     path = tmp / "whole_model.pt"
