@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import UserError
 
@@ -47,6 +47,24 @@ def tensor_dicts(obj: object, key: str | None = None) -> Iterator[tuple[str | No
     elif isinstance(obj, list | tuple):
         for i, v in enumerate(obj):
             yield from tensor_dicts(v, f"{key}.{i}" if key is not None else str(i))
+
+
+def module_in(obj: object) -> tuple[str | None, nn.Module] | None:
+    """The one whole model a training dict holds (``{"model": model, "optimizer": ...}``), with
+    its dotted key; ``(None, obj)`` for a model itself; None where there is none or several."""
+    found = list(_modules(obj))
+    return found[0] if len(found) == 1 else None
+
+
+def _modules(obj: object, key: str | None = None) -> Iterator[tuple[str | None, nn.Module]]:
+    if isinstance(obj, nn.Module):
+        yield key, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _modules(v, f"{key}.{k}" if key is not None else str(k))
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from _modules(v, f"{key}.{i}" if key is not None else str(i))
 
 
 def strippings(state: dict[str, Tensor]) -> list[tuple[str, dict[str, Tensor]]]:

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from model import Classifier
 
 from .checkpoints import checkpoint_format, file_sha256, load_torchscript
-from .containers import find_state_dict
+from .containers import find_state_dict, module_in
 from .data import Preprocess
 from .errors import UserError
 from .outputs import atomic_write_bytes
@@ -207,7 +207,9 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise UserError(
             f"checkpoint does not fit {type(model).__name__}: "
             + "; ".join(parts)
-            + " - pass the architecture it was trained with: --model path/to/file.py:ClassName"
+            + " - pass the architecture it was trained with: --model path/to/file.py:ClassName, "
+            "or the function that builds it (file.py:get_model, torchvision.models:resnet18) "
+            "with --model-args"
         )
     model.load_state_dict(state, strict=True)
 
@@ -233,6 +235,8 @@ def import_model_builder(spec: str) -> Callable[..., object]:
 def _import_file(path: Path) -> object:
     if not path.is_file():
         raise UserError(f"--model: {path} does not exist")
+    if "torchvision" in path.read_text(errors="replace"):  # its import needs hw5's care
+        import_torchvision()
     module_spec = importlib.util.spec_from_file_location(f"hw5_user_model_{path.stem}", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
@@ -291,13 +295,21 @@ def load_classifier(
     user = build_user_model(model_spec, model_args) if model_spec else None
     built = user.model if user else None
     unpickled = unpickle(path, fmt, trust_pickle=trust_pickle, user=built)
+    held = module_in(unpickled.obj)  # {"model": <whole model>, "optimizer": ...}
+    if held is not None:
+        unpickled = replace(unpickled, obj=held[1])
     if isinstance(unpickled.obj, nn.Module):
         try:
             model, arch = checked_module(path, unpickled, user)
         except UserError:  # a class that does not fit: the file's own class may be importable
             if not (trust_pickle and unpickled.unpickler != "full" and unpickled.stand_ins):
                 raise
-            model, arch = checked_module(path, full_unpickle(path, built), user)
+            full = full_unpickle(path, built)
+            if held is not None:
+                full = replace(full, obj=module_in(full.obj)[1])  # type: ignore[index]
+            model, arch = checked_module(path, full, user)
+        if held is not None and held[0] is not None:
+            arch["model_key"] = held[0]
         return _loaded(model, None, None, arch, digest)
     obj = unpickled.obj
     meta = obj.get("hw5", {}) if isinstance(obj, dict) else {}

@@ -161,7 +161,8 @@ def unpickle(
     except pickle.UnpicklingError as err:
         needs = _refused_global(str(err))
         if not trust_pickle:
-            raise UserError(_refusal(path, needs)) from None
+            top = next((n for n in names if is_students(n)), needs)
+            raise UserError(_refusal(path, needs, top)) from None
         log.info("%s needs %s: unpickling it in full (--trust-pickle)", path, needs)
     return full_unpickle(path, user)
 
@@ -170,10 +171,10 @@ def _renamed(pickled: str, cls: type) -> bool:
     return pickled != f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _refusal(path: Path, needs: str) -> str:
-    """The one line refusing a pickle that names ``needs``."""
+def _refusal(path: Path, needs: str, top: str) -> str:
+    """The one line refusing a pickle that names ``needs`` (``top``: its model's class)."""
     if is_students(needs) and needs.rpartition(".")[2][:1].isupper():  # a class of theirs
-        name = needs.rpartition(".")[2]
+        name = top.rpartition(".")[2]
         return (
             f"{path} is a pickled model that needs the class {needs}, which hw5 cannot load "
             f"without running code from the file: pass the file that defines it (--model "

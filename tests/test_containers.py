@@ -348,3 +348,36 @@ def test_finite_weights_record_nothing(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hw5lib.models"):
         loaded = load_classifier(tmp_path / "ok.pth")
     assert "non_finite_weights" not in loaded.architecture and not caplog.records
+
+
+def test_a_whole_model_inside_a_training_dict_loads(tmp_path):
+    model = narrow()
+    torch.save(
+        {"model": model, "optimizer": optimizer_state(narrow(1).train()), "epoch": np.int64(7)},
+        tmp_path / "whole.pth",
+    )
+    loaded = load_classifier(tmp_path / "whole.pth")
+    assert type(loaded.model) is Classifier and loaded.architecture["model_key"] == "model"
+    assert torch.equal(loaded.model(images()), model(images()))
+
+
+@pytest.mark.parametrize("name", ["__main__.MyCNN", "hw3.Net", "train_food.Classifier"])
+def test_the_course_classifier_under_any_class_name_loads_without_flags(tmp_path, name):
+    from tests.pickles import save_as
+
+    class Student(nn.Module):  # the course's layers, the student's name
+        def __init__(self) -> None:
+            super().__init__()
+            self.cnn = narrow().cnn
+            self.fc = narrow().fc
+
+        def forward(self, x: Tensor) -> Tensor:
+            out = self.cnn(x)
+            return self.fc(out.view(out.size()[0], -1))
+
+    model = Student().eval()
+    path = save_as(tmp_path / "m.pkl", model, {Student: name})
+    loaded = load_classifier(path)
+    assert type(loaded.model) is Classifier
+    assert loaded.architecture["pickled_class"] == name
+    assert torch.equal(loaded.model(images()), model(images()))
