@@ -84,11 +84,29 @@ def pickled_globals(path: Path, fmt: str) -> list[str]:
 
 
 def _globals_in(stream: IO[bytes], *, pickles: int) -> list[str]:
+    """GLOBAL's names (protocols 0-3, torch.save's default), and STACK_GLOBAL's (protocol 4+,
+    ``pickle_protocol=4``): the two strings pushed last, directly or from the memo."""
     found: dict[str, None] = {}
     for _ in range(pickles):
+        strings: list[str] = []
+        memo: dict[int, object] = {}
+        last: object = None
         for op, arg, _ in pickletools.genops(stream):
             if op.name == "GLOBAL":
                 found.setdefault(str(arg).replace(" ", ".", 1))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.setdefault(f"{strings[-2]}.{strings[-1]}")
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = last
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg)] = last
+            elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(
+                memo.get(int(arg)), str
+            ):
+                strings.append(str(memo[int(arg)]))
+            last = arg if isinstance(arg, str) and "UNICODE" in op.name else None
+            if last is not None:
+                strings.append(str(last))
     return list(found)
 
 
@@ -194,11 +212,12 @@ def _safe_load(path: Path, fmt: str, stand_ins: dict[str, type]) -> tuple[object
     with torch.serialization.safe_globals(allowed):
         try:
             return _torch_load(path, weights_only=True), "weights_only"
-        except pickle.UnpicklingError:
-            if fmt != "legacy":
+        except pickle.UnpicklingError as err:
+            if fmt != "legacy" and "Unsupported operand" not in str(err):
                 raise
         # torch's weights-only unpickler refuses the ("module", class, source) references of a
-        # legacy whole-model pickle; its rules, applied to Python's unpickler, read them.
+        # legacy whole-model pickle, and protocol 4's FRAME opcode (pickle_protocol=4); its
+        # rules, applied to Python's unpickler, read them.
         module = _pickle_module(_allowlist_unpickler())
         return _torch_load(path, weights_only=False, pickle_module=module), "allowlist"
 
@@ -240,6 +259,7 @@ def _allowlist_unpickler() -> type[pickle.Unpickler]:
 def _torch_load(path: Path, **kwargs: Any) -> object:
     with warnings.catch_warnings():  # the legacy format compares a class's source with its own
         warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
+        warnings.filterwarnings("ignore", "Detected pickle protocol")  # read by our unpickler
         return torch.load(path, map_location="cpu", **kwargs)
 
 

@@ -381,3 +381,24 @@ def test_the_course_classifier_under_any_class_name_loads_without_flags(tmp_path
     assert type(loaded.model) is Classifier
     assert loaded.architecture["pickled_class"] == name
     assert torch.equal(loaded.model(images()), model(images()))
+
+
+def test_a_student_pickle_of_protocol_4_names_its_class_too(tmp_path):
+    import pickletools
+
+    from tests.pickles import save_as
+
+    script = tmp_path / "net.py"
+    script.write_text(textwrap.dedent(STUDENT))
+    net_class = factory_module(script).Net
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = net_class().eval()
+    path = save_as(tmp_path / "p4.pkl", model, {net_class: "__main__.Net"}, pickle_protocol=4)
+    with zipfile.ZipFile(path) as zf:
+        data = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    ops = {op.name for op, _, _ in pickletools.genops(data)}
+    assert "STACK_GLOBAL" in ops and "GLOBAL" not in ops
+    loaded = load_classifier(path, model_spec=f"{script}:Net")
+    assert loaded.architecture["pickled_class"] == "__main__.Net"
+    assert torch.equal(loaded.model(images()), model(images()))
