@@ -402,3 +402,21 @@ def test_a_student_pickle_of_protocol_4_names_its_class_too(tmp_path):
     loaded = load_classifier(path, model_spec=f"{script}:Net")
     assert loaded.architecture["pickled_class"] == "__main__.Net"
     assert torch.equal(loaded.model(images()), model(images()))
+
+
+def test_the_cli_asks_for_checkpoint_key_in_one_line_and_takes_it(tmp_path, capsys):
+    from hw5lib.cli import main
+
+    path = tmp_path / "two.pth"
+    torch.save({"model": narrow(0).state_dict(), "ema": narrow(1).state_dict()}, path)
+    assert main(["layers", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hw5: error:") and "--checkpoint-key" in err[0]
+    assert main(["layers", "--checkpoint", str(path), "--checkpoint-key", "ema"]) == 0
+    assert "cnn.0" in capsys.readouterr().out
+    args = ["layers", "--checkpoint", str(path), "--checkpoint-key", "ema"]
+    assert (
+        main([*args, "--model", "torchvision.models:resnet18", "--model-args", '{"nope": 1}']) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resnet18(**{'nope': 1}) failed" in err[0] and "--model-args" in err[0]
