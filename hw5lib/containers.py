@@ -2,7 +2,7 @@
 tensors, at any key and depth, that fits the model (``{"net": ...}``, ``{"network": ...,
 "optimizer": ..., "epochs": ...}``, Lightning's ``{"state_dict": ...}``), with the prefixes
 DataParallel (``module.``), torch.compile (``_orig_mod.``) and Lightning (``model.``) put on
-every key stripped where that makes it fit. Numbers, strings and optimizer states beside it are
+every key stripped where that makes it fit, and then a wrapper module's name (``backbone.``). Numbers, strings and optimizer states beside it are
 ignored."""
 
 from __future__ import annotations
@@ -79,6 +79,25 @@ def strippings(state: dict[str, Tensor]) -> list[tuple[str, dict[str, Tensor]]]:
     return out
 
 
+def wrapper_stripped(state: dict[str, Tensor]) -> tuple[str, dict[str, Tensor]] | None:
+    """The state without the one attribute name every key starts with (``net.``,
+    ``backbone.``: a wrapper module of the student's own, Lightning's under another name)."""
+    first = {k.partition(".")[0] for k in state}
+    if len(first) != 1 or not all("." in k for k in state):
+        return None
+    p = f"{first.pop()}."
+    return p, {k[len(p) :]: v for k, v in state.items()}
+
+
+def _variants(state: dict[str, Tensor]) -> Iterator[tuple[str, dict[str, Tensor]]]:
+    """``strippings``, then with the wrapper's name stripped from the last of them."""
+    variants = strippings(state)
+    yield from variants
+    prefix, last = variants[-1]
+    if (wrapped := wrapper_stripped(last)) is not None and wrapped[0] not in PREFIXES:
+        yield prefix + wrapped[0], wrapped[1]
+
+
 def _shared_prefix(state: dict[str, Tensor]) -> str | None:
     return next((p for p in PREFIXES if state and all(k.startswith(p) for k in state)), None)
 
@@ -106,7 +125,7 @@ def find_state_dict(
     fitting = [
         Found(state, k, prefix, True)
         for k, d in found
-        for prefix, state in strippings(d)
+        for prefix, state in _variants(d)
         if fits(state)
     ]
     if len({f.key for f in fitting}) > 1:

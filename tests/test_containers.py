@@ -82,6 +82,11 @@ CONTAINERS = {
         "ckpt.weights",
         "_orig_mod.",
     ),
+    "a wrapper module of the student's own": (
+        lambda sd, m: {"state_dict": prefixed(sd, "module.backbone."), "epoch": 3},
+        "state_dict",
+        "module.backbone.",
+    ),
     "compiled DataParallel in a list": (
         lambda sd, m: {"history": [0.1, 0.2], "snapshots": [prefixed(sd, "module._orig_mod.")]},
         "snapshots.0",
