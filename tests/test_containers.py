@@ -313,14 +313,43 @@ def pickled_from_a_script(tmp_path: Path, fmt: str = "zip") -> tuple[Path, Path]
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_a_main_class_of_torch_layers_loads_weights_only_into_the_model_given(tmp_path, fmt):
     script, path = pickled_from_a_script(tmp_path, fmt)
-    msg = one_line_error(path)  # no --model: model.py's Classifier has no RReLU
-    assert "__main__.Net" in msg and "--model path/to/file.py:Net" in msg
     loaded = load_classifier(path, model_spec=f"{script}:Net")
     assert type(loaded.model).__name__ == "Net"
     assert loaded.architecture["pickled_class"] == "__main__.Net"
     assert loaded.architecture["unpickler"] == ("weights_only" if fmt == "zip" else "allowlist")
     want = torch.load(f"{path}.out", weights_only=True)
     assert torch.equal(loaded.model(images()), want)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_own_layers_in_the_course_template_load_without_flags(tmp_path, fmt):
+    """cnn and fc of the HW3 template, with six RReLU convs and a Softplus: model.py's forward
+    is the template's, so the pickle loads weights-only with no flag."""
+    _, path = pickled_from_a_script(tmp_path, fmt)
+    loaded = load_classifier(path)
+    assert type(loaded.model) is Classifier
+    assert [type(m).__name__ for m in loaded.model.cnn][2] == "RReLU"
+    assert loaded.architecture["pickled_class"] == "__main__.Net"
+    assert loaded.architecture["input_size"] == 32  # the side its first Linear fits
+    assert loaded.architecture["num_classes"] == 4
+    want = torch.load(f"{path}.out", weights_only=True)
+    assert torch.equal(loaded.model(images()), want)
+
+
+def test_a_class_whose_forward_is_not_the_template_is_refused_naming_it(tmp_path):
+    from tests.pickles import save_as
+
+    class Net(nn.Module):  # a third child: its forward is not model.py's
+        def __init__(self) -> None:
+            super().__init__()
+            self.cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.RReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Sequential(nn.Linear(4, 2))
+
+    path = save_as(tmp_path / "m.pkl", Net(), {Net: "hw3.MyCNN"})
+    msg = one_line_error(path)
+    assert "hw3.MyCNN" in msg and "model.py's Classifier" in msg
+    assert "--model path/to/file.py:MyCNN" in msg and "--trust-pickle" in msg
 
 
 def test_a_main_class_that_does_not_match_the_model_given_is_refused_naming_it(tmp_path):
