@@ -38,7 +38,11 @@ class LoadedModel:
     model: nn.Module
     classes: tuple[str, ...] | None  # names stored in the checkpoint, if any
     preprocess: Preprocess | None  # preprocessing stored in the checkpoint, if any
-    architecture: dict  # Classifier keyword arguments, or what a pickled model was loaded as
+    # Classifier keyword arguments, or what a pickled model was loaded as; and where they apply:
+    # state_dict_key / stripped_prefix (containers.Found.record), model_key (a whole model in a
+    # dict), non_finite_weights (names of NaN/inf parameters and buffers). The manifest's
+    # model.architecture.
+    architecture: dict
     sha256: str
 
 
