@@ -112,7 +112,7 @@ def _zip_format(path: Path) -> str:
 
 def read_checkpoint(path: Path, *, trust_pickle: bool = False) -> object:
     """The object in a checkpoint file: a state_dict, a dict holding one, or a whole model
-    (weights-only with local stand-ins; fully unpickled only if the user opted in)."""
+    (weights-only, its classes allow-listed or mapped; fully unpickled only if the user opted in)."""
     fmt = checkpoint_format(path)
     if fmt == "torchscript":
         return load_torchscript(path)
