@@ -135,8 +135,9 @@ def _watch(model: nn.Module, record: Callable[[str, nn.Module, object], None]) -
     """A forward hook on every leaf module calling ``record(name, module, output)``; removed
     in ``finally``."""
     handles = []
+    hookable = not isinstance(model, torch.jit.ScriptModule)  # TorchScript takes no hooks
     try:
-        for name, module in model.named_modules():
+        for name, module in model.named_modules() if hookable else ():
             if name and next(module.children(), None) is None:
                 handles.append(
                     module.register_forward_hook(lambda m, _i, out, name=name: record(name, m, out))
@@ -241,7 +242,10 @@ class OutputHead:
 def output_head(model: nn.Module, example: Tensor) -> OutputHead:
     """The final Softmax/LogSoftmax/Sigmoid module, found as the last module called whose
     output is the model's output; else, from the values: rows of non-negative outputs summing
-    to 1 are probabilities, rows whose exp sums to 1 log-probabilities."""
+    to 1 are probabilities, rows whose exp sums to 1 log-probabilities. A TorchScript model
+    (no hooks to take a head off with) is taken as it is."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return OutputHead()
     calls: list[tuple[str, nn.Module, object]] = []
     with _watch(model, lambda n, m, out: calls.append((n, m, out))):
         out = run_forward(model, example)
