@@ -421,7 +421,7 @@ def run_command(argv: list[str] | None, started: float) -> int:
             build_parser().print_help()
             return 2
     except UserError as err:
-        if err.__cause__ is not None and logging.getLogger().isEnabledFor(logging.INFO):
+        if err.__cause__ is not None and args.verbose:
             traceback.print_exception(err.__cause__)  # -v: where the user's code raised
         print(f"hw5: error: {err}", file=sys.stderr)
         return 2

@@ -89,32 +89,35 @@ def device_of(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _linear_side(model: nn.Module, channels: int, default: int) -> int | None:
-    """The side that makes the conv trunk's output fit the first Linear's ``in_features``,
-    from the trunk's output at ``default`` (its downsampling factor); None if unknown."""
+def _linear_sides(model: nn.Module, channels: int, default: int) -> list[int]:
+    """The sides that make the conv trunk's output fit the first Linear's ``in_features``,
+    from the trunk's last spatial output at ``default`` (its downsampling factor): the common
+    sides among them first (a trunk that halves three times takes 40 to 47 alike, and 44 is
+    FER's crop), then the smallest; empty if unknown."""
     linear = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
     if linear is None:
-        return None
+        return []
     shapes = spatial_outputs(model, (channels, default, default), strict=False)
     if not shapes:
-        return None
+        return []
     c, h, w = shapes[-1][1]  # the last spatial output before the flatten
-    if h != w or linear.in_features % c:
-        return None
+    if h != w or not h or linear.in_features % c:
+        return []
     side = math.isqrt(linear.in_features // c)
     if side * side * c != linear.in_features:
-        return None
-    return round(side * default / h) if h else None
+        return []
+    factor = max(default // h, 1)
+    low = side * factor
+    return [s for s in COMMON_SIDES if low <= s < low + factor] + [low]
 
 
 def infer_side(model: nn.Module, channels: int, default: int) -> tuple[int, str]:
-    """The first side, of ``default``, the one the first Linear implies and the common sides,
+    """The first side, of ``default``, those the first Linear implies and the common sides,
     whose forward runs and returns (N, K); with where it came from. ``default`` if none runs
     (its forward then fails with the user's own error)."""
     device = device_of(model)
-    solved = _linear_side(model, channels, default)
     tried: list[int] = []
-    for side in dict.fromkeys([default, *([solved] if solved else []), *COMMON_SIDES]):
+    for side in dict.fromkeys([default, *_linear_sides(model, channels, default), *COMMON_SIDES]):
         tried.append(side)
         try:
             with torch.inference_mode(), eval_mode(model):

@@ -258,15 +258,18 @@ def test_view_flatten_net_runs_every_figure_and_matches_the_same_net_flattened_s
 
 
 class ViewInBackward(torch.autograd.Function):
-    """Identity whose backward flattens the gradient with .view, as a student's custom op."""
+    """Identity whose backward reads its saved input through .view, as a student's custom op:
+    the forward runs in any layout, the backward only in the default one."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
         return x * 1
 
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
-        return g.view(g.shape[0], -1).view(g.shape)
+        (x,) = ctx.saved_tensors
+        return g * x.view(len(x), -1).isfinite().all()
 
 
 class BackwardView(nn.Module):
@@ -359,7 +362,7 @@ def test_six_conv_rrelu_net_gets_spatial_default_layers_and_every_figure(
     # Q2 filters and DeepDream raised IndexError on it.
     layers = default_filter_layers(model, 4, (3, 32, 32))
     spatial = dict(spatial_outputs(model, (3, 32, 32)))
-    assert layers == ["cnn.2", "cnn.8", "cnn.15", "cnn.21"]
+    assert layers == ["cnn.2", "cnn.9", "cnn.12", "cnn.19"]
     assert all(name in spatial and isinstance(model.get_submodule(name), nn.RReLU)
                for name in layers)  # fmt: skip
     assert hook_count(model) == 0
