@@ -56,7 +56,7 @@ def user_frame(err: BaseException) -> traceback.FrameSummary | None:
 
 def forward_error(err: Exception) -> UserForwardError:
     """One line for a forward that raised: where in the user's code, and what."""
-    what = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
+    what = f"{type(err).__name__}: {first_line(err)}"
     frame = user_frame(err)
     where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
     return UserForwardError(
@@ -243,27 +243,32 @@ class OutputHead:
 
 
 def output_head(model: nn.Module, example: Tensor) -> OutputHead:
+    """What the model's output is (``probe_output``)."""
+    return probe_output(model, example)[0]
+
+
+def probe_output(model: nn.Module, example: Tensor) -> tuple[OutputHead, Tensor]:
     """The final Softmax/LogSoftmax/Sigmoid module, found as the last module called whose
     output is the model's output; else, from the values: rows of non-negative outputs summing
     to 1 are probabilities, rows whose exp sums to 1 log-probabilities. A TorchScript model
-    (no hooks to take a head off with) is taken as it is."""
-    if isinstance(model, torch.jit.ScriptModule):
-        return OutputHead()
+    (no hooks to take a head off with) is taken as it is. With the output on ``example``."""
     calls: list[tuple[str, nn.Module, object]] = []
     with _watch(model, lambda n, m, out: calls.append((n, m, out))):
         out = run_forward(model, example)
+    if isinstance(model, torch.jit.ScriptModule):
+        return OutputHead(), out
     if calls and calls[-1][2] is out:
         name, module, _ = calls[-1]
         kind = next((k for t, k in HEADS.items() if type(module) is t), None)
         if kind is not None:
-            return OutputHead(kind, name, "structure")
-    out = out.float()
-    ones = torch.ones(out.shape[0], device=out.device)
-    if (out >= 0).all() and torch.allclose(out.sum(1), ones, atol=PROB_TOLERANCE):
-        return OutputHead("softmax", None, "values")
-    if (out <= 0).all() and torch.allclose(out.exp().sum(1), ones, atol=PROB_TOLERANCE):
-        return OutputHead("log_softmax", None, "values")
-    return OutputHead()
+            return OutputHead(kind, name, "structure"), out
+    values = out.float()
+    ones = torch.ones(values.shape[0], device=values.device)
+    if (values >= 0).all() and torch.allclose(values.sum(1), ones, atol=PROB_TOLERANCE):
+        return OutputHead("softmax", None, "values"), out
+    if (values <= 0).all() and torch.allclose(values.exp().sum(1), ones, atol=PROB_TOLERANCE):
+        return OutputHead("log_softmax", None, "values"), out
+    return OutputHead(), out
 
 
 def _input_of(_module: nn.Module, inputs: tuple, _output: Tensor) -> Tensor:
@@ -300,13 +305,15 @@ def probabilities(logits: Tensor, kind: str) -> Tensor:
 
 def agrees(model: nn.Module, fast: nn.Module, example: Tensor, tolerance: float = 1e-4) -> str:
     """ "" where ``fast`` gives ``model``'s softmax outputs on ``example`` and its input gradient
-    runs, else why not (for the manifest)."""
+    runs (hooks and ``.view`` must survive the backward pass too), else why not."""
     try:
-        with torch.no_grad(), eval_mode(model), eval_mode(fast):
-            want, got = model(example).float().softmax(1), fast(example).float().softmax(1)
+        with torch.no_grad(), eval_mode(model):
+            want = model(example).float().softmax(1)
         x = example.detach().clone().requires_grad_(True)
-        with eval_mode(fast):  # the backward pass too: hooks and .view must survive it
-            torch.autograd.grad(fast(x).float().sum(), x)
+        with eval_mode(fast):
+            out = fast(x).float()
+            torch.autograd.grad(out.sum(), x)
+        got = out.detach().softmax(1)
     except Exception as err:
         return f"forward raised {type(err).__name__}: {first_line(err)}"
     if got.shape != want.shape or float((got - want).abs().max()) > tolerance:

@@ -35,9 +35,8 @@ from .models import LoadedModel, load_classifier
 from .probe import (
     channels_last,
     infer_side,
-    output_head,
+    probe_output,
     require_spatial,
-    run_forward,
     take_off_head,
 )
 
@@ -347,18 +346,17 @@ def prepare(
     size = input_side(cfg, loaded, model)
     pre = resolve_preprocess(cfg, loaded, infer_channels(model), size["side"])
     split = open_dataset(cfg.data) if cfg.data is not None else None
-    num_outputs = int(
-        run_forward(model, torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1]
-    )
+    # One forward: the number of classes, and whether the model ends in probabilities.
+    head, out = probe_output(model, torch.zeros(1, pre.channels, *pre.size, device=device))
+    num_outputs = int(out.shape[1])
+    if head.kind != "logits":
+        log.info("the model outputs %s: gradient methods explain %s", head.kind, head.explained)
+        model = take_off_head(model, head)
     # Seeded random pixels: each fast path is checked against the plain model on them.
     noise = torch.rand(
         8, pre.channels, *pre.size, generator=torch.Generator().manual_seed(cfg.seed)
     )
     probe = pre.normalize(noise).to(device)
-    head = output_head(model, probe)
-    if head.kind != "logits":
-        log.info("the model outputs %s: gradient methods explain %s", head.kind, head.explained)
-        model = take_off_head(model, head)
     check_layers(cfg, model, (pre.channels, *pre.size))
     fast_paths: dict[str, str] = {}
     model = channels_last(model, probe[:2], fast_paths)
