@@ -227,7 +227,7 @@ class OutputHead:
 
     kind: str = LOGITS  # logits, softmax, log_softmax or sigmoid
     layer: str | None = None  # the final module whose input the gradient methods explain
-    found: str = "structure"  # structure (the last module called) or values (sums to 1)
+    found: str = "probe"  # structure (the last module called) or values (sums to 1)
 
     @property
     def explained(self) -> str:
