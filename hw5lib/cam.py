@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .hooks import eval_mode, forward_until, frozen_params, record_layer
 from .layers import as_module
+from .probe import is_activation
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,8 @@ def cam_layer_candidates(model: nn.Module, layer_name: str) -> list[str]:
 
 
 def default_cam_layer(model: nn.Module, input_shape: tuple[int, int, int] = (3, 128, 128)) -> str:
-    """Last ReLU after the last Conv2d (else the last 4-D output after it), e.g. "cnn.18" for HW3.
+    """Last activation layer (ReLU, RReLU, SiLU, ...) after the last Conv2d (else the last 4-D
+    output after it), e.g. "cnn.18" for HW3.
 
     Found as torchcam's ``locate_candidate_layer``: one zero input [1,*input_shape] through the
     model with a forward hook on every leaf module, which records call order and output rank.
@@ -211,7 +213,7 @@ def default_cam_layer(model: nn.Module, input_shape: tuple[int, int, int] = (3, 
     if not conv_at:
         raise ValueError("the model has no Conv2d layer to explain with a CAM")
     after = calls[conv_at[-1] :]
-    relus = [n for n, m, nd in after if nd == 4 and isinstance(m, _RELUS)]
+    relus = [n for n, m, nd in after if nd == 4 and (isinstance(m, _RELUS) or is_activation(m))]
     spatial = [n for n, _, nd in after if nd == 4]
     choice = relus[-1] if relus else spatial[-1]
     logger.info("CAM layer chosen automatically: %s", choice)

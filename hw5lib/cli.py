@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -304,6 +305,7 @@ def print_layers(args: argparse.Namespace) -> None:
     """The course picks layers as ``model.cnn[15]``: show index, name, type and output shape."""
     from .layers import layer_table
     from .models import load_classifier
+    from .probe import infer_side
     from .subject import infer_channels
 
     loaded = load_classifier(
@@ -315,9 +317,11 @@ def print_layers(args: argparse.Namespace) -> None:
     )
     pre = loaded.preprocess
     channels = args.channels or (pre.channels if pre else infer_channels(loaded.model))
-    size = args.size or (pre.size[0] if pre else loaded.architecture.get("input_size", 128))
+    default = int(loaded.architecture.get("input_size", 128))
+    size = args.size or (pre.size[0] if pre else infer_side(loaded.model, channels, default)[0])
+    table = layer_table(loaded.model, (channels, size, size))
     print(f"{'name':<12} {'index':<10} {'type':<14} output ({channels}x{size}x{size} input)")
-    for name, kind, shape in layer_table(loaded.model, (channels, size, size)):
+    for name, kind, shape in table:
         parent, _, last = name.rpartition(".")
         index = f"{parent}[{last}]" if parent and last.isdigit() else ""
         print(f"{name:<12} {index:<10} {kind:<14} {shape}")
@@ -427,6 +431,8 @@ def run_command(argv: list[str] | None, started: float) -> int:
             build_parser().print_help()
             return 2
     except UserError as err:
+        if err.__cause__ is not None and args.verbose:
+            traceback.print_exception(err.__cause__)  # -v: where the user's code raised
         print(f"hw5: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:

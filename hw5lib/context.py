@@ -19,6 +19,7 @@ from .images import Skipped
 from .input_check import InputCheck
 from .models import LoadedModel
 from .outputs import atomic_write_bytes, npz_bytes, sha256_bytes
+from .probe import OutputHead
 
 if TYPE_CHECKING:
     from .notes import Notes
@@ -69,6 +70,9 @@ class Run:
     replay_cut: str | None = None  # why the replay was cut to fit --budget (None: it was not)
     stage_config: dict[str, dict] = field(default_factory=dict)  # settings the budget cut, by stage
     cut_stages: list[str] = field(default_factory=list)  # stages the budget or deadline cut
+    fast_paths: dict[str, str] = field(default_factory=dict)  # speed trick -> on / off: why
+    input_size: dict = field(default_factory=dict)  # {"side", "source"}: how it was chosen
+    output: OutputHead = field(default_factory=OutputHead)  # logits, or the probability head
 
     @property
     def inference(self) -> nn.Module:

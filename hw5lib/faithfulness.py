@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hw5lib.hooks import eval_mode
-from hw5lib.metrics import model_device
+from hw5lib.metrics import model_device, probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def deletion_insertion(
     baseline: Baseline = "blur",
     insertion_baseline: Baseline | None = None,
     batch_size: int = 64,
+    head: str = "softmax",
 ) -> dict[str, Tensor]:
     """Deletion and insertion AUC of attribution maps (Petsiuk et al., "RISE", BMVC 2018).
 
@@ -123,7 +124,7 @@ def deletion_insertion(
             show_base = (top ^ insert.bool()[:, None]).view(-1, 1, h, w)  # (B, 1, H, W)
             base = torch.where(insert.bool().view(-1, 1, 1, 1), base_ins[img], base_del[img])
             batch = torch.where(show_base, base, x[img])  # (B, C, H, W)
-            probs = model(batch.to(device)).float().softmax(dim=1)  # (B, K)
+            probs = probabilities(model(batch.to(device)), head)  # (B, K)
             scores.append(probs.gather(1, target[img].to(device)[:, None]).squeeze(1))
     curves = torch.cat(scores).to(x.device).view(2, n, num_steps)
     auc = torch.trapezoid(curves, dx=1.0 / steps, dim=2)  # (2, N)

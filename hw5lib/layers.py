@@ -9,11 +9,11 @@ import logging
 import re
 import warnings
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import probe
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tup
     try:
         with torch.inference_mode():
             model.eval()(torch.zeros(1, *input_shape))
+    except Exception as err:
+        raise probe.forward_error(err) from err
     finally:
         for h in handles:
             h.remove()
@@ -64,33 +66,38 @@ def as_module(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     return layer if isinstance(layer, nn.Module) else resolve_layer(model, layer)[1]
 
 
-def default_filter_layers(model: nn.Module, count: int = 4) -> list[str]:
-    """Activation layers of the conv trunk (before the first Linear, in definition order),
-    ``count`` of them spread from first to last; the convs if there is no activation layer."""
-    modules = list(model.named_modules())
-    head = next((i for i, (_, m) in enumerate(modules) if isinstance(m, nn.Linear)), len(modules))
-    acts = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU)
-    trunk = [n for n, m in modules[:head] if isinstance(m, acts)]
-    pool = (
-        trunk
-        or [n for n, m in modules if isinstance(m, acts)]
-        or [n for n, m in modules if isinstance(m, nn.Conv2d)]
-    )
+def default_filter_layers(
+    model: nn.Module, count: int = 4, input_shape: tuple[int, int, int] = (3, 128, 128)
+) -> list[str]:
+    """``count`` layers with a spatial (N, C, H, W) output, spread from first to last in call
+    order: the activation layers (any of torch's: ReLU, RReLU, SiLU, ...), else the convs
+    (activations applied with ``F.relu``), found by one probe forward at ``input_shape``."""
+    pool = probe.spatial_layers(model, input_shape)
     if not pool:
-        raise UserError("the model has no Conv2d or activation layer; pass --filter-layers")
-    picks = np.unique(np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int))
-    return [pool[i] for i in picks]
+        raise UserError(
+            "the model has no layer with a spatial output (N, C, H, W); pass --filter-layers"
+        )
+    return probe.spread(pool, count)
 
 
-def gradient_copy(model: nn.Module, example: Tensor, *, tolerance: float = 1e-4) -> nn.Module:
+def gradient_copy(
+    model: nn.Module,
+    example: Tensor,
+    *,
+    tolerance: float = 1e-4,
+    record: dict[str, str] | None = None,
+) -> nn.Module:
     """A copy of ``model`` for input-gradient methods (saliency, SmoothGrad, Grad x Input, IG):
     each eval-mode BatchNorm2d that directly follows a Conv2d in an nn.Sequential is folded into
     that conv, which leaves the function x -> logits unchanged and saves the BatchNorm's forward
     and backward passes (~1.2x the gradient rate of the HW3 Classifier on a laptop CPU). Every
     other layer's activation, and its gradient, is the same too, so filter ascent and the CAMs
     use the copy at every layer but the folded convs and BatchNorms (the copy's
-    ``folded_layers``). The model itself if nothing folds or the outputs disagree."""
+    ``folded_layers``). The model itself if nothing folds or the outputs disagree; ``record``
+    gets ``bn_folded``: on, or off and why."""
+    record = {} if record is None else record
     if isinstance(model, torch.jit.ScriptModule) or model.training:
+        record["bn_folded"] = "off: a TorchScript or training-mode model"
         return model
     fast = copy.deepcopy(model)
     folded: list[str] = []
@@ -104,17 +111,19 @@ def gradient_copy(model: nn.Module, example: Tensor, *, tolerance: float = 1e-4)
                 setattr(seq, bn_name, nn.Identity())
                 folded += [".".join(filter(None, (seq_name, n))) for n in (conv_name, bn_name)]
     if not folded:
+        record["bn_folded"] = "off: no Conv2d -> BatchNorm2d pair in an nn.Sequential"
         return model
     fast.folded_layers = frozenset(folded)  # their activations differ from the model's
     if _channels_last(model):  # the fused weights come back in the default layout
         fast = fast.to(memory_format=torch.channels_last)
     for p in fast.parameters():
         p.requires_grad_(False)
-    with torch.no_grad():
-        want, got = model(example).softmax(1), fast(example).softmax(1)
-    if float((got - want).abs().max()) > tolerance:
-        log.info("BatchNorm-folded copy disagrees with the model; using the model as is")
+    why = probe.agrees(model, fast, example, tolerance)
+    if why:
+        record["bn_folded"] = f"off: {why}"
+        log.info("BatchNorm-folded copy off (%s); using the model as is", why)
         return model
+    record["bn_folded"] = "on"
     return fast
 
 
@@ -143,13 +152,22 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     )
 
 
-def inference_copy(model: nn.Module, example: Tensor, *, tolerance: float = 1e-4) -> nn.Module:
+def inference_copy(
+    model: nn.Module,
+    example: Tensor,
+    *,
+    tolerance: float = 1e-4,
+    record: dict[str, str] | None = None,
+) -> nn.Module:
     """A faster copy of ``model`` for forward-only work (LIME, deletion/insertion, accuracy):
     traced, frozen and optimized for inference (BatchNorm folded into the conv, oneDNN
     layouts), about 2x a plain forward of the HW3 Classifier on a laptop CPU. Used only if its
     softmax output matches the model's on ``example`` within ``tolerance``; else the model itself.
+    ``record`` gets ``traced``: on, or off and why.
     """
+    record = {} if record is None else record
     if example.device.type != "cpu":  # the oneDNN passes are for the CPU
+        record["traced"] = "off: not a CPU run"
         return model
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -160,9 +178,12 @@ def inference_copy(model: nn.Module, example: Tensor, *, tolerance: float = 1e-4
             got = fast(example).softmax(1)
             fast(example[:1])  # other batch sizes must work too
     except Exception as err:  # any model tracing cannot handle: the plain one is still right
+        record["traced"] = f"off: tracing raised {type(err).__name__}: {probe.first_line(err)}"
         log.info("no optimized inference copy (%s); using the model as is", err)
         return model
     if got.shape != want.shape or float((got - want).abs().max()) > tolerance:
+        record["traced"] = "off: outputs differ from the plain model's"
         log.info("optimized inference copy disagrees with the model; using the model as is")
         return model
+    record["traced"] = "on"
     return fast

@@ -98,7 +98,7 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def classifier_fn(
-    model: nn.Module, to_input: Callable[[Tensor], Tensor], channels: int
+    model: nn.Module, to_input: Callable[[Tensor], Tensor], channels: int, head: str = "softmax"
 ) -> Callable[[np.ndarray], np.ndarray]:
     """lime's ``classifier_fn``: an [B,H,W,3] batch of display pixels -> [B,K] probabilities."""
 
@@ -108,7 +108,7 @@ def classifier_fn(
         if channels == 1:
             pixels = pixels.mean(dim=1, keepdim=True)
         with eval_mode(model), torch.inference_mode():
-            probs = torch.softmax(model(to_input(pixels)), dim=1)  # on the model's device
+            probs = metrics.probabilities(model(to_input(pixels)), head)  # on the model's device
             return probs.cpu().numpy().astype(np.float64)
 
     return predict
@@ -277,6 +277,7 @@ def explain(
     exact: bool = False,
     stop: Callable[[], bool] | None = None,
     stability_rounds: int = 0,
+    head: str = "softmax",
 ) -> LimeResult:
     """Explain ``label`` for one [H,W,3] display image in [0,1] with at most ``samples``
     perturbations (fewer once converged, unless ``adaptive`` is off; exactly ``samples`` with
@@ -299,7 +300,7 @@ def explain(
     try:
         exp = explainer.explain_instance(
             image.astype(np.float64),
-            classifier_fn(model, to_input, channels),
+            classifier_fn(model, to_input, channels, head),
             labels=(label,),
             top_labels=None,
             num_samples=samples,

@@ -76,8 +76,17 @@ def top_confusions(cm: np.ndarray, k: int = 5) -> list[tuple[int, int, int]]:
     return [(int(true[i]), int(pred[i]), int(counts[i])) for i in order]
 
 
-def predict(model: nn.Module, x: Tensor, *, batch_size: int = 64) -> tuple[Tensor, Tensor]:
-    """Softmax probabilities [N,K] and argmax predictions [N], in chunks of ``batch_size``.
+def probabilities(logits: Tensor, head: str = "softmax") -> Tensor:
+    """The model's own probabilities [N,K] from its logits: a Sigmoid head's sigmoid (a 0.99
+    output is 99%), else the softmax (a Softmax head's output, a LogSoftmax head's exp)."""
+    return logits.float().sigmoid() if head == "sigmoid" else logits.float().softmax(dim=1)
+
+
+def predict(
+    model: nn.Module, x: Tensor, *, batch_size: int = 64, head: str = "softmax"
+) -> tuple[Tensor, Tensor]:
+    """Probabilities [N,K] (``probabilities`` of the ``head`` kind) and argmax predictions
+    [N], in chunks of ``batch_size``.
 
     Runs under ``torch.inference_mode`` and eval mode (the caller's mode is restored); results
     come back on ``x``'s device.
@@ -87,7 +96,7 @@ def predict(model: nn.Module, x: Tensor, *, batch_size: int = 64) -> tuple[Tenso
     with torch.inference_mode(), eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
             logits = model(x[start : start + batch_size].to(device))  # (B, K)
-            chunks.append(logits.float().softmax(dim=1).to(x.device))
+            chunks.append(probabilities(logits, head).to(x.device))
     if not chunks:
         raise ValueError("predict needs at least one image")
     probs = torch.cat(chunks)  # (N, K)

@@ -175,6 +175,9 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
             "architecture": portable_architecture(run.loaded.architecture),
             "input": [c, h, w],
             "classes": run.classes,
+            "input_size": run.input_size,
+            "output": run.output.to_dict(),
+            "fast_paths": run.fast_paths,
         },
         "checkpoint": {"file": cfg.checkpoint.name, "sha256": run.loaded.sha256},
         "dataset": {

@@ -142,6 +142,15 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(
             ("preprocessing", _join(f"{k}={'none' if v is None else v}" for k, v in prep.items()))
         )
+    size = model.get("input_size") or {}
+    if size.get("source") == "probed":
+        rows.append(
+            ("input size", f"{size['side']} x {size['side']}: the first side the model runs at")
+        )
+    head = model.get("output") or {}
+    if head.get("kind", "logits") != "logits":
+        rows.append(("model output", f"{head['kind']}: gradient methods and CAMs explain "
+                     f"{head['explained']}; LIME and titles use the model's own probabilities"))  # fmt: skip
     check = manifest.get("input_check") or {}
     if check:
         rows.append(("input check", _input_check_text(check)))

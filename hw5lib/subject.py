@@ -32,6 +32,13 @@ from .input_check import (
 )
 from .layers import gradient_copy, inference_copy, resolve_layer
 from .models import LoadedModel, load_classifier
+from .probe import (
+    channels_last,
+    infer_side,
+    probe_output,
+    require_spatial,
+    take_off_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +96,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def resolve_preprocess(cfg: RunConfig, loaded: LoadedModel, model_channels: int) -> Preprocess:
-    """Flags win over what the checkpoint recorded, which wins over the HW3 defaults."""
+def resolve_preprocess(
+    cfg: RunConfig, loaded: LoadedModel, model_channels: int, side: int | None = None
+) -> Preprocess:
+    """Flags win over what the checkpoint recorded, which wins over the side the probe found
+    (``side``), which wins over the HW3 defaults."""
     base = loaded.preprocess or Preprocess(channels=model_channels)
+    if side is not None and loaded.preprocess is None:
+        base = replace(base, size=(side, side))
     size = (cfg.size, cfg.size) if cfg.size else base.size
     return replace(
         base,
@@ -192,12 +204,39 @@ def first_readable(
     return found, inputs
 
 
-def check_layers(cfg: RunConfig, model: nn.Module) -> None:
-    """Resolve every layer the user named before any stage runs: a typo fails in a second,
-    not after minutes of figures."""
-    for spec in (*cfg.filter_layers, cfg.cam_layer, cfg.feature_layer, cfg.dream_layer):
-        if spec:
-            resolve_layer(model, spec)
+def check_layers(
+    cfg: RunConfig, model: nn.Module, input_shape: tuple[int, int, int] | None = None
+) -> None:
+    """Resolve every layer the user named before any stage runs: a typo, or a layer whose
+    output is not a spatial map, fails in a second, not after minutes of figures."""
+    named = {
+        "--filter-layers": cfg.filter_layers,
+        "--cam-layer": (cfg.cam_layer,),
+        "--feature-layer": (cfg.feature_layer,),
+        "--dream-layer": (cfg.dream_layer,),
+    }
+    layers = {
+        f"{option} {spec}:": resolve_layer(model, spec)[0]
+        for option, specs in named.items()
+        for spec in specs
+        if spec
+    }
+    if layers and input_shape is not None:
+        require_spatial(model, layers, input_shape)
+
+
+def input_side(cfg: RunConfig, loaded: LoadedModel, model: nn.Module) -> dict:
+    """The input side and where it came from: --size, the checkpoint's record, or a probe of
+    the model (the HW3 128 first, then the side its first Linear implies, then common sides)."""
+    if cfg.size:
+        return {"side": cfg.size, "source": "--size"}
+    if loaded.preprocess is not None:
+        return {"side": loaded.preprocess.size[0], "source": "checkpoint"}
+    default = int(loaded.architecture.get("input_size", Preprocess().size[0]))
+    side, source = infer_side(model, infer_channels(model), default)
+    if source != "default":
+        log.info("input size %dx%d: the first side the model runs at (no --size given)", side, side)
+    return {"side": side, "source": source}
 
 
 def infer_channels(model: nn.Module) -> int:
@@ -305,30 +344,36 @@ def prepare(
         checkpoint_key=cfg.checkpoint_key,
     )
     model = loaded.model.to(device).eval()
-    if device.type == "cpu" and not isinstance(model, torch.jit.ScriptModule):
-        # oneDNN's convolutions run ~1.3-1.5x faster on NHWC tensors (bench/RESULTS.md).
-        model = model.to(memory_format=torch.channels_last)
-    check_layers(cfg, model)
-    pre = resolve_preprocess(cfg, loaded, infer_channels(model))
+    size = input_side(cfg, loaded, model)
+    pre = resolve_preprocess(cfg, loaded, infer_channels(model), size["side"])
     split = open_dataset(cfg.data) if cfg.data is not None else None
-    with torch.inference_mode():
-        num_outputs = int(model(torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1])
-    classes = resolve_classes(cfg, loaded, num_outputs, split.classes if split else None)
-    # Built before the images are chosen, on seeded random pixels: the input check's forwards
-    # run through it too (about 2x a plain forward of the HW3 Classifier on the CPU).
+    # One forward: the number of classes, and whether the model ends in probabilities.
+    head, out = probe_output(model, torch.zeros(1, pre.channels, *pre.size, device=device))
+    num_outputs = int(out.shape[1])
+    if head.kind != "logits":
+        log.info("the model outputs %s: gradient methods explain %s", head.kind, head.explained)
+        model = take_off_head(model, head)
+    # Seeded random pixels: each fast path is checked against the plain model on them.
     noise = torch.rand(
         8, pre.channels, *pre.size, generator=torch.Generator().manual_seed(cfg.seed)
     )
-    infer = inference_copy(model, pre.normalize(noise).to(device))
+    probe = pre.normalize(noise).to(device)
+    check_layers(cfg, model, (pre.channels, *pre.size))
+    fast_paths: dict[str, str] = {}
+    model = channels_last(model, probe[:2], fast_paths)
+    classes = resolve_classes(cfg, loaded, num_outputs, split.classes if split else None)
+    # Built before the images are chosen: the input check's forwards run through it too
+    # (about 2x a plain forward of the HW3 Classifier on the CPU).
+    infer = inference_copy(model, probe, record=fast_paths)
     pre, check = check_convention(cfg, loaded, infer, pre, split, num_outputs, deadline, replayed)
     validate_cam_targets(cfg.cam_targets, num_outputs)
     paths, labels, x, skipped = explained_inputs(cfg, split, num_outputs, pre)
     x = x.to(device)
-    prob = metrics.predict(model, x, batch_size=cfg.batch_size)[0].cpu()
+    prob = metrics.predict(model, x, batch_size=cfg.batch_size, head=head.kind)[0].cpu()
     pred = prob.argmax(1)
     target = explained_targets(cfg.targets, labels, pred, num_outputs)
     root = mask_root(cfg.data)
-    grad = gradient_copy(model, x[: min(len(x), 8)])
+    grad = gradient_copy(model, x[: min(len(x), 8)], record=fast_paths)
     subject = Subject(
         paths=paths,
         x=x,
@@ -341,5 +386,6 @@ def prepare(
     )
     run = Run(cfg, loaded, model, pre, classes, subject, device, infer=infer, grad=grad)
     run.input_check = check
+    run.fast_paths, run.input_size, run.output = fast_paths, size, head
     run.skip_images(skipped)
     return run

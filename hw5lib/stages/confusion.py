@@ -54,7 +54,11 @@ def classify(run: Run, paths: list[Path]) -> tuple[Tensor, list[int]]:
         if not loaded.paths:
             continue
         x = loaded.x.to(run.device)
-        probs.append(metrics.predict(run.inference, x, batch_size=run.cfg.batch_size)[0].cpu())
+        probs.append(
+            metrics.predict(run.inference, x, batch_size=run.cfg.batch_size, head=run.output.kind)[
+                0
+            ].cpu()
+        )
         kept += [s.start + i for i in loaded.kept]
     return (torch.cat(probs) if probs else torch.zeros(0, len(run.classes))), kept
 

@@ -48,7 +48,7 @@ class StepLimit:
 
 def stage_dream(run: Run, bar: tqdm) -> DreamResult:
     s = run.subject
-    candidates = default_filter_layers(run.model)
+    candidates = default_filter_layers(run.model, input_shape=(run.pre.channels, *run.pre.size))
     layer = run.cfg.dream_layer or candidates[len(candidates) // 2]
     name, module = resolve_layer(run.model, layer)
     n = min(run.cfg.dream_images, len(s.paths))

@@ -48,7 +48,9 @@ def filter_layer_names(run: Run, cfg: RunConfig) -> list[str]:
     if replayed is not None:
         layers = [d.layer for d in replayed]
         return layers[: cfg.filter_layer_count] if run.replay_cut else layers
-    return list(cfg.filter_layers) or default_filter_layers(run.model, cfg.filter_layer_count)
+    return list(cfg.filter_layers) or default_filter_layers(
+        run.model, cfg.filter_layer_count, (run.pre.channels, *run.pre.size)
+    )
 
 
 def replayed_layers(run: Run) -> tuple[LayerDecision, ...] | None:

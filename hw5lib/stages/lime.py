@@ -79,6 +79,7 @@ def lime_of(
         exact=samples is not None,
         stop=run.deadline.passed,
         stability_rounds=STABILITY_ROUNDS if run.cfg.trust else 0,
+        head=run.output.kind,
     )
 
 

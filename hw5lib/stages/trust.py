@@ -78,6 +78,7 @@ def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: T
         baseline="zero",
         insertion_baseline="blur",
         batch_size=cfg.batch_size,
+        head=run.output.kind,
     )
     row = {
         "method": name,
