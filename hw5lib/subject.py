@@ -32,6 +32,7 @@ from .input_check import (
 )
 from .layers import gradient_copy, inference_copy, resolve_layer
 from .models import LoadedModel, load_classifier
+from .user_preprocess import fit_display, import_reader, with_reader
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,24 @@ def resolve_preprocess(cfg: RunConfig, loaded: LoadedModel, model_channels: int)
 
 def preprocess_given(cfg: RunConfig) -> bool:
     """Did the user (or a preset) set any part of the input convention?"""
-    return any(v is not None for v in (cfg.channel_order, cfg.reader, cfg.mean, cfg.std))
+    given = (cfg.channel_order, cfg.reader, cfg.mean, cfg.std, cfg.preprocess)
+    return any(v is not None for v in given)
+
+
+def user_reading(cfg: RunConfig, pre: Preprocess, split: ImageSet | None) -> Preprocess:
+    """--preprocess: ``pre`` reading with the user's function, at the size it returns."""
+    if not cfg.preprocess:
+        return pre
+    first = [*(split.paths if split is not None else ()), *sorted(cfg.images)]
+    return with_reader(pre, import_reader(cfg.preprocess), first)
+
+
+def user_display(cfg: RunConfig, pre: Preprocess, x: Tensor, paths: Sequence[Path]) -> Preprocess:
+    """--preprocess: how the function's inputs ``x`` of the explained ``paths`` are shown."""
+    if pre.function is None:
+        return pre
+    stats = pre.mean is not None or pre.std is not None  # --mean/--std, recorded or replayed
+    return fit_display(pre, x, paths, order_given=cfg.channel_order is not None, stats_given=stats)
 
 
 def check_convention(
@@ -310,6 +328,7 @@ def prepare(
     check_layers(cfg, model)
     pre = resolve_preprocess(cfg, loaded, infer_channels(model))
     split = open_dataset(cfg.data) if cfg.data is not None else None
+    pre = user_reading(cfg, pre, split)
     with torch.inference_mode():
         num_outputs = int(model(torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1])
     classes = resolve_classes(cfg, loaded, num_outputs, split.classes if split else None)
@@ -322,6 +341,7 @@ def prepare(
     pre, check = check_convention(cfg, loaded, infer, pre, split, num_outputs, deadline, replayed)
     validate_cam_targets(cfg.cam_targets, num_outputs)
     paths, labels, x, skipped = explained_inputs(cfg, split, num_outputs, pre)
+    pre = user_display(cfg, pre, x, paths)
     x = x.to(device)
     prob = metrics.predict(model, x, batch_size=cfg.batch_size)[0].cpu()
     pred = prob.argmax(1)
