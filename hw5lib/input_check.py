@@ -47,6 +47,9 @@ MIN_IMAGES = 20
 # A challenger this clearly worse (McNemar) than the best-scoring candidate is no longer scored:
 # it saves forwards and can only lower how often the check changes anything.
 DROP_LEVEL = 0.001
+# The check's forwards (images x candidates still scored) stay within what 12 conventions on
+# all SAMPLE_IMAGES cost; a round that would pass it is not run (a model no convention helps).
+MAX_FORWARDS = 12 * SAMPLE_IMAGES
 BUDGET_SHARE = 0.05  # under --budget a recorded or given convention's check takes at most this
 
 ORDERS = ("bgr", "rgb")
@@ -202,6 +205,7 @@ class Evidence:
     challengers: int
     tests: int  # rounds at which the test is made
     rounds: tuple[int, ...]  # images scored after each round run
+    forwards: int  # images x conventions scored
     decision: str  # "adopted", "warned", "kept: ..." (why)
 
     def to_dict(self) -> dict:
@@ -212,6 +216,8 @@ class Evidence:
             "level": float(f"{self.level:.4g}"),
             "min_images": MIN_IMAGES,
             "rounds": list(self.rounds),
+            "forwards": self.forwards,
+            "max_forwards": MAX_FORWARDS,
             "decision": self.decision,
         }
 
@@ -413,11 +419,15 @@ def check_input(
     after: list[int] = []  # images scored after each round
     winners: list[Convention] = []
     level = 1.0
-    cut = False
+    cut = capped = False
+    forwards = 0  # images x conventions scored
     for r, positions in enumerate(rounds):
         spent = clock() - start
         if r and spent + len(positions) * spent / len(positions_done(rounds, r)) > allowed:
             cut = True  # the next round would overrun the check's share of the budget
+            break
+        if live and forwards + len(positions) * len(live) > MAX_FORWARDS:
+            capped = True  # stopping never adopts anything: it only leaves the evidence thin
             break
         tried += len(positions)
         readers = sorted({c.reader for c in live}) if live else list(READERS)
@@ -432,6 +442,7 @@ def check_input(
         truth = torch.tensor([labels[p] for p in kept], dtype=torch.long)
         for c in live:
             tally.add(c, right_answers(model, pixels, truth, c, pre, batch_size))
+        forwards += len(kept) * len(live)
         used += kept
         after.append(len(used))
         left = len(indices) - tried  # images still to score, at most
@@ -449,9 +460,12 @@ def check_input(
     left_out = [f"{tried - len(used)} unreadable"] if tried > len(used) else []
     if cut:
         left_out.append(f"the --budget allowed {tried} of {len(indices)}")
+    if capped:
+        left_out.append(f"at most {MAX_FORWARDS} image forwards: {tried} of {len(indices)}")
     if left_out:
         on += f" ({'; '.join(left_out)})"
-    evidence = Evidence(level, max(len(conventions) - 1, 0), max(tests, 1), tuple(after), "")
+    challengers = max(len(conventions) - 1, 0)
+    evidence = Evidence(level, challengers, max(tests, 1), tuple(after), forwards, "")
     chosen, note, warning, decision = decide(
         tally, scores, in_use, source, winners, level, len(used), on
     )
