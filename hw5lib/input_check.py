@@ -82,8 +82,8 @@ class Convention:
     def of(cls, pre: Preprocess) -> Convention:
         order = pre.channel_order if pre.channels == 3 else None
         if pre.function is not None:
-            spec = f"{pre.function.file}:{pre.function.name}"
-            return cls(None, pre.reader, "custom", pre.mean, pre.std, spec)
+            spec = f"{pre.function.file}:{pre.function.name}"  # reads and scales: as it returns
+            return cls(None, spec, "as returned", None, None, spec)
         name = scaling_name(pre)
         mean, std = SCALINGS[name] if name != "custom" else (pre.mean, pre.std)
         return cls(order, pre.reader, name, mean, std)
