@@ -284,6 +284,19 @@ def test_two_of_eleven_against_one_of_eleven_does_not_adopt() -> None:
     assert mcnemar(2, 1) == 1.0
 
 
+def test_eleven_labelled_images_never_change_the_convention_however_they_score(
+    trained: dict[str, Path], check_sample: SampleInfo
+) -> None:
+    # one image per class, read by a model trained on RGB: whatever the scores, 11 < MIN_IMAGES
+    split = open_dataset(check_sample.root)
+    first = sorted({lb: i for i, lb in reversed(list(enumerate(split.labels)))}.values())
+    few = ImageSet(split.root, [split.paths[i] for i in first], [split.labels[i] for i in first])
+    check = check_input(model_of(trained["rgb_bare"]), few, DEFAULT, ADOPTED, CLASSES)
+    assert check.images == 11 and check.chosen == Convention.of(DEFAULT)
+    assert check.evidence is not None and check.evidence.decision == "kept: too few images"
+    assert "only 11 labelled images, fewer than the 20" in check.note
+
+
 def test_a_clear_paired_win_on_enough_images_is_adopted_and_a_near_one_is_not() -> None:
     default = Convention.of(Preprocess())
     rgb = replace(default, channel_order="rgb")
