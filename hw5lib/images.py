@@ -1,6 +1,7 @@
 """Image files decoded as cv2.imread would (a short reason where one cannot be), and batches
 of them as model inputs, skipping the unreadable ones. The "cv2" reader calls cv2 itself, for
-the exact pixels of the HW3 sample code; the "pil" reader decodes and resizes with PIL."""
+the exact pixels of the HW3 sample code ("cv2-cubic", "cv2-area": its other resizes); the "pil"
+reader decodes and resizes with PIL. With --preprocess the student's function reads instead."""
 
 from __future__ import annotations
 
@@ -281,7 +282,7 @@ def load_inputs(paths: Sequence[Path], pre: Preprocess) -> Tensor:
 def load_usable(paths: Sequence[Path], pre: Preprocess) -> LoadedImages:
     """The model inputs of every readable image, in order. An unreadable file is listed in
     ``skipped`` instead of raised: one bad photo in a folder costs that photo, not the run."""
-    arrays: list = []
+    arrays: list[np.ndarray | Tensor] = []  # pixels, or the function's inputs
     kept: list[int] = []
     skipped: list[Skipped] = []
     for i, p in enumerate(paths):
