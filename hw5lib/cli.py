@@ -271,8 +271,9 @@ def recorded_command(
     labels = {args.out: OUT, args.out_dir: OUT, args.data: DATA}
     labels |= {p: relative_name(data, p) for p in args.images}
     labels |= {p: p.name for p in (args.checkpoint, args.notes, args.replay) if p is not None}
-    if args.model:
-        labels[Path(args.model)] = model_spec_name(args.model)
+    for spec in (args.model, getattr(args, "preprocess", None)):  # file.py:NAME by the file's name
+        if spec:
+            labels[Path(spec)] = model_spec_name(spec)
     kept = [a for a in argv if a != "--quiet"]
     return "hw5.py " + portable_command(kept, {k: v for k, v in labels.items() if k is not None})
 

@@ -137,10 +137,18 @@ class RunConfig:
     )
     reader: str | None = option(
         None,
-        "cv2 as the HW3 sample code: cv2.imread + cv2.resize INTER_LINEAR; pil as "
-        "the HW5 sample code: PIL's antialiased bilinear resize",
+        "cv2 as the HW3 sample code: cv2.imread + cv2.resize INTER_LINEAR (cv2-cubic, "
+        "cv2-area: INTER_CUBIC, INTER_AREA); pil as the HW5 sample code: PIL's antialiased "
+        "bilinear resize",
         PREPROCESSING,
-        choices=("cv2", "pil"),
+        choices=("cv2", "cv2-cubic", "cv2-area", "pil"),  # data.READERS
+    )
+    preprocess: str | None = option(
+        None,
+        "your own image reading as path/to/file.py:function (a path -> an HWC array or CHW "
+        "tensor, exactly your training's model input): used as is for every image, and the "
+        "input check then only scores it",
+        PREPROCESSING,
     )
     mean: tuple[float, ...] | None = option(
         None, "per-channel mean subtracted after scaling to [0,1]", PREPROCESSING, type=floats

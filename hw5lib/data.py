@@ -3,13 +3,38 @@ and the class names of the datasets hw5 knows."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .errors import UserError
+
+# How files are decoded and resized: cv2.imread + cv2.resize with INTER_LINEAR (HW3), INTER_CUBIC
+# or INTER_AREA; PIL's antialiased BILINEAR (HW5).
+READERS = ("cv2", "cv2-cubic", "cv2-area", "pil")
+
+
+@dataclass(frozen=True)
+class UserReader:
+    """--preprocess file.py:function: the student's own reading function, path -> the model's
+    input (HWC array or CHW tensor); recorded by file name, sha256 and function name."""
+
+    file: str
+    sha256: str
+    name: str
+    function: Callable[[Any], Any] = field(compare=False, repr=False)
+    display: str = ""  # how its inputs are shown as pixels (min-max, or --mean/--std)
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "name": self.name,
+            "display": self.display,
+        }
 
 
 @dataclass(frozen=True)
@@ -27,13 +52,15 @@ class Preprocess:
     channel_order: str = "bgr"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    reader: str = "cv2"  # how files are decoded and resized: "cv2" (HW3) or "pil" (HW5)
+    reader: str = "cv2"  # one of READERS: "cv2" (HW3) or "pil" (HW5), or a cv2 resize variant
+    # --preprocess: the model input is what this returns; mean/std then only say how it is shown
+    function: UserReader | None = None
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("rgb", "bgr"):
             raise UserError(f"channel order must be 'rgb' or 'bgr', not {self.channel_order!r}")
-        if self.reader not in ("cv2", "pil"):
-            raise UserError(f"reader must be 'cv2' or 'pil', not {self.reader!r}")
+        if self.reader not in READERS:
+            raise UserError(f"reader must be one of {', '.join(READERS)}, not {self.reader!r}")
         if self.channels not in (1, 3):
             raise UserError(f"input channels must be 1 or 3, not {self.channels}")
         for name, v in (("mean", self.mean), ("std", self.std)):
@@ -43,10 +70,16 @@ class Preprocess:
             raise UserError("--std values must be positive")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["size"] = list(self.size)
-        for k in ("mean", "std"):
-            d[k] = None if d[k] is None else list(d[k])
+        d: dict[str, Any] = {
+            "size": list(self.size),
+            "channels": self.channels,
+            "channel_order": self.channel_order,
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+            "reader": self.reader,
+        }
+        if self.function is not None:  # only then: earlier manifests stay byte-identical
+            d["function"] = self.function.to_dict()
         return d
 
     @classmethod

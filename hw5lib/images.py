@@ -1,6 +1,7 @@
 """Image files decoded as cv2.imread would (a short reason where one cannot be), and batches
 of them as model inputs, skipping the unreadable ones. The "cv2" reader calls cv2 itself, for
-the exact pixels of the HW3 sample code; the "pil" reader decodes and resizes with PIL."""
+the exact pixels of the HW3 sample code ("cv2-cubic", "cv2-area": its other resizes); the "pil"
+reader decodes and resizes with PIL. With --preprocess the student's function reads instead."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 from torch import Tensor
 
-from .data import Preprocess
+from .data import Preprocess, UserReader
 from .datasets import csv_row_image
-from .errors import BadImage
+from .errors import BadImage, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -199,16 +200,32 @@ class LoadedImages:
     skipped: tuple[Skipped, ...]
 
 
+# cv2 readers by their resize: HW3's INTER_LINEAR, and the INTER_CUBIC and INTER_AREA students
+# also train with; one cv2.imread serves all three (pixel_variants).
+CV2_RESIZE = {"cv2": cv2.INTER_LINEAR, "cv2-cubic": cv2.INTER_CUBIC, "cv2-area": cv2.INTER_AREA}
+
+
 def _pixel_array(path: Path, pre: Preprocess) -> np.ndarray:
     """One image resized -> (H, W, C) float32 pixels in [0,1], display channel order."""
+    return pixel_variants(path, pre, (pre.reader,))[pre.reader]
+
+
+def pixel_variants(path: Path, pre: Preprocess, readers: Sequence[str]) -> dict[str, np.ndarray]:
+    """``path`` as each of ``readers`` gives it -> (H, W, C) float32 pixels in [0,1], display
+    channel order; the file is decoded once by cv2 and once by PIL at most, and each reader's
+    resize works on that one decoded array."""
     h, w = pre.size
-    if pre.reader == "cv2":
-        img = cv2.resize(_cv2_decode(path, pre.channels), (w, h), interpolation=cv2.INTER_LINEAR)
-        a = img.astype(np.float32) / 255  # as HW3's code scales: bit-equal model inputs
-    else:
-        im = read_image(path, pre.channels).resize((w, h), Image.Resampling.BILINEAR)
-        a = np.asarray(im, dtype=np.float32) / 255.0
-    return a[:, :, None] if a.ndim == 2 else a
+    out: dict[str, np.ndarray] = {}
+    decoded = _cv2_decode(path, pre.channels) if set(readers) & set(CV2_RESIZE) else None
+    for reader in readers:
+        if reader in CV2_RESIZE:
+            img = cv2.resize(decoded, (w, h), interpolation=CV2_RESIZE[reader])
+            a = img.astype(np.float32) / 255  # as HW3's code scales: bit-equal model inputs
+        else:
+            im = read_image(path, pre.channels).resize((w, h), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+        out[reader] = a[:, :, None] if a.ndim == 2 else a
+    return out
 
 
 def _cv2_decode(path: Path, channels: int) -> np.ndarray:
@@ -242,33 +259,98 @@ def _stack(arrays: Sequence[np.ndarray], pre: Preprocess) -> Tensor:
     return batch.permute(0, 3, 1, 2).contiguous()
 
 
+def _inputs(paths: Sequence[Path], pre: Preprocess) -> Tensor:
+    """Model inputs [N,C,H,W]; the first unreadable file raises BadImage."""
+    if pre.function is not None:
+        return _stack_inputs([user_input(pre.function, p, pre) for p in paths], pre)
+    return pre.normalize(_stack([_pixel_array(p, pre) for p in paths], pre))
+
+
 def load_pixels(paths: Sequence[Path], pre: Preprocess) -> Tensor:
     """Read and resize images -> [N,C,H,W] float pixels in [0,1], display channel order.
     The first unreadable file raises BadImage; see load_usable to skip it instead."""
+    if pre.function is not None:  # shown as the run shows the function's inputs
+        return pre.denormalize(_inputs(paths, pre))
     return _stack([_pixel_array(p, pre) for p in paths], pre)
 
 
 def load_inputs(paths: Sequence[Path], pre: Preprocess) -> Tensor:
     """Images -> the model's input tensor [N,C,H,W], exactly as the checkpoint was trained."""
-    return pre.normalize(load_pixels(paths, pre))
+    return _inputs(paths, pre)
 
 
 def load_usable(paths: Sequence[Path], pre: Preprocess) -> LoadedImages:
     """The model inputs of every readable image, in order. An unreadable file is listed in
     ``skipped`` instead of raised: one bad photo in a folder costs that photo, not the run."""
-    arrays: list[np.ndarray] = []
+    arrays: list[np.ndarray | Tensor] = []  # pixels, or the function's inputs
     kept: list[int] = []
     skipped: list[Skipped] = []
     for i, p in enumerate(paths):
         try:
-            arrays.append(_pixel_array(p, pre))
+            if pre.function is not None:
+                arrays.append(user_input(pre.function, p, pre))
+            else:
+                arrays.append(_pixel_array(p, pre))
         except BadImage as err:
             logger.debug("%s", err)
             skipped.append(Skipped(p, err.reason))
             continue
         kept.append(i)
-    x = pre.normalize(_stack(arrays, pre))
+    if pre.function is not None:
+        x = _stack_inputs(arrays, pre)
+    else:
+        x = pre.normalize(_stack(arrays, pre))
     return LoadedImages(x, tuple(paths[i] for i in kept), tuple(kept), tuple(skipped))
+
+
+def _stack_inputs(inputs: Sequence[Tensor], pre: Preprocess) -> Tensor:
+    """(C, H, W) inputs -> [N,C,H,W]; an empty list gives [0,C,H,W]."""
+    return torch.stack(list(inputs)) if inputs else torch.empty(0, pre.channels, *pre.size)
+
+
+def user_input(reader: UserReader, path: Path, pre: Preprocess) -> Tensor:
+    """``path`` as the --preprocess function returns it -> the model input (C, H, W) float32.
+    A function that raises costs that image (BadImage with its error); a result of the wrong
+    shape (not the model's channels, not ``pre.size``) is a one-line UserError."""
+    try:
+        out = reader.function(str(path))
+    except Exception as err:  # the student's code: any error costs the image, not the run
+        raise BadImage(path, f"{reader.name} raised {type(err).__name__}: {err}") from None
+    x = as_chw(out, pre.channels)
+    if x is None or tuple(x.shape) != (pre.channels, *pre.size):
+        got = tuple(getattr(out, "shape", ())) or type(out).__name__
+        raise UserError(
+            f"--preprocess {reader.file}:{reader.name} returned {got} for {path.name}; the model "
+            f"takes {pre.channels} channel(s) at {pre.size[0]}x{pre.size[1]}: return an (H, W, C) "
+            "array or a (C, H, W) tensor of that size for every image"
+        )
+    return x
+
+
+def as_chw(out: object, channels: int) -> Tensor | None:
+    """A function's result -> float32 (C, H, W), or None when it is no image of ``channels``.
+    numpy arrays are read as (H, W[, C]) and tensors as ([1,] C, H, W) unless only the other
+    layout has ``channels`` where the channels go."""
+    if isinstance(out, Image.Image):
+        out = np.asarray(out)
+    if isinstance(out, np.ndarray):
+        if not (np.issubdtype(out.dtype, np.number) or out.dtype == np.bool_):
+            return None
+        x, channels_last = torch.from_numpy(np.ascontiguousarray(out).astype(np.float32)), True
+    elif isinstance(out, Tensor):
+        x, channels_last = out.detach().cpu().to(torch.float32), False
+    else:
+        return None
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]  # a batch of one, as a transform pipeline may return
+    if x.ndim == 2:
+        return x[None].contiguous() if channels == 1 else None
+    if x.ndim != 3:
+        return None
+    first, last = x.shape[0] == channels, x.shape[2] == channels
+    if last and (channels_last or not first):
+        return x.permute(2, 0, 1).contiguous()  # (H, W, C) -> (C, H, W)
+    return x.contiguous() if first else None
 
 
 def _printable(name: str) -> str:

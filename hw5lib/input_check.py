@@ -1,13 +1,18 @@
 """Which input convention the checkpoint was trained with, measured before any stage runs.
 
 A model fed the wrong pixels (BGR for RGB, [0,1] for [-1,1], cv2's resize for PIL's) still runs
-and every figure still draws, so nothing else would notice. Here the model's accuracy on a fixed,
-evenly spaced sample of the labelled images is measured under each candidate convention: channel
-order x reader x scaling, plus the one the flags or the checkpoint give. Each image is decoded
-once per reader; the other candidates are tensor ops on those pixels.
+and every figure still draws, so nothing else would notice. Here the model is scored on the same
+evenly spaced labelled images under each candidate convention: channel order x reader (cv2 with
+INTER_LINEAR, INTER_CUBIC or INTER_AREA; PIL) x scaling ([0,1], [-1,1], ImageNet's mean/std, the
+data set's own), plus the one the flags or the checkpoint give. Each image is decoded once by cv2
+and once by PIL; the other candidates are resizes and tensor ops on those pixels.
 
-With a convention recorded or given, it is kept, and a candidate that scores clearly better is
-named in a warning. With none, the best candidate is adopted; near-ties keep the HW3 default.
+A convention replaces (or is named against) the one in use only on evidence: an exact McNemar
+test on the images one gets right and the other wrong, at family-wise level ALPHA, Bonferroni-
+corrected over the challengers and the rounds at which it is tested, on at least MIN_IMAGES
+images. The images are scored in rounds (about 16, then doubling, up to SAMPLE_IMAGES), and the
+check stops as soon as that decides: a challenger significantly better, or none that could
+still become so. With nothing recorded or given it is never cut for time.
 """
 
 from __future__ import annotations
@@ -15,41 +20,48 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .budget import Clock, Deadline
-from .data import Preprocess
+from .data import READERS, Preprocess
 from .datasets import ImageSet
-from .images import load_usable
+from .errors import BadImage
+from .images import load_usable, pixel_variants
 from .metrics import predict
 
 log = logging.getLogger(__name__)
 
 SAMPLE_IMAGES = 200  # labelled images the check scores at most
-FIRST_ROUND = 25  # images of the first round; under --budget its speed prices the next rounds
-PROBE_IMAGES = 4  # a forward of this many prices the first round before it starts
-# A candidate is named as better than the convention in use only when it scores at least
-# WARN_GAP higher and at least CHANCE_FACTOR times chance (the majority class's share).
-WARN_GAP = 0.10
-CHANCE_FACTOR = 2.0
-# Accuracies within TIE_MARGIN of the best are ties: the one closest to the HW3 default wins
-# (on the sample set cv2's and PIL's resize score alike, and the default reader is kept).
-TIE_MARGIN = 0.02
-BUDGET_SHARE = 0.05  # under --budget the check may take at most this share of it
+FIRST_ROUND = 16  # about this many images in the first round; each round after doubles them
+PROBE_IMAGES = 4  # under --budget a forward of this many prices the first round
+# The decision: exact McNemar (two-sided binomial on the discordant images) at family-wise
+# level ALPHA, Bonferroni over every challenger and every round tested; no change on fewer
+# than MIN_IMAGES scored images.
+ALPHA = 0.01
+MIN_IMAGES = 20
+# A challenger this clearly worse (McNemar) than the best-scoring candidate is no longer scored:
+# it saves forwards and can only lower how often the check changes anything.
+DROP_LEVEL = 0.001
+# The check's forwards (images x candidates still scored) stay within what 12 conventions on
+# all SAMPLE_IMAGES cost; a round that would pass it is not run (a model no convention helps).
+MAX_FORWARDS = 12 * SAMPLE_IMAGES
+BUDGET_SHARE = 0.05  # under --budget a recorded or given convention's check takes at most this
 
 ORDERS = ("bgr", "rgb")
-READERS = ("cv2", "pil")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DATASET = "dataset"  # the labelled images' own per-channel mean/std
 # name -> (mean, std) after scaling to [0,1]; ImageNet's statistics only for colour models
 SCALINGS: dict[str, tuple[tuple[float, ...] | None, tuple[float, ...] | None]] = {
     "[0,1]": (None, None),
     "[-1,1]": ((0.5,), (0.5,)),
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
 }
+TEST = "exact McNemar (two-sided binomial test on the images one convention gets right and the other wrong)"
 
 # where the convention in use came from (REPLAYED: the --replay'd run's, whichever way it chose)
 ADOPTED, RECORDED, FLAGS, REPLAYED = "adopted", "recorded", "flags", "replayed"
@@ -64,10 +76,14 @@ class Convention:
     scaling: str  # a SCALINGS name, or "custom" for other --mean/--std
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    function: str | None = None  # --preprocess file.py:function: it reads, nothing else applies
 
     @classmethod
     def of(cls, pre: Preprocess) -> Convention:
         order = pre.channel_order if pre.channels == 3 else None
+        if pre.function is not None:
+            spec = f"{pre.function.file}:{pre.function.name}"  # reads and scales: as it returns
+            return cls(None, spec, "as returned", None, None, spec)
         name = scaling_name(pre)
         mean, std = SCALINGS[name] if name != "custom" else (pre.mean, pre.std)
         return cls(order, pre.reader, name, mean, std)
@@ -79,8 +95,14 @@ class Convention:
 
     def describe(self) -> str:
         """ "rgb, pil, [0,1]" (the scaling written out when it is custom)."""
+        if self.function:
+            return f"--preprocess {self.function}"
         scaling = self.scaling
-        if scaling == "custom":
+        if scaling == DATASET:
+            scaling = (
+                f"the data's own mean {_numbers(self.mean or ())} std {_numbers(self.std or ())}"
+            )
+        elif scaling == "custom":
             scaling = f"mean {_numbers(self.mean or (0.0,))} std {_numbers(self.std or (1.0,))}"
         return ", ".join(p for p in (self.channel_order, self.reader, scaling) if p)
 
@@ -103,13 +125,14 @@ class Convention:
         )
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "channel_order": self.channel_order,
             "reader": self.reader,
             "scaling": self.scaling,
             "mean": None if self.mean is None else list(self.mean),
             "std": None if self.std is None else list(self.std),
         }
+        return d | ({"preprocess": self.function} if self.function else {})
 
 
 def _numbers(values: Sequence[float]) -> str:
@@ -133,30 +156,70 @@ def scaling_name(pre: Preprocess) -> str:
     return "custom"
 
 
-def candidates(pre: Preprocess) -> list[Convention]:
-    """Every channel order x reader x scaling for ``pre``'s channels, the HW3 default first,
-    plus ``pre``'s own convention where it is none of them."""
+def candidates(
+    pre: Preprocess, data_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+) -> list[Convention]:
+    """Every channel order x reader x scaling for ``pre``'s channels, the HW3 default first
+    (``data_stats``: the labelled images' own RGB or gray mean/std, a scaling of its own), plus
+    ``pre``'s own convention where it is none of them."""
     orders: Sequence[str | None] = ORDERS if pre.channels == 3 else (None,)
-    scalings = [s for s in SCALINGS if pre.channels == 3 or s != "imagenet"]
-    out = [
-        Convention(order, reader, name, *SCALINGS[name])
-        for order in orders
-        for reader in READERS
-        for name in scalings
-    ]
-    own = Convention.of(pre)
-    if all(own.distance(c) for c in out):
-        out.append(own)
+    scalings = {k: v for k, v in SCALINGS.items() if pre.channels == 3 or k != "imagenet"}
+    out = []
+    for order in orders:
+        own = dict(scalings)
+        if data_stats is not None:  # in the candidate's channel order
+            mean, std = data_stats
+            own[DATASET] = (mean[::-1], std[::-1]) if order == "bgr" else (mean, std)
+        out += [Convention(order, r, name, *ms) for r in READERS for name, ms in own.items()]
+    mine = Convention.of(pre)
+    if all(mine.distance(c) for c in out):
+        out.append(mine)
     return out
 
 
 @dataclass(frozen=True)
 class Score:
+    """One candidate's result: its accuracy on the ``images`` it was scored on and, against the
+    convention in use on the same images, the images only it got right (``wins``), only the
+    other got right (``losses``) and McNemar's ``p`` (None for the convention in use)."""
+
     convention: Convention
     accuracy: float
+    images: int = 0
+    wins: int = 0
+    losses: int = 0
+    p: float | None = None
 
     def to_dict(self) -> dict:
-        return self.convention.to_dict() | {"accuracy": round(self.accuracy, 4)}
+        d = self.convention.to_dict() | {"accuracy": round(self.accuracy, 4), "images": self.images}
+        if self.p is not None:
+            d |= {"discordant": [self.wins, self.losses], "p": float(f"{self.p:.4g}")}
+        return d
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The test behind the decision, as manifest.json records it."""
+
+    level: float  # the per-comparison level: ALPHA / (challengers x tests)
+    challengers: int
+    tests: int  # rounds at which the test is made
+    rounds: tuple[int, ...]  # images scored after each round run
+    forwards: int  # images x conventions scored
+    decision: str  # "adopted", "warned", "kept: ..." (why)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": TEST,
+            "alpha": ALPHA,
+            "correction": f"Bonferroni over {self.challengers} challengers x {self.tests} rounds",
+            "level": float(f"{self.level:.4g}"),
+            "min_images": MIN_IMAGES,
+            "rounds": list(self.rounds),
+            "forwards": self.forwards,
+            "max_forwards": MAX_FORWARDS,
+            "decision": self.decision,
+        }
 
 
 @dataclass(frozen=True)
@@ -171,6 +234,7 @@ class InputCheck:
     scores: tuple[Score, ...] = ()
     warning: str | None = None
     seconds: float = 0.0  # wall time: timings.json, not the manifest (reruns stay identical)
+    evidence: Evidence | None = None
 
     @property
     def checked(self) -> bool:
@@ -180,6 +244,7 @@ class InputCheck:
         return {
             "checked": self.checked,
             "images": self.images,
+            "test": None if self.evidence is None else self.evidence.to_dict(),
             "candidates": [s.to_dict() for s in self.scores],
             "chosen": self.chosen.to_dict(),
             "source": self.source,
@@ -217,29 +282,66 @@ def nested_rounds(n: int, first: int = FIRST_ROUND) -> list[list[int]]:
     return rounds
 
 
-def correct_counts(
+def binomial_two_sided(k: int, n: int) -> float:
+    """Exact two-sided p of ``k`` heads in ``n`` fair coin tosses: twice the smaller tail,
+    at most 1 (McNemar's exact test with k, n - k the two kinds of discordant pair)."""
+    if n == 0:
+        return 1.0
+    low = min(k, n - k)
+    tail = sum(math.comb(n, i) for i in range(low + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def mcnemar(wins: int, losses: int) -> float:
+    """Exact McNemar p: ``wins`` images only one convention gets right, ``losses`` only the
+    other; under the null each discordant image is a fair coin."""
+    return binomial_two_sided(wins, wins + losses)
+
+
+def decode(
+    paths: Sequence[Path], pre: Preprocess, readers: Sequence[str]
+) -> tuple[dict[str, Tensor], list[int], list[str]]:
+    """Each image decoded once per library -> for each reader display-order pixels [N,C,H,W]
+    in [0,1], the positions of the images every reader could read, and why the others not."""
+    arrays: dict[str, list[np.ndarray]] = {r: [] for r in readers}
+    kept: list[int] = []
+    bad: list[str] = []
+    for i, path in enumerate(paths):
+        try:
+            variants = pixel_variants(path, pre, readers)
+        except BadImage as err:
+            bad.append(err.reason)
+            continue
+        for r in readers:
+            arrays[r].append(variants[r])
+        kept.append(i)
+    pixels = {
+        r: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).contiguous() if a else torch.empty(0)
+        for r, a in arrays.items()
+    }
+    return pixels, kept, bad
+
+
+def data_stats(pixels: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of display-order pixels [N,C,H,W], to 3 decimals (the flags
+    that select them stay short); a constant channel gets std 1."""
+    mean = pixels.double().mean(dim=(0, 2, 3))
+    std = pixels.double().std(dim=(0, 2, 3))
+    std = torch.where(std > 1e-3, std, torch.ones_like(std))
+    return tuple(round(float(v), 3) for v in mean), tuple(round(float(v), 3) for v in std)
+
+
+def right_answers(
     model: nn.Module,
     pixels: dict[str, Tensor],
     labels: Tensor,
-    conventions: Sequence[Convention],
+    convention: Convention,
     pre: Preprocess,
     batch_size: int,
 ) -> Tensor:
-    """(K,) images each convention gets right; ``pixels`` [N,C,H,W] in [0,1] per reader."""
-    counts = []
-    for c in conventions:
-        x = c.apply(pre).normalize(pixels[c.reader])  # (N, C, H, W)
-        counts.append(int((predict(model, x, batch_size=batch_size)[1].cpu() == labels).sum()))
-    return torch.tensor(counts)
-
-
-def decode(paths: Sequence[Path], pre: Preprocess) -> tuple[dict[str, Tensor], list[int]]:
-    """Each image once per reader -> display-order pixels [N,C,H,W] in [0,1], and the positions
-    of the images both readers could read (an unreadable file is left out)."""
-    as_pixels = replace(pre, channel_order="rgb", mean=None, std=None)  # normalize() is a no-op
-    loaded = {r: load_usable(paths, replace(as_pixels, reader=r)) for r in READERS}
-    both = sorted(set.intersection(*(set(v.kept) for v in loaded.values())))
-    return {r: v.x[[v.kept.index(i) for i in both]] for r, v in loaded.items()}, both
+    """(N,) bool: which images the model gets right under ``convention``."""
+    x = convention.apply(pre).normalize(pixels[convention.reader])  # (N, C, H, W)
+    return predict(model, x, batch_size=batch_size)[1].cpu() == labels
 
 
 def forward_seconds(model: nn.Module, pre: Preprocess, clock: Clock) -> float:
@@ -248,6 +350,28 @@ def forward_seconds(model: nn.Module, pre: Preprocess, clock: Clock) -> float:
     start = clock()
     predict(model, probe, batch_size=PROBE_IMAGES)
     return (clock() - start) / PROBE_IMAGES
+
+
+@dataclass
+class Tally:
+    """Per candidate, which scored images it got right, in the order they were scored; a
+    candidate dropped part-way keeps what it was scored on."""
+
+    right: dict[Convention, list[Tensor]] = field(default_factory=dict)
+
+    def add(self, convention: Convention, right: Tensor) -> None:
+        self.right.setdefault(convention, []).append(right)
+
+    def of(self, convention: Convention) -> Tensor:
+        parts = self.right.get(convention, [])
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+    def versus(self, a: Convention, b: Convention) -> tuple[int, int]:
+        """(images only ``a`` gets right, images only ``b`` gets right) of those both scored."""
+        ra, rb = self.of(a), self.of(b)
+        n = min(len(ra), len(rb))
+        ra, rb = ra[:n], rb[:n]
+        return int((ra & ~rb).sum()), int((rb & ~ra).sum())
 
 
 def check_input(
@@ -260,11 +384,13 @@ def check_input(
     batch_size: int = 64,
     deadline: Deadline | None = None,
 ) -> InputCheck:
-    """Score every candidate convention on the labelled sample and decide which to use.
+    """Score the candidate conventions on the labelled sample, round by round, until the test
+    decides; adopt (nothing recorded or given) or name (recorded or given) a convention only
+    when it is significantly better than the one in use.
 
-    Under a --budget the check takes at most BUDGET_SHARE of it: the first round is priced by a
-    probe forward and each next round by the rounds before, and what cannot be afforded is
-    not run (the note says so)."""
+    With nothing recorded or given the check always runs to its decision, whatever the
+    machine's load. Otherwise, under --budget, it takes at most BUDGET_SHARE of it: the first
+    round is priced by a probe forward and each next round by the rounds before."""
     deadline = deadline or Deadline(None)
     clock = deadline.clock
     start = clock()
@@ -272,99 +398,251 @@ def check_input(
     indices, labels = labelled_sample(split, num_outputs)
     if not indices:
         return unchecked(in_use, source, "no labelled images (a bare folder or --images only)")
-    conventions = candidates(pre)
+    paths = [split.paths[i] for i in indices]  # type: ignore[union-attr]
+    if pre.function is not None:
+        return score_function(model, paths, labels, pre, source, batch_size, clock, start)
     rounds = nested_rounds(len(indices))
     allowed = math.inf
-    if deadline.budget is not None:
+    if deadline.budget is not None and source != ADOPTED:
         allowed = min(BUDGET_SHARE * deadline.budget, deadline.left())
-        need = len(rounds[0]) * len(conventions) * forward_seconds(model, pre, clock)
+        count = len(candidates(pre, ((0.5,) * pre.channels, (0.25,) * pre.channels)))
+        need = len(rounds[0]) * count * forward_seconds(model, pre, clock)
         if need > allowed:
             why = f"it needs about {need:.0f} s and the --budget allows it {max(allowed, 0):.0f} s"
             return unchecked(in_use, source, why)
-    paths = [split.paths[i] for i in indices]  # type: ignore[union-attr]
-    correct = torch.zeros(len(conventions), dtype=torch.long)
+    tests = sum(1 for r in range(len(rounds)) if len(positions_done(rounds, r + 1)) >= MIN_IMAGES)
+    tally = Tally()
+    conventions: list[Convention] = []
+    live: list[Convention] = []
     used: list[int] = []
     tried = 0  # sampled images of the rounds run, the unreadable ones included
+    after: list[int] = []  # images scored after each round
+    winners: list[Convention] = []
+    level = 1.0
+    cut = capped = False
+    forwards = 0  # images x conventions scored
     for r, positions in enumerate(rounds):
         spent = clock() - start
         if r and spent + len(positions) * spent / len(positions_done(rounds, r)) > allowed:
-            break  # the next round would overrun the check's share of the budget
+            cut = True  # the next round would overrun the check's share of the budget
+            break
+        if live and forwards + len(positions) * len(live) > MAX_FORWARDS:
+            capped = True  # stopping never adopts anything: it only leaves the evidence thin
+            break
         tried += len(positions)
-        pixels, readable = decode([paths[p] for p in positions], pre)
+        readers = sorted({c.reader for c in live}) if live else list(READERS)
+        pixels, readable, _ = decode([paths[p] for p in positions], pre, readers)
         kept = [positions[k] for k in readable]
         if not kept:  # a round of unreadable files: nothing to score
             continue
+        if not conventions:  # the data's own statistics come from the first readable round
+            conventions = candidates(pre, data_stats(pixels[READERS[0]]))
+            live = list(conventions)  # the convention in use is one of them
+            level = ALPHA / max(1, (len(live) - 1) * max(tests, 1))
         truth = torch.tensor([labels[p] for p in kept], dtype=torch.long)
-        correct += correct_counts(model, pixels, truth, conventions, pre, batch_size)
+        for c in live:
+            tally.add(c, right_answers(model, pixels, truth, c, pre, batch_size))
+        forwards += len(kept) * len(live)
         used += kept
+        after.append(len(used))
+        left = len(indices) - tried  # images still to score, at most
+        winners = significant(tally, live, in_use, level) if len(used) >= MIN_IMAGES else []
+        if winners:
+            break
+        live = still_live(tally, live, in_use, level, left)
+        if live == [in_use]:
+            break
     seconds = clock() - start
     if not used:
         return unchecked(in_use, source, "none of the sampled labelled images could be read")
-    scores = tuple(
-        Score(c, float(n) / len(used)) for c, n in zip(conventions, correct.tolist(), strict=True)
-    )
-    chance = majority_share([labels[p] for p in used])
+    scores = scores_of(tally, conventions or [in_use], in_use)
     on = f"on {len(used)} labelled images"
     left_out = [f"{tried - len(used)} unreadable"] if tried > len(used) else []
-    if tried < len(indices):
+    if cut:
         left_out.append(f"the --budget allowed {tried} of {len(indices)}")
+    if capped:
+        left_out.append(f"at most {MAX_FORWARDS} image forwards: {tried} of {len(indices)}")
     if left_out:
         on += f" ({'; '.join(left_out)})"
-    chosen, note, warning = decide(scores, in_use, source, chance, on)
-    return InputCheck(chosen, source, note, len(used), scores, warning, seconds)
+    challengers = max(len(conventions) - 1, 0)
+    evidence = Evidence(level, challengers, max(tests, 1), tuple(after), forwards, "")
+    chosen, note, warning, decision = decide(
+        tally, scores, in_use, source, winners, level, len(used), on
+    )
+    evidence = replace(evidence, decision=decision)
+    return InputCheck(chosen, source, note, len(used), scores, warning, seconds, evidence)
+
+
+def significant(
+    tally: Tally, live: Sequence[Convention], in_use: Convention, level: float
+) -> list[Convention]:
+    """The live challengers significantly better than ``in_use`` on the images both scored."""
+    out = []
+    for c in live:
+        if c == in_use:
+            continue
+        wins, losses = tally.versus(c, in_use)
+        if wins > losses and mcnemar(wins, losses) <= level:
+            out.append(c)
+    return out
+
+
+def still_live(
+    tally: Tally, live: Sequence[Convention], in_use: Convention, level: float, left: int
+) -> list[Convention]:
+    """The challengers worth scoring on: not significantly better even if they won every one of
+    the ``left`` images still to score is futile; DROP_LEVEL worse than the leader is out.
+    Either only lowers how often the convention changes."""
+    leader = max(live, key=lambda c: int(tally.of(c).sum()))
+    out = [in_use]
+    for c in live:
+        if c == in_use:
+            continue
+        wins, losses = tally.versus(c, in_use)
+        if wins + left <= losses or mcnemar(wins + left, losses) > level:
+            continue  # futile
+        ahead, behind = tally.versus(leader, c)
+        if ahead > behind and mcnemar(ahead, behind) <= DROP_LEVEL:
+            continue
+        out.append(c)
+    return out
+
+
+def scores_of(
+    tally: Tally, conventions: Sequence[Convention], in_use: Convention
+) -> tuple[Score, ...]:
+    out = []
+    for c in conventions:
+        right = tally.of(c)
+        accuracy = float(right.float().mean()) if len(right) else 0.0
+        if c == in_use:
+            out.append(Score(c, accuracy, len(right)))
+            continue
+        wins, losses = tally.versus(c, in_use)
+        out.append(Score(c, accuracy, len(right), wins, losses, mcnemar(wins, losses)))
+    return tuple(out)
+
+
+def score_function(
+    model: nn.Module,
+    paths: Sequence[Path],
+    labels: Sequence[int],
+    pre: Preprocess,
+    source: str,
+    batch_size: int,
+    clock: Clock,
+    start: float,
+) -> InputCheck:
+    """--preprocess: the user's function reads, so nothing is adopted; its accuracy on the
+    labelled sample is recorded (the images it raised on are left out)."""
+    in_use = Convention.of(pre)
+    loaded = load_usable(paths, pre)
+    if not loaded.paths:
+        return unchecked(
+            in_use, source, "the --preprocess function read none of the sampled labelled images"
+        )
+    truth = torch.tensor([labels[k] for k in loaded.kept], dtype=torch.long)
+    right = predict(model, loaded.x, batch_size=batch_size)[1].cpu() == truth
+    accuracy = float(right.float().mean())
+    on = f"on {len(truth)} labelled images"
+    if loaded.skipped:
+        on += f" ({len(loaded.skipped)} it could not read)"
+    note = f"the input is read by {in_use.describe()} as given (not checked against other conventions); it scores {accuracy:.2f} {on}"
+    return InputCheck(
+        in_use,
+        source,
+        note,
+        len(truth),
+        (Score(in_use, accuracy, len(truth)),),
+        None,
+        clock() - start,
+    )
 
 
 def positions_done(rounds: Sequence[Sequence[int]], r: int) -> list[int]:
     return [p for done in rounds[:r] for p in done]
 
 
-def majority_share(labels: Sequence[int]) -> float:
-    """Chance accuracy: the share of the most common label (1/K for a balanced sample)."""
-    return max(labels.count(lb) for lb in set(labels)) / len(labels)
-
-
 def unchecked(in_use: Convention, source: str, why: str) -> InputCheck:
     return InputCheck(in_use, source, f"the input convention could not be checked: {why}")
 
 
+def pick(
+    tally: Tally, winners: Sequence[Convention], in_use: Convention, level: float
+) -> Convention:
+    """Of the challengers significantly better than ``in_use``: those not significantly worse
+    than the best-scoring one, the closest to ``in_use`` first (on the sample set cv2's and
+    PIL's resizes score alike, and the default reader is kept), then the most right."""
+    best = max(winners, key=lambda c: int(tally.of(c).sum()))
+    near = []
+    for c in winners:
+        ahead, behind = tally.versus(best, c)
+        if not (ahead > behind and mcnemar(ahead, behind) <= level):
+            near.append(c)
+    return min(near, key=lambda c: (in_use.distance(c), -int(tally.of(c).sum())))
+
+
 def decide(
-    scores: Sequence[Score], in_use: Convention, source: str, chance: float, on: str
-) -> tuple[Convention, str, str | None]:
-    """(the convention to use, the note, a warning or None). Recorded or given: kept, and a
-    candidate clearly better is named. Neither: the best is adopted, ties go to the default.
-    ``on`` says what was scored ("on 200 labelled images")."""
-    accuracy = {s.convention: s.accuracy for s in scores}
-    top = max(accuracy.values())
-    credible = top >= CHANCE_FACTOR * chance
-    if source == ADOPTED:
-        ties = [s.convention for s in scores if s.accuracy >= top - TIE_MARGIN]
-        best = min(ties, key=in_use.distance) if credible else in_use
-        if best == in_use:
-            return (
-                in_use,
-                f"no input convention recorded or given: kept the HW3 default "
-                f"({in_use.describe()}), which scores {accuracy[in_use]:.2f} {on}"
-                + ("" if credible else " (no convention scores well above chance)"),
-                None,
+    tally: Tally,
+    scores: Sequence[Score],
+    in_use: Convention,
+    source: str,
+    winners: Sequence[Convention],
+    level: float,
+    images: int,
+    on: str,
+) -> tuple[Convention, str, str | None, str]:
+    """(the convention to use, the note, a warning or None, the decision in a few words).
+    A challenger significantly better than the one in use is adopted (nothing recorded or
+    given) or named in a warning (recorded, given or replayed); otherwise the one in use is
+    kept, and the note says whether the evidence was too thin or simply against a change."""
+    by = {s.convention: s for s in scores}
+    mine = by[in_use]
+    if winners:
+        best = pick(tally, winners, in_use, level)
+        s = by[best]
+        evidence = (
+            f"exact McNemar p = {s.p:.2g} on {s.wins} vs {s.losses} images only one of them "
+            f"gets right, below {ALPHA:g} Bonferroni-corrected"
+        )
+        if source == ADOPTED:
+            note = (
+                f"no input convention recorded or given: adopted {best.describe()}, which scores "
+                f"{s.accuracy:.2f} {on} against the HW3 default's ({in_use.describe()}) "
+                f"{mine.accuracy:.2f} ({evidence}); pass {best.flags_from(in_use)} to say so"
             )
-        note = (
-            f"no input convention recorded or given: adopted {best.describe()}, which scores "
-            f"{accuracy[best]:.2f} {on} (the HW3 default {in_use.describe()}: "
-            f"{accuracy[in_use]:.2f}); pass {best.flags_from(in_use)} to say so"
-        )
-        return best, note, note
-    ties = [s.convention for s in scores if s.accuracy >= top - TIE_MARGIN]
-    best = min(ties, key=in_use.distance)
-    what = {FLAGS: "as read", RECORDED: "as the checkpoint records"}.get(source, "as replayed")
-    if credible and top - accuracy[in_use] >= WARN_GAP and best != in_use:
+            return best, note, note, "adopted"
+        what = {FLAGS: "as read", RECORDED: "as the checkpoint records"}.get(source, "as replayed")
         warning = (
-            f"the model scores {accuracy[in_use]:.2f} {on} {what} ({in_use.describe()}) "
-            f"but {accuracy[best]:.2f} with {best.describe()}: pass {best.flags_from(in_use)} "
-            "if that is how it was trained"
+            f"the model scores {mine.accuracy:.2f} {on} {what} ({in_use.describe()}) but "
+            f"{s.accuracy:.2f} with {best.describe()} ({evidence}): pass "
+            f"{best.flags_from(in_use)} if that is how it was trained"
         )
-        return in_use, warning, warning
+        return in_use, warning, warning, "warned"
+    others = [s for s in scores if s.convention != in_use and s.images]
+    top = max(others, key=lambda s: (s.accuracy, -s.convention.distance(in_use)), default=None)
+    if images < MIN_IMAGES:
+        why = f"only {images} labelled images, fewer than the {MIN_IMAGES} a change needs"
+        decision = "kept: too few images"
+    elif top is not None and top.accuracy > mine.accuracy:
+        why = (
+            f"the best other, {top.convention.describe()} at {top.accuracy:.2f}, is not "
+            f"significantly better (exact McNemar p = {top.p:.2g}, {ALPHA:g} Bonferroni-corrected)"
+        )
+        decision = "kept: evidence too thin"
+    else:
+        why = "no other convention scores higher"
+        decision = "kept: none better"
+    thin = "; the evidence is too thin to change it" if decision != "kept: none better" else ""
+    if source == ADOPTED:
+        note = (
+            f"no input convention recorded or given: kept the HW3 default ({in_use.describe()}), "
+            f"which scores {mine.accuracy:.2f} {on}: {why}{thin}"
+        )
+        return in_use, note, None, decision
+    what = {FLAGS: "as read", RECORDED: "as the checkpoint records"}.get(source, "as replayed")
     note = (
-        f"the input convention {what} ({in_use.describe()}) scores {accuracy[in_use]:.2f} {on}; "
-        "no other scores clearly better"
+        f"the input convention {what} ({in_use.describe()}) scores {mine.accuracy:.2f} {on}; "
+        f"no other scores significantly better ({why})"
     )
-    return in_use, note, None
+    return in_use, note, None, decision

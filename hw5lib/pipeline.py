@@ -148,6 +148,10 @@ def parameters(cfg: RunConfig) -> dict:
     params = {k: v for k, v in vars(cfg).items() if k not in PATH_FIELDS}
     params["images"] = [relative_name(cfg.data, p) for p in cfg.images]
     params["model"] = model_spec_name(cfg.model) if cfg.model else None
+    if cfg.preprocess:  # only then: earlier manifests stay byte-identical
+        params["preprocess"] = model_spec_name(cfg.preprocess)
+    else:
+        params.pop("preprocess")
     if cfg.threads is None:  # torch's own choice: the manifest stays as before the option
         params.pop("threads")
     if cfg.checkpoint_key is None:  # the one state_dict that fits: as before the option

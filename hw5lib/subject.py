@@ -39,6 +39,7 @@ from .probe import (
     require_spatial,
     take_off_head,
 )
+from .user_preprocess import fit_display, import_reader, with_reader
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,24 @@ def resolve_preprocess(
 
 def preprocess_given(cfg: RunConfig) -> bool:
     """Did the user (or a preset) set any part of the input convention?"""
-    return any(v is not None for v in (cfg.channel_order, cfg.reader, cfg.mean, cfg.std))
+    given = (cfg.channel_order, cfg.reader, cfg.mean, cfg.std, cfg.preprocess)
+    return any(v is not None for v in given)
+
+
+def user_reading(cfg: RunConfig, pre: Preprocess, split: ImageSet | None) -> Preprocess:
+    """--preprocess: ``pre`` reading with the user's function, at the size it returns."""
+    if not cfg.preprocess:
+        return pre
+    first = [*(split.paths if split is not None else ()), *sorted(cfg.images)]
+    return with_reader(pre, import_reader(cfg.preprocess), first)
+
+
+def user_display(cfg: RunConfig, pre: Preprocess, x: Tensor, paths: Sequence[Path]) -> Preprocess:
+    """--preprocess: how the function's inputs ``x`` of the explained ``paths`` are shown."""
+    if pre.function is None:
+        return pre
+    stats = pre.mean is not None or pre.std is not None  # --mean/--std, recorded or replayed
+    return fit_display(pre, x, paths, order_given=cfg.channel_order is not None, stats_given=stats)
 
 
 def check_convention(
@@ -347,6 +365,7 @@ def prepare(
     size = input_side(cfg, loaded, model)
     pre = resolve_preprocess(cfg, loaded, infer_channels(model), size["side"])
     split = open_dataset(cfg.data) if cfg.data is not None else None
+    pre = user_reading(cfg, pre, split)
     # One forward: the number of classes, and whether the model ends in probabilities.
     head, out = probe_output(model, torch.zeros(1, pre.channels, *pre.size, device=device))
     num_outputs = int(out.shape[1])
@@ -368,6 +387,7 @@ def prepare(
     pre, check = check_convention(cfg, loaded, infer, pre, split, num_outputs, deadline, replayed)
     validate_cam_targets(cfg.cam_targets, num_outputs)
     paths, labels, x, skipped = explained_inputs(cfg, split, num_outputs, pre)
+    pre = user_display(cfg, pre, x, paths)
     x = x.to(device)
     prob = metrics.predict(model, x, batch_size=cfg.batch_size, head=head.kind)[0].cpu()
     pred = prob.argmax(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -14,9 +15,9 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from hw5lib.config import RunConfig
-from hw5lib.data import Preprocess
+from hw5lib.data import READERS, Preprocess
 from hw5lib.errors import UserError
-from hw5lib.images import load_inputs, load_usable
+from hw5lib.images import load_inputs, load_usable, pixel_variants
 from hw5lib.models import LoadedModel
 from hw5lib.subject import resolve_preprocess
 from hw5lib.train import TrainConfig
@@ -106,6 +107,33 @@ def test_pil_reader_is_the_hw5_pil_pipeline(photos, order, stats) -> None:
     mean, std = STATS[stats]
     pre = Preprocess(channel_order=order, mean=mean, std=std, reader="pil")
     assert torch.equal(load_inputs(photos, pre), torch.stack([hw5_input(p, pre) for p in photos]))
+
+
+@pytest.mark.parametrize(
+    ("reader", "interpolation"), [("cv2-cubic", cv2.INTER_CUBIC), ("cv2-area", cv2.INTER_AREA)]
+)
+def test_cv2_resize_variants_equal_cv2_resize_with_that_interpolation(
+    photos, reader, interpolation
+) -> None:
+    pre = Preprocess(size=(48, 80), channel_order="rgb", reader=reader)
+    expected = [
+        cv2.resize(cv2.imread(str(p))[:, :, ::-1], (80, 48), interpolation=interpolation)
+        for p in photos
+        if "turned" not in p.name  # cv2.imread turns it upright as the reader does, checked above
+    ]
+    kept = [p for p in photos if "turned" not in p.name]
+    x = torch.from_numpy(np.stack(expected).astype(np.float32) / 255).permute(0, 3, 1, 2)
+    assert torch.equal(load_inputs(kept, pre), x)
+    linear = load_inputs(kept, replace(pre, reader="cv2"))
+    assert (linear - x).abs().max() > 0.01  # another resize, other pixels
+
+
+def test_one_decode_gives_every_readers_pixels(photos) -> None:
+    pre = Preprocess(size=(40, 40))
+    variants = pixel_variants(photos[0], pre, READERS)
+    for reader in READERS:
+        alone = load_inputs([photos[0]], replace(pre, reader=reader, channel_order="rgb"))
+        assert torch.equal(torch.from_numpy(variants[reader]).permute(2, 0, 1), alone[0])
 
 
 def test_readers_see_different_pixels(photos) -> None:
