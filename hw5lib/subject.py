@@ -18,7 +18,18 @@ from .budget import Deadline
 from .config import RunConfig
 from .context import Run
 from .data import CLASS_PRESETS, FOOD11_CLASSES, Preprocess
-from .datasets import TRAIN_SPLITS, ImageSet, label_of, object_masks, open_dataset
+from .datasets import (
+    LABELLED_SPLITS,
+    TRAIN_SPLITS,
+    ImageSet,
+    csv_images,
+    has_class,
+    label_of,
+    object_masks,
+    open_dataset,
+    out_of_range,
+    within_classes,
+)
 from .errors import UserError
 from .images import Skipped, load_usable, skipped_warning
 from .input_check import (
@@ -89,9 +100,14 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def resolve_preprocess(cfg: RunConfig, loaded: LoadedModel, model_channels: int) -> Preprocess:
-    """Flags win over what the checkpoint recorded, which wins over the HW3 defaults."""
+def resolve_preprocess(
+    cfg: RunConfig, loaded: LoadedModel, model_channels: int, data_side: int | None = None
+) -> Preprocess:
+    """Flags win over what the checkpoint recorded, which wins over the side of a CSV's images
+    (``data_side``), which wins over the HW3 defaults."""
     base = loaded.preprocess or Preprocess(channels=model_channels)
+    if loaded.preprocess is None and data_side is not None:
+        base = replace(base, size=(data_side, data_side))
     size = (cfg.size, cfg.size) if cfg.size else base.size
     return replace(
         base,
@@ -287,8 +303,24 @@ def explained_inputs(
     if not paths:
         unreadable = f" ({skipped_warning(skipped)})" if skipped else ""
         raise UserError(f"nothing to explain: give a data folder or --images{unreadable}")
-    labels = [lb if lb is not None and lb < num_outputs else None for lb in labels]
+    labels = [lb if has_class(lb, num_outputs) else None for lb in labels]
     return paths, labels, torch.cat(inputs), skipped
+
+
+def labels_out_of_range(
+    cfg: RunConfig, split: ImageSet | None, num_classes: int
+) -> list[tuple[Path, int]]:
+    """(file, label) of every file the run reads whose label names no class of the model, by
+    path: in the explained split, the labelled split the confusion matrix reads, the picks and
+    --images. They all count as unlabelled (datasets.OUT_OF_RANGE_FATE)."""
+    found = out_of_range(split, num_classes) if split is not None else []
+    if cfg.data is not None:
+        found += out_of_range(open_dataset(cfg.data, LABELLED_SPLITS), num_classes)
+    for p in [*training_picks(cfg), *named_images(cfg), *cfg.images]:
+        label = label_of(p)
+        if label is not None and not has_class(label, num_classes):
+            found.append((p, label))
+    return sorted(dict(found).items())
 
 
 def prepare(
@@ -308,10 +340,13 @@ def prepare(
         # oneDNN's convolutions run ~1.3-1.5x faster on NHWC tensors (bench/RESULTS.md).
         model = model.to(memory_format=torch.channels_last)
     check_layers(cfg, model)
-    pre = resolve_preprocess(cfg, loaded, infer_channels(model))
+    table = csv_images(cfg.data)
+    pre = resolve_preprocess(cfg, loaded, infer_channels(model), table.side if table else None)
     split = open_dataset(cfg.data) if cfg.data is not None else None
     with torch.inference_mode():
         num_outputs = int(model(torch.zeros(1, pre.channels, *pre.size, device=device)).shape[1])
+    outside = labels_out_of_range(cfg, split, num_outputs)
+    split = within_classes(split, num_outputs) if split is not None else None
     classes = resolve_classes(cfg, loaded, num_outputs, split.classes if split else None)
     # Built before the images are chosen, on seeded random pixels: the input check's forwards
     # run through it too (about 2x a plain forward of the HW3 Classifier on the CPU).
@@ -340,5 +375,6 @@ def prepare(
     )
     run = Run(cfg, loaded, model, pre, classes, subject, device, infer=infer, grad=grad)
     run.input_check = check
+    run.out_of_range = outside
     run.skip_images(skipped)
     return run
