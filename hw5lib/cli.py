@@ -226,9 +226,9 @@ def report_config(args: argparse.Namespace, argv: Sequence[str] | None = None) -
         checkpoint = checkpoint or BUNDLED_CHECKPOINT
     if out is None:
         raise UserError("give an output folder: hw5.py report DATA OUT")
-    from .outputs import writable_folder
+    from .outputs import check_writable
 
-    writable_folder(out)  # before a checkpoint is downloaded or loaded
+    check_writable(out)  # before a checkpoint is downloaded or loaded; creates nothing
     if checkpoint is None:
         from .fetch import fetch_checkpoint
 

@@ -42,7 +42,12 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def label_of(path: Path) -> int | None:
-    """Food-11 names files ``<label>_<n>.jpg``; testing files carry no label."""
+    """Food-11 names files ``<label>_<n>.jpg``; testing files carry no label. A CSV row
+    (``train.csv#5``) has the label of its row."""
+    if ".csv#" in path.name and not path.is_file():
+        file, _, row = str(path).rpartition("#")
+        rows = read_csv_images(Path(file)).rows
+        return rows[int(row)][0] if row.isdigit() and int(row) < len(rows) else None
     m = _LABELLED.match(path.stem)
     return int(m.group(1)) if m else None
 
@@ -225,7 +230,7 @@ def read_csv_images(path: Path) -> CsvImages:
     the header and the first rows."""
     if not path.is_file():
         raise UserError(f"CSV file {path} does not exist")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # Excel starts with a BOM
         rows = list(csv.reader(f))
     header = rows[0] if rows else []
     pix, lab, use = csv_columns(path, header)

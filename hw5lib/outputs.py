@@ -3,6 +3,7 @@ output folder checked writable and locked for one run at a time."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -104,6 +105,19 @@ def cannot_write(out: Path, err: OSError) -> UserError:
     blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     why = f"{blocker} is a file, not a folder" if blocker else (err.strerror or str(err))
     return UserError(f"cannot write the output folder {out}: {why}; give a folder you can write to")
+
+
+def check_writable(out: Path) -> None:
+    """A user error if ``out`` clearly cannot be written (a file on its path, a folder this
+    user may not write), creating nothing: what a run checks before any other work."""
+    out = Path(out)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise cannot_write(out, NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise cannot_write(out, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
 
 
 def writable_folder(out: Path) -> None:

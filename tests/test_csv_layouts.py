@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hw5lib.cli import main
-from hw5lib.datasets import csv_row_image, open_dataset, read_csv_images
+from hw5lib.datasets import csv_row_image, label_of, open_dataset, read_csv_images
 from hw5lib.errors import UserError
 from tests.csv_models import TinyExpressionNet
 
@@ -175,3 +175,17 @@ def test_a_non_square_csv_stops_the_report_in_one_line(tmp_path: Path, capsys) -
     err = capsys.readouterr().err
     assert err.startswith("hw5: error: ") and "no square image" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_csv_saved_by_excel_with_a_byte_order_mark_reads_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"\xef\xbb\xbflabel,feature\r\n5," + b" ".join([b"7"] * 9) + b"\r\n")
+    table = read_csv_images(path)
+    assert (table.layout, table.side, table.rows[0][0]) == ("label,feature", 3, 5)
+
+
+def test_a_csv_row_has_the_label_of_its_row(tmp_path: Path) -> None:
+    """--training-indices into a CSV explain each row against its own label."""
+    path = tmp_path / "train.csv"
+    write_csv(path, "label,feature", 4, "int")
+    assert [label_of(Path(f"{path}#{i}")) for i in (0, 3, 9)] == [0, 3, 2]
