@@ -6,11 +6,13 @@ with a model whose Linear only fits the CSV's own side."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from pypdf import PdfReader
 
 from hw5lib.cli import main
 from hw5lib.datasets import csv_row_image, label_of, open_dataset, read_csv_images
@@ -120,6 +122,11 @@ def test_expression_preset_runs_every_csv_layout_end_to_end(
     scale = "[0,1], scaled by 255" if style == "unit" else "[0,255]"
     said = f"hw5: {data.name}: 14 rows ({header}) of {side}x{side} gray pixels in {scale}"
     assert said in err.splitlines()  # what the file was read as, in one line
+    title = re.sub(r"\s+", " ", PdfReader(out / "report.pdf").pages[0].extract_text())
+    assert (
+        f"CSV 14 rows ({header}) of {side}x{side} gray pixels in [0,{1 if style == 'unit' else 255}]"
+        in title
+    )
     man = json.loads((out / "manifest.json").read_text())
     assert man["model"]["input"] == [1, side, side]
     assert man["dataset"]["csv"] == {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pypdf import PdfReader
 
 from hw5lib import outputs
 from hw5lib.cli import main
@@ -187,6 +189,8 @@ def test_a_label_outside_the_classes_is_named_and_counted_as_unlabelled(
     assert man["accuracy"]["evaluated"] == len(labelled)
     with np.load(out / "q3_confusion.npz") as z:
         assert z["labels"].max() < 11 and len(z["labels"]) == len(labelled)
+    title = re.sub(r"\s+", " ", PdfReader(out / "report.pdf").pages[0].extract_text())
+    assert "labels out of range validation/15_3.jpg (15): treated as unlabelled" in title
 
 
 def test_labels_outside_the_classes_become_none_for_every_use(tmp_path) -> None:
