@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         help="defaults reproducing a seed report's figure set: hw5-2020 (Food-11, the course's "
-        "picks), expression (FER2013 or label,feature CSV, gray, its own side), catdog (224x224 AlexNet, ImageNet "
-        "normalization, dog.jpg/cat.jpg/both.jpg, CAMs for both classes); flags still win",
+        "picks), expression (a FER2013 or label,feature CSV, gray, at its own side), catdog "
+        "(224x224 AlexNet, ImageNet normalization, dog.jpg/cat.jpg/both.jpg, CAMs for both "
+        "classes); flags still win",
     )
     r.add_argument("--checkpoint", type=Path, help="checkpoint file (default: $HW5_CHECKPOINT)")
     r.add_argument(

@@ -183,8 +183,6 @@ def output_folder(out: Path) -> Iterator[Path]:
     run writing the same folder at once would mix two runs' files under one manifest. The lock
     goes in ``finally``, on Ctrl-C and SIGTERM too."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"cannot write the output folder {out}: it is a file, not a folder")
     writable_folder(out)
     path = out / LOCK_NAME
     fd = _lock(path)

@@ -123,10 +123,8 @@ def test_expression_preset_runs_every_csv_layout_end_to_end(
     said = f"hw5: {data.name}: 14 rows ({header}) of {side}x{side} gray pixels in {scale}"
     assert said in err.splitlines()  # what the file was read as, in one line
     title = re.sub(r"\s+", " ", PdfReader(out / "report.pdf").pages[0].extract_text())
-    assert (
-        f"CSV 14 rows ({header}) of {side}x{side} gray pixels in [0,{1 if style == 'unit' else 255}]"
-        in title
-    )
+    top = 1 if style == "unit" else 255
+    assert f"CSV 14 rows ({header}) of {side}x{side} gray pixels in [0,{top}]" in title
     man = json.loads((out / "manifest.json").read_text())
     assert man["model"]["input"] == [1, side, side]
     assert man["dataset"]["csv"] == {
