@@ -16,7 +16,7 @@ from pypdf import PdfReader
 
 from hw5lib.cli import main
 from hw5lib.datasets import csv_row_image, label_of, open_dataset, read_csv_images
-from hw5lib.errors import UserError
+from hw5lib.errors import BadImage, UserError
 from tests.csv_models import TinyExpressionNet
 
 MODEL = Path(__file__).with_name("csv_models.py")
@@ -194,3 +194,14 @@ def test_a_csv_row_has_the_label_of_its_row(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
     write_csv(path, "label,feature", 4, "int")
     assert [label_of(Path(f"{path}#{i}")) for i in (0, 3, 9)] == [0, 3, 2]
+
+
+def test_a_row_of_another_length_is_one_unreadable_image_not_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    rows = ["0," + " ".join(["9"] * 16), "1," + " ".join(["9"] * 15), "2," + " ".join(["9"] * 16)]
+    path.write_text("label,feature\n" + "\n".join(rows) + "\n")
+    assert read_csv_images(path).side == 4
+    with pytest.raises(BadImage, match="15 pixels, not 4x4") as caught:
+        csv_row_image(Path(f"{path}#1"))
+    assert caught.value.reason == "15 pixels, not 4x4"  # listed with the skipped images
+    assert np.asarray(csv_row_image(Path(f"{path}#2"))).shape == (4, 4)
