@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         help="defaults reproducing a seed report's figure set: hw5-2020 (Food-11, the course's "
-        "picks), expression (FER2013 CSV, 48x48 gray), catdog (224x224 AlexNet, ImageNet "
-        "normalization, dog.jpg/cat.jpg/both.jpg, CAMs for both classes); flags still win",
+        "picks), expression (a FER2013 or label,feature CSV, gray, at its own side), catdog "
+        "(224x224 AlexNet, ImageNet normalization, dog.jpg/cat.jpg/both.jpg, CAMs for both "
+        "classes); flags still win",
     )
     r.add_argument("--checkpoint", type=Path, help="checkpoint file (default: $HW5_CHECKPOINT)")
     r.add_argument(
@@ -196,7 +197,7 @@ PRESETS: dict[str, dict] = {
         "filters": (0,),
         "conventions": COURSE,
     },
-    "expression": {"classes": "fer2013", "channels": 1, "size": 48},
+    "expression": {"classes": "fer2013", "channels": 1},  # the side: the CSV's own
     "catdog": {
         "classes": "catdog",
         "size": 224,
@@ -232,6 +233,9 @@ def report_config(args: argparse.Namespace, argv: Sequence[str] | None = None) -
         checkpoint = checkpoint or BUNDLED_CHECKPOINT
     if out is None:
         raise UserError("give an output folder: hw5.py report DATA OUT")
+    from .outputs import check_writable
+
+    check_writable(out)  # before a checkpoint is downloaded or loaded; creates nothing
     if checkpoint is None:
         from .fetch import fetch_checkpoint
 
@@ -370,6 +374,8 @@ def run_command(argv: list[str] | None, started: float) -> int:
                 print(f"hw5: {check['note']}", file=sys.stderr)
             if man["skipped_images"]:
                 print(f"hw5: warning: {skipped_line(man['skipped_images'])}", file=sys.stderr)
+            for line in dataset_lines(man["dataset"], man["model"]["classes"], args.quiet):
+                print(line, file=sys.stderr)
             if not man["figures"] and cfg.budget is not None:
                 raise UserError(
                     f"--budget {cfg.budget:g} s left no time for any figure (loading took "
@@ -444,6 +450,28 @@ def run_command(argv: list[str] | None, started: float) -> int:
         )
         return TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
     return 0
+
+
+def dataset_lines(dataset: dict, classes: list[str], quiet: bool) -> list[str]:
+    """What the data was read as (a CSV's layout, side and pixel range; not under --quiet) and a
+    warning naming the files whose label names no class."""
+    from .datasets import out_of_range_warning
+
+    lines = []
+    if dataset.get("csv") and not quiet:
+        csv = dataset["csv"]
+        low, high = csv["pixel_range"]
+        lines.append(
+            f"hw5: {dataset['root']}: {csv['rows']} rows ({csv['layout']}) of "
+            f"{csv['side']}x{csv['side']} gray pixels in [{low},{high}]"
+            + (", scaled by 255" if high == 1 else "")
+        )
+    outside = dataset.get("labels_out_of_range")
+    if outside:
+        named = [(Path(f["file"]).name, f["label"]) for f in outside["files"]]
+        warning = out_of_range_warning(named, outside["count"], len(classes))
+        lines.append(f"hw5: warning: {warning}")
+    return lines
 
 
 def skipped_line(skipped: list[dict]) -> str:

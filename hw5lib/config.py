@@ -122,8 +122,8 @@ class RunConfig:
     )
     size: int | None = option(
         None,
-        "resize images to SIZE x SIZE (HW3: 128); --csv-size: the side of the images in a "
-        "FER2013-style CSV",
+        "resize images to SIZE x SIZE (default: the checkpoint's, else a CSV's own side, "
+        "else HW3's 128)",
         PREPROCESSING,
         flags=("--size", "--csv-size"),
         type=int,

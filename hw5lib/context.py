@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -63,6 +64,7 @@ class Run:
     deadline: Deadline = field(default_factory=lambda: Deadline(None))
     labelled_images: int | None = None  # size of the labelled split, counted once
     skipped_images: list[Skipped] = field(default_factory=list)  # unreadable files passed over
+    out_of_range: list[tuple[Path, int]] = field(default_factory=list)  # labels naming no class
     interrupted: str | None = None  # the signal that stopped the run
     notes: Notes | None = None  # --notes, parsed and checked against the planned figures
     input_check: InputCheck | None = None  # which input convention the model scores best with

@@ -240,13 +240,13 @@ def randomization_check(
     """Does the method notice when the model's weights are destroyed? (Adebayo et al. 2018)
 
     Compares ``|explain(model)|`` with ``|explain(randomized_copy(model, n_top))|`` per image by
-    Spearman correlation. ``n_top=None`` re-initializes every parameterized layer. ``flagged``
-    = mean |correlation| > ``threshold``: the maps barely change when the weights are destroyed,
-    so the method does not explain the model. Images whose map is constant (nan) are skipped.
-    ``trained_maps`` reuses maps already computed on ``model`` (with the same settings).
+    Spearman correlation. ``n_top=None`` (or more than the model has) re-initializes every
+    parameterized layer. ``flagged`` = mean |correlation| > ``threshold``: the maps barely change
+    when the weights are destroyed, so the method does not explain the model. Images whose map
+    is constant (nan) are skipped. ``trained_maps`` reuses maps already computed on ``model`` (with the same settings).
     """
     layers = parameterized_layers(model)
-    n_top = len(layers) if n_top is None else n_top
+    n_top = len(layers) if n_top is None else min(n_top, len(layers))  # a small net has fewer
     random_model = randomized_copy(model, n_top, generator)
     if trained_maps is None:
         trained_maps = explain(model, x, target)

@@ -31,11 +31,17 @@ from .budget import (
 )
 from .config import RunConfig
 from .context import Failure, Run
-from .datasets import open_dataset
+from .datasets import OUT_OF_RANGE_FATE, csv_images, open_dataset
 from .errors import UserError
 from .hooks import torch_threads
 from .notes import check_references, read_notes, unproduced
-from .outputs import atomic_write_bytes, finite_or_null, json_bytes, sha256_file
+from .outputs import (
+    atomic_write_bytes,
+    finite_or_null,
+    json_bytes,
+    output_folder,
+    sha256_file,
+)
 from .portable import folder_name, model_spec_name, relative_name
 from .replay import Decisions, check_same_subject, read_replay
 from .stages import STAGES, Stage, cuts_of
@@ -191,6 +197,8 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
             "targets": run.subject.target.cpu().tolist(),
             "predictions": run.subject.pred.tolist(),
             "confidence": [round(float(v), 6) for v in run.subject.prob.max(1).values],
+            "csv": table.to_dict() if (table := csv_images(cfg.data)) else None,
+            "labels_out_of_range": labels_out_of_range(run),
         },
         "preprocess": run.pre.to_dict(),
         # the convention the run used, how it was chosen, every candidate's accuracy
@@ -218,6 +226,24 @@ def manifest(run: Run, figures: Sequence[FigureRecord]) -> dict:
         "decisions": decisions(run).to_dict(),
         "replayed": ({"sha256": run.replay.sha256, "cut": run.replay_cut} if run.replay else None),
         "outputs": dict(sorted(run.outputs.items())),
+    }
+
+
+OUT_OF_RANGE_LISTED = 20  # files the manifest names; the count covers all of them
+
+
+def labels_out_of_range(run: Run) -> dict | None:
+    """The files whose label names no class of the model: how many, the first by name, and
+    what the run did with them (None when there are none)."""
+    if not run.out_of_range:
+        return None
+    return {
+        "count": len(run.out_of_range),
+        "files": [
+            {"file": relative_name(run.cfg.data, p), "label": label}
+            for p, label in run.out_of_range[:OUT_OF_RANGE_LISTED]
+        ],
+        "treated_as": OUT_OF_RANGE_FATE,
     }
 
 
@@ -308,10 +334,10 @@ def run_report(
     interrupt (Ctrl-C, SIGTERM) or a user error in a stage, the manifest and report of what was
     done are written before the exception goes on.
     """
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise UserError(f"output path {cfg.out} exists and is not a folder")
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    with torch_threads(cfg.threads):  # --threads: another CPU's reduction order, for verify
+    with (
+        output_folder(cfg.out),  # checked writable and locked before the model loads
+        torch_threads(cfg.threads),  # --threads: another CPU's reduction order, for verify
+    ):
         return _run_report(cfg, progress, clock, started, stages)
 
 

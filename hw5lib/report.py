@@ -138,6 +138,7 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{count} images explained",
             )
         )
+        rows += _dataset_rows(data)
     if prep:
         rows.append(
             ("preprocessing", _join(f"{k}={'none' if v is None else v}" for k, v in prep.items()))
@@ -177,6 +178,27 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     if replayed:  # --replay: the decisions came from that manifest
         cut = f"; cut to fit the budget: {replayed['cut']}" if replayed.get("cut") else ""
         rows.append(("replayed manifest sha256", f"{replayed.get('sha256', '-')}{cut}"))
+    return rows
+
+
+def _dataset_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a CSV was read as, and the files whose label names no class."""
+    rows = []
+    csv = data.get("csv")
+    if csv:
+        low, high = csv["pixel_range"]
+        rows.append(
+            (
+                "CSV",
+                f"{csv['rows']} rows ({csv['layout']}) of {csv['side']}x{csv['side']} gray "
+                f"pixels in [{low},{high}]",
+            )
+        )
+    outside = data.get("labels_out_of_range")
+    if outside:
+        names = _join(f"{f['file']} ({f['label']})" for f in outside["files"][:3])
+        more = f" and {outside['count'] - 3} more" if outside["count"] > 3 else ""
+        rows.append(("labels out of range", f"{names}{more}: {outside['treated_as']}"))
     return rows
 
 

@@ -18,7 +18,18 @@ from .budget import Deadline
 from .config import RunConfig
 from .context import Run
 from .data import CLASS_PRESETS, FOOD11_CLASSES, Preprocess
-from .datasets import TRAIN_SPLITS, ImageSet, label_of, object_masks, open_dataset
+from .datasets import (
+    LABELLED_SPLITS,
+    TRAIN_SPLITS,
+    ImageSet,
+    csv_images,
+    has_class,
+    label_of,
+    object_masks,
+    open_dataset,
+    out_of_range,
+    within_classes,
+)
 from .errors import UserError
 from .images import Skipped, load_usable, skipped_warning
 from .input_check import (
@@ -243,14 +254,17 @@ def check_layers(
         require_spatial(model, layers, input_shape)
 
 
-def input_side(cfg: RunConfig, loaded: LoadedModel, model: nn.Module) -> dict:
+def input_side(
+    cfg: RunConfig, loaded: LoadedModel, model: nn.Module, data_side: int | None = None
+) -> dict:
     """The input side and where it came from: --size, the checkpoint's record, or a probe of
-    the model (the HW3 128 first, then the side its first Linear implies, then common sides)."""
+    the model (a CSV's own side or the HW3 128 first, then the side its first Linear implies,
+    then common sides)."""
     if cfg.size:
         return {"side": cfg.size, "source": "--size"}
     if loaded.preprocess is not None:
         return {"side": loaded.preprocess.size[0], "source": "checkpoint"}
-    default = int(loaded.architecture.get("input_size", Preprocess().size[0]))
+    default = data_side or int(loaded.architecture.get("input_size", Preprocess().size[0]))
     side, source = infer_side(model, infer_channels(model), default)
     if source != "default":
         log.info("input size %dx%d: the first side the model runs at (no --size given)", side, side)
@@ -344,8 +358,24 @@ def explained_inputs(
     if not paths:
         unreadable = f" ({skipped_warning(skipped)})" if skipped else ""
         raise UserError(f"nothing to explain: give a data folder or --images{unreadable}")
-    labels = [lb if lb is not None and lb < num_outputs else None for lb in labels]
+    labels = [lb if has_class(lb, num_outputs) else None for lb in labels]
     return paths, labels, torch.cat(inputs), skipped
+
+
+def labels_out_of_range(
+    cfg: RunConfig, split: ImageSet | None, num_classes: int
+) -> list[tuple[Path, int]]:
+    """(file, label) of every file the run reads whose label names no class of the model, by
+    path: in the explained split, the labelled split the confusion matrix reads, the picks and
+    --images. They all count as unlabelled (datasets.OUT_OF_RANGE_FATE)."""
+    found = out_of_range(split, num_classes) if split is not None else []
+    if cfg.data is not None:
+        found += out_of_range(open_dataset(cfg.data, LABELLED_SPLITS), num_classes)
+    for p in [*training_picks(cfg), *named_images(cfg), *cfg.images]:
+        label = label_of(p)
+        if label is not None and not has_class(label, num_classes):
+            found.append((p, label))
+    return sorted(dict(found).items())
 
 
 def prepare(
@@ -362,7 +392,8 @@ def prepare(
         checkpoint_key=cfg.checkpoint_key,
     )
     model = loaded.model.to(device).eval()
-    size = input_side(cfg, loaded, model)
+    table = csv_images(cfg.data)
+    size = input_side(cfg, loaded, model, table.side if table else None)
     pre = resolve_preprocess(cfg, loaded, infer_channels(model), size["side"])
     split = open_dataset(cfg.data) if cfg.data is not None else None
     pre = user_reading(cfg, pre, split)
@@ -372,6 +403,8 @@ def prepare(
     if head.kind != "logits":
         log.info("the model outputs %s: gradient methods explain %s", head.kind, head.explained)
         model = take_off_head(model, head)
+    outside = labels_out_of_range(cfg, split, num_outputs)
+    split = within_classes(split, num_outputs) if split is not None else None
     # Seeded random pixels: each fast path is checked against the plain model on them.
     noise = torch.rand(
         8, pre.channels, *pre.size, generator=torch.Generator().manual_seed(cfg.seed)
@@ -407,5 +440,6 @@ def prepare(
     run = Run(cfg, loaded, model, pre, classes, subject, device, infer=infer, grad=grad)
     run.input_check = check
     run.fast_paths, run.input_size, run.output = fast_paths, size, head
+    run.out_of_range = outside
     run.skip_images(skipped)
     return run

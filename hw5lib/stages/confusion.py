@@ -15,7 +15,7 @@ from .. import attributions, figures, metrics
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
-from ..datasets import LABELLED_SPLITS, open_dataset
+from ..datasets import LABELLED_SPLITS, has_class, open_dataset
 from ..images import load_inputs, load_usable
 from .record import FigureRecord, Shares, Stage, StageResult, number
 
@@ -117,7 +117,7 @@ def stage_confusion(run: Run, bar: tqdm) -> ConfusionResult:
     pairs = [
         (p, lb)
         for p, lb in zip(split.paths, split.labels, strict=True)
-        if lb is not None and lb < len(run.classes)
+        if has_class(lb, len(run.classes))
     ]
     bar.update()
     if not pairs:
@@ -198,7 +198,8 @@ def eval_count(run: Run, cfg: RunConfig) -> int:
     if cfg.data is None:
         return 0
     if run.labelled_images is None:
-        run.labelled_images = len(open_dataset(cfg.data, LABELLED_SPLITS))
+        labels = open_dataset(cfg.data, LABELLED_SPLITS).labels
+        run.labelled_images = sum(has_class(lb, len(run.classes)) for lb in labels)
     total = run.labelled_images
     return total if cfg.eval_limit is None else min(total, cfg.eval_limit)
 

@@ -103,6 +103,7 @@ def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: T
             row["randomization"] = check["mean"]
             row["flagged"] = check["flagged"]
             out.randomized_layers = check["randomized_layers"]
+            out.randomize_top = check["n_top"]
     if s.masks is not None:
         masks = torch.from_numpy(s.masks)
         row["pointing"] = float(metrics.pointing_game(maps, masks).float().mean())
