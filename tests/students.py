@@ -392,6 +392,7 @@ def specs(root: Path) -> list[Spec]:
     return [
         Spec(
             student(
+                # .view flatten under a memory-format change (issue 21 item 1)
                 "hw3_view_flatten_main_pickle",
                 "model.pkl",
                 flags=("--model", ref + "hw3_model.py:Classifier"),
@@ -412,6 +413,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # torch layers outside the short list; RReLU trunk, ReLU head (items 3, 6)
                 "six_conv_rrelu_main_pickle",
                 "classifier.pkl",
                 flags=(),
@@ -431,6 +433,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # {"net": module.-prefixed state_dict, ...} from a GPU (item 2)
                 "data_parallel_net_dict",
                 "ckpt_best.pth",
                 flags=(),
@@ -452,6 +455,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # training dict with optimizer state; Sigmoid head; 48x48 gray (items 2, 8)
                 "fer_training_dict_sigmoid",
                 "fer_model.pth",
                 flags=("--preset", "expression", "--model", ref + "emotion_net.py:EmotionNet"),
@@ -487,6 +491,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # a function that builds the model (item 4)
                 "vgg_factory_function",
                 "vgg_C_bn.pth",
                 flags=(
@@ -511,6 +516,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # --model torchvision.models:resnet18 (item 4)
                 "torchvision_resnet18_state_dict",
                 "resnet18_food11.pth",
                 flags=(
@@ -547,6 +553,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # first Linear sized for 192, no --size (item 5)
                 "input_192_state_dict",
                 "best_192.pth",
                 flags=("--model", ref + "big_input.py:Net"),
@@ -565,6 +572,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # 44x44 gray, no --size (item 5); cuda:0 storages (item 2)
                 "input_44_gray_gpu_main_pickle",
                 "small.pt",
                 flags=("--model", ref + "small_gray.py:SmallNet"),
@@ -585,6 +593,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # pre-1.6 non-zip format, cuda:0 storages (item 2)
                 "legacy_format_gpu_state_dict",
                 "hw3_legacy.pth",
                 flags=(),
@@ -605,6 +614,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # the 2019 course's train.csv (item 9)
                 "label_feature_csv_2019",
                 "model_2019.pth",
                 flags=("--preset", "expression", "--model", ref + "face_cnn.py:FaceCNN"),
@@ -623,6 +633,7 @@ def specs(root: Path) -> list[Spec]:
         ),
         Spec(
             student(
+                # a Softmax head (item 8)
                 "softmax_head_state_dict",
                 "softmax_net.pt",
                 flags=("--model", ref + "softmax_net.py:Net"),
