@@ -256,7 +256,7 @@ def _stack(arrays: Sequence[np.ndarray], pre: Preprocess) -> Tensor:
     if not arrays:
         return torch.empty(0, pre.channels, *pre.size)
     batch = torch.from_numpy(np.stack(arrays))  # (N, H, W, C)
-    return batch.permute(0, 3, 1, 2).contiguous()
+    return batch.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def _inputs(paths: Sequence[Path], pre: Preprocess) -> Tensor:

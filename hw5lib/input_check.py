@@ -316,7 +316,11 @@ def decode(
             arrays[r].append(variants[r])
         kept.append(i)
     pixels = {
-        r: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).contiguous() if a else torch.empty(0)
+        r: torch.from_numpy(np.stack(a))
+        .permute(0, 3, 1, 2)
+        .clone(memory_format=torch.contiguous_format)
+        if a
+        else torch.empty(0)
         for r, a in arrays.items()
     }
     return pixels, kept, bad
