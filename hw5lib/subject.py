@@ -177,7 +177,7 @@ def check_convention(
         check = unchecked(Convention.of(pre), source, "--no-input-check")
     else:
         check = check_input(
-            model, split, pre, source, num_outputs, batch_size=cfg.batch_size, deadline=deadline
+            model, split, pre, source, num_outputs, batch_size=cfg.batch_size, clock=deadline.clock
         )
     log.info("input check: %s", check.note)
     return (check.chosen.apply(pre) if source == ADOPTED else pre), check
