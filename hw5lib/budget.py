@@ -50,6 +50,10 @@ class Rates:
     def to_dict(self) -> dict[str, float]:
         return {"forward_per_s": round(self.forward, 2), "backward_per_s": round(self.backward, 2)}
 
+    def best(self, other: Rates) -> Rates:
+        """The faster of two probes of each kind: a probe is only ever slowed by other work."""
+        return Rates(max(self.forward, other.forward), max(self.backward, other.backward))
+
 
 @dataclass(frozen=True)
 class Work:

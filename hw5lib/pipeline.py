@@ -24,6 +24,7 @@ from .budget import (
     PLAN_MARGIN,
     Clock,
     Deadline,
+    Plan,
     Rates,
     measure_rates,
     plan,
@@ -74,19 +75,24 @@ def expected_shares(run: Run, *, at_cap: RunConfig | None = None) -> dict[str, f
     return shares
 
 
-def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> float | None:
-    """Re-plan the stages from ``index`` on to the time left; set the stage's config and record
-    its cuts. Returns the stage's worst-case seconds, or None when it is cut altogether."""
+def plan_from(run: Run, base: RunConfig, rates: Rates, index: int) -> Plan:
+    """The stages from ``index`` on, planned to the time left."""
     stages = run.registry
-    stage = stages[index]
     shares = expected_shares(run)
     costs = [
         (s.name, lambda c, s=s: s.cost(run, c, shares))
         for s in stages[index:]
         if s.name not in run.skipped
     ]
+    return plan(base, costs, rates, run.deadline.left() * PLAN_MARGIN, cuts_of(stages))
+
+
+def plan_stage(run: Run, base: RunConfig, rates: Rates, index: int) -> float | None:
+    """Re-plan the stages from ``index`` on to the time left; set the stage's config and record
+    its cuts. Returns the stage's worst-case seconds, or None when it is cut altogether."""
+    stage = run.registry[index]
     left = run.deadline.left()
-    p = plan(base, costs, rates, left * PLAN_MARGIN, cuts_of(stages))
+    p = plan_from(run, base, rates, index)
     run.cfg = p.cfg
     for cut in p.cuts:
         if cut.stage == stage.name:
@@ -369,7 +375,7 @@ def _run_report(
             rates = measure(run, clock)
             run.seconds["measure speed"] = deadline.elapsed() - run.seconds["load"] - check
             run.replay_cut = replay_overrun(run, cfg, rates)
-        run_stages(run, cfg, rates, clock, progress)
+        rates = run_stages(run, cfg, rates, clock, progress)
     except (KeyboardInterrupt, UserError) as stop:  # record what was done, then stop
         if isinstance(stop, KeyboardInterrupt):
             run.interrupted = type(stop).__name__
@@ -427,11 +433,14 @@ def record_settings(run: Run, cfg: RunConfig, stage: Stage) -> None:
         run.stage_config[stage.name] = changed
 
 
-def run_stages(run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, progress: bool) -> None:
+def run_stages(
+    run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, progress: bool
+) -> Rates | None:
     """Each stage in registry order: planned to the time left (or with the settings the
-    replayed run gave it), run, its failure isolated."""
+    replayed run gave it), run, its failure isolated. Returns the rates last planned with."""
     replayed = run.replay is not None and not run.replay_cut  # a cut replay is planned anew
     cut_before = run.replay.decisions.skipped_stages if run.replay and replayed else ()
+    reprobed = False
     for index, stage in enumerate(run.registry):
         if stage.name in run.skipped:
             continue
@@ -447,6 +456,10 @@ def run_stages(run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, prog
             run.cfg = run.replay.config(stage.name, cfg) if run.replay else cfg
             worst = None if rates is None else worst_case(run, stage, rates)
         else:
+            if not reprobed and plan_from(run, cfg, rates, index).cuts:
+                # A cut changes the figures: before the first, a second probe, so that one
+                # moment of other work on the machine does not decide it.
+                rates, reprobed = rates.best(measure(run, clock)), True
             worst = plan_stage(run, cfg, rates, index)
             if worst is None:
                 run.cut_stages.append(stage.name)
@@ -460,6 +473,7 @@ def run_stages(run: Run, cfg: RunConfig, rates: Rates | None, clock: Clock, prog
             run_stage(run, stage, clock, progress)
         finally:
             run.deadline = whole
+    return rates
 
 
 def worst_case(run: Run, stage: Stage, rates: Rates) -> float:

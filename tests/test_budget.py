@@ -103,6 +103,28 @@ def test_hard_deadline_stops_a_model_that_slows_down_after_planning(
     assert (tmp_path / "manifest.json").is_file() and (tmp_path / "report.pdf").is_file()
 
 
+def test_a_second_probe_keeps_a_busy_moment_from_cutting(
+    small_sample: SampleInfo, slow_checkpoint: Path, tmp_path: Path
+) -> None:
+    # The first speed probe (96 images: a warm-up and two batches of 16, forward and backward)
+    # meets a machine 5x slower than the rest of the run: planned on it alone, the 120 s budget
+    # would be cut (the test above); the second probe, taken before the first cut, sees the
+    # real speed, so nothing is cut and every figure is the full one.
+    cfg = config(
+        small_sample.root,
+        tmp_path,
+        slow_checkpoint,
+        budget=120.0,
+        model_args={"slow_after": 96, "slowdown": 0.2},
+        input_check=False,
+    )
+    man, seconds = run_on_fake_clock(cfg)
+    assert man["cuts"] == []
+    assert seconds["total"] <= 120.0
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert timings["rates"]["forward_per_s"] == pytest.approx(1 / (0.05 * 0.2))
+
+
 def test_generous_budget_cuts_nothing(
     small_sample: SampleInfo, slow_checkpoint: Path, tmp_path: Path
 ) -> None:
