@@ -329,8 +329,13 @@ def test_confusion_figure_draws_empty_and_constant_matrices(tmp_path: Path) -> N
     ],
     ids=["empty", "empty-curve", "nan", "zero-curve"],
 )
+def counts(trace: list[list[float]] | None) -> list[list[int]] | None:
+    """IG's gradients per round and image for a ``trace``: 5, 7, 10, ..."""
+    return None if trace is None else [[5 + 2 * r] * len(row) for r, row in enumerate(trace)]
+
+
 def test_convergence_figure_draws_empty_and_nan_traces(lime, smooth, ig, ascent, tmp_path):
     drawn(
-        lambda: figures.convergence_figure(lime, 1000, smooth, 10, ig, 8, ascent, "t"),
+        lambda: figures.convergence_figure(lime, 1000, smooth, 10, ig, counts(ig), ascent, "t"),
         tmp_path / "c.png",
     )
