@@ -85,6 +85,10 @@ class Converged:
     trace: list[list[float]] = field(default_factory=list)  # per round: the statistic per image
     counts: list[list[int]] = field(default_factory=list)  # per round: ``used`` per image (IG)
     splits: list[list[list[float]]] = field(default_factory=list)  # IG: edges added, per round
+    # IG, [N]: the score's variation along the path over its net change, sum |f(b) - f(a)| over
+    # the cells / |f(x) - f(x')| (a lower bound): the relative completeness error is this many
+    # times the quadrature's error relative to the integrand's own size.
+    conditioning: Tensor | None = None
 
 
 def split_half_agreement(a: Tensor, b: Tensor) -> Tensor:
@@ -315,7 +319,12 @@ def integrated_gradients_until_converged(
         stacked = torch.stack([grads[i][a] for a in nodes])
         value[i] = delta[i] * (w.view(-1, 1, 1, 1) * stacked).sum(dim=0)
     quality = completeness_error(model, x, target, baseline, value).cpu()
-    return Converged(value, used, quality, used.clone(), trace, counts, splits)
+    variation = torch.tensor(
+        [sum(abs(f[i][b] - f[i][a]) for a, b in pairwise(edges[i])) for i in range(n)],
+        dtype=torch.float64,
+    )
+    conditioning = variation / gap.abs().clamp_min(1e-300)
+    return Converged(value, used, quality, used.clone(), trace, counts, splits, conditioning)
 
 
 def integrated_gradients(

@@ -494,3 +494,17 @@ def test_a_replay_of_the_splits_reproduces_the_estimate_where_the_rule_decides_o
     assert (cut.used <= 10).all() and all(
         s == f[: len(s)] for s, f in zip(cut.splits, first.splits, strict=True)
     )
+
+
+def test_conditioning_is_the_scores_variation_along_the_path_over_its_net_change():
+    x, t = images(2, shape=(C, H, W)).double(), targets(2)
+    linear = linear_model().double()
+    monotone = integrated_gradients_until_converged(linear, x, t, baseline=torch.zeros_like(x))
+    torch.testing.assert_close(monotone.conditioning, torch.ones(2, dtype=torch.float64))
+    # from -x/2 to x: f(a) = c (1.5 a - 0.5)^2 falls to a = 1/3, then rises; on the first
+    # round's edges 0, 1/4, ..., 1 it varies by 1.21875 c against a net change of 0.75 c
+    quadratic = integrated_gradients_until_converged(Quadratic().double(), x, t, baseline=-x / 2)
+    assert quadratic.used.tolist() == [5, 5]  # (exact: a linear integrand)
+    torch.testing.assert_close(
+        quadratic.conditioning, torch.full((2,), 1.21875 / 0.75, dtype=torch.float64)
+    )
