@@ -60,7 +60,7 @@ class IntegratedGradientsResult(StageResult):
             "first_cells": self.first,
             "steps": self.steps,
             "gradients": self.gradients,
-            # dyadic fractions (exact in JSON): a replay makes the same splits, round by round
+            # the edges each round added (JSON keeps floats exactly): a replay makes them again
             "splits": self.splits,
             "gradients_per_round": self.counts,
             # >> 1: the score rises and falls along the path far more than it changes overall,
