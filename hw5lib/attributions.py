@@ -284,9 +284,10 @@ def integrated_gradients_until_converged(
         grad, logit = gradients_and_logits(
             model, baseline[img] + alpha * delta[img], target[img], batch_size=batch_size
         )
-        along = (grad.double() * delta[img].double()).sum(dim=(1, 2, 3)).cpu().tolist()
+        along = (grad * delta[img]).flatten(1).sum(1, dtype=torch.float64).cpu().tolist()
+        scores = logit.double().cpu().tolist()
         for k, (i, a) in enumerate(rows):
-            grads[i][a], g[i][a], f[i][a] = grad[k], along[k], float(logit[k])
+            grads[i][a], g[i][a], f[i][a] = grad[k], along[k], scores[k]
         for i in todo:
             used[i] = len(grads[i])
             err = cell_errors(edges[i], f[i], g[i])
