@@ -188,6 +188,7 @@ STAGE = Stage(
     cuts=(Cut(NAME, "at most 16 steps", {"ig_steps": 16}, rank=10),),
     options=("ig_steps", "ig_baseline", "adaptive", "batch_size"),
     methods=(Method(METHOD, explain, sampled=True),),
-    share=Share(expected=0.8, at_cap=share_at_cap),
+    # measured: 9.6 of 32 gradients on the sample set, 10.3 on real photos (full-size HW3)
+    share=Share(expected=0.4, at_cap=share_at_cap),
     figures=lambda run: ("q4_integrated_gradients",),
 )
