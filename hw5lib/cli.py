@@ -53,8 +53,9 @@ Sampled and iterated methods stop once converged (--no-adaptive: always the caps
               >= 1 standard error above the next three; cap --lime-samples.
   SmoothGrad  rounds of 10 noisy copies until the two half-averages predict a correlation
               >= 0.98 with the exact expectation (Spearman-Brown); cap --smooth-samples.
-  IG          Gauss-Legendre steps 8, 16, 32 until the completeness error is <= 1%; cap
-              --ig-steps.
+  IG          4 equal cells of the path (5 gradients), then rounds halving the worse half of
+              each image's cells by their exact error (all gradients kept) until the
+              completeness error is <= 1%; cap --ig-steps gradients.
   Filters     --filter-steps of cosine-scheduled ascent; filters whose activation still rose
               by > 2.5% over the last 20 steps are redone from a new start with twice the
               steps, the higher of the two kept.

@@ -371,12 +371,13 @@ def convergence_figure(
     smooth_trace: Sequence[Sequence[float]] | None,
     smooth_round: int,
     ig_trace: Sequence[Sequence[float]] | None,
-    ig_first: int,
+    ig_gradients: Sequence[Sequence[int]] | None,
     ascent: Sequence[tuple[np.ndarray, np.ndarray]],
     title: str,
 ) -> Figure:
     """Four panels: LIME samples per image; SmoothGrad's predicted agreement and IG's
-    completeness error per round, one line per image; filter ascent curves over steps.
+    completeness error per round (over the gradients each image had spent, ``ig_gradients``,
+    same shape as ``ig_trace``), one line per image; filter ascent curves over steps.
     Non-finite values are left out (a method that failed leaves its panel empty)."""
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), dpi=DPI)
     ax = axes[0]
@@ -396,12 +397,12 @@ def convergence_figure(
     if ig_trace and np.isfinite(ig_trace).any():
         rows = np.array(ig_trace, dtype=float)
         rows[~np.isfinite(rows)] = np.nan  # an inf would stretch the log axis to overflow
-        steps = ig_first * 2 ** np.arange(len(rows))
+        steps = np.array(ig_gradients, dtype=float).reshape(rows.shape)
         ax.plot(steps, np.clip(rows, 1e-6, None), marker="o", lw=1, ms=3)
         ax.set_yscale("log")
         ax.set_xscale("log", base=2)
     ax.axhline(0.01, color="k", ls="--", lw=1)
-    ax.set(title="IG: completeness error", xlabel="Gauss-Legendre steps", ylabel="error")
+    ax.set(title="IG: completeness error", xlabel="gradients", ylabel="error")
     ax = axes[3]
     for steps, curve in ascent:  # one filter: its activation over its own final value
         recorded = curve[np.isfinite(curve)]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from itertools import pairwise
+
 import pytest
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
 from hw5lib.attributions import (
+    cell_errors,
+    cell_nodes,
+    cell_weights,
+    cells_to_split,
     completeness_error,
     grad_x_input,
     input_gradient,
@@ -339,29 +346,165 @@ def test_noisy_smoothgrad_runs_longer_than_a_smooth_one_and_stops_at_the_cap():
     assert len(result.trace) == 3
 
 
-def test_converging_ig_stops_at_the_first_steps_for_a_linear_model():
+def test_converging_ig_stops_after_the_first_round_for_a_linear_model():
     model, x = linear_model(), images(shape=(C, H, W))
     base = torch.zeros_like(x)
     result = integrated_gradients_until_converged(
-        model, x, targets(len(x)), baseline=base, first_steps=4, max_steps=32
+        model, x, targets(len(x)), baseline=base, cells=4, max_steps=32
     )
-    assert result.used.tolist() == [4] * len(x)
+    assert result.used.tolist() == [5] * len(x)  # 3 inner edges and 2 end-cell midpoints
+    assert result.splits == [[]] * len(x)
     assert (result.quality < 1e-4).all()
 
 
-def test_converging_ig_doubles_steps_until_complete_and_keeps_the_last_estimate():
+class Cubic(nn.Module):
+    """logit_k(x) = sum_i A[k, i] x_i^3: IG_i = A_i (x_i^3 - b_i^3), and the integrand along
+    the path is quadratic in alpha, which neither the trapezoid nor the midpoint rule
+    integrates exactly: the subdivision has to refine."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.A = nn.Parameter(torch.randn(K, C * H * W, generator=g, dtype=torch.float64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.flatten(1) ** 3) @ self.A.T
+
+
+def test_quadratic_integrands_are_exact_and_cubic_ones_converge_to_the_closed_form():
+    x = images(4, shape=(C, H, W)).double()
+    base, t = images(4, seed=7, shape=(C, H, W)).double(), targets(4)
+    model = Quadratic().double()
+    result = integrated_gradients_until_converged(model, x, t, baseline=base)
+    expected = model.A[t].detach().view(4, C, H, W) * (x**2 - base**2)
+    torch.testing.assert_close(result.value, expected, atol=1e-10, rtol=1e-10)
+    assert result.used.tolist() == [5] * 4  # linear integrand: exact at once
+
+    cubic = Cubic()
+    result = integrated_gradients_until_converged(cubic, x, t, baseline=base, tolerance=1e-4,
+                                                  max_steps=200)  # fmt: skip
+    exact = cubic.A[t].detach().view(4, C, H, W) * (x**3 - base**3)
+    gap = exact.sum(dim=(1, 2, 3))
+    assert (result.used > 5).all()  # it did refine
+    assert ((result.value.sum(dim=(1, 2, 3)) - gap).abs() / gap.abs() <= 1e-4).all()
+    # the whole map, not only its sum, approaches the closed form
+    rel = (result.value - exact).flatten(1).norm(dim=1) / exact.flatten(1).norm(dim=1)
+    assert (rel < 0.02).all(), rel
+
+
+def riemann_reference(model: nn.Module, x: Tensor, t: Tensor, base: Tensor, steps: int) -> Tensor:
+    """IG by the midpoint Riemann sum with ``steps`` points, one image at a time."""
+    total = torch.zeros_like(x)
+    for k in range(steps):
+        a = (k + 0.5) / steps
+        total += input_gradient(model, base + a * (x - base), t, batch_size=len(x))
+    return (x - base) * total / steps
+
+
+def test_converged_ig_of_a_relu_net_agrees_with_a_2000_step_riemann_sum_in_float64():
+    model, x = tiny_classifier().double(), images(3).double()
+    t, base = torch.tensor([1, 4, 9]), torch.zeros_like(x)
+    result = integrated_gradients_until_converged(model, x, t, baseline=base, tolerance=1e-3,
+                                                  max_steps=400)  # fmt: skip
+    reference = riemann_reference(model, x, t, base, 2000)
+    gap = logits_of(model, x, t) - logits_of(model, base, t)
+    ref_err = (reference.sum(dim=(1, 2, 3)) - gap).abs() / gap.abs()
+    assert (result.quality <= 1e-3).all() and (ref_err < 1e-3).all()
+    assert (result.used < 400).all()
+    rel = (result.value - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)
+    assert (rel < 0.05).all(), rel
+
+
+def test_reported_completeness_error_is_an_independent_recomputation_of_the_estimate():
     model, x = tiny_classifier(), images()
-    t, base = targets(len(x)), torch.zeros_like(x)
-    result = integrated_gradients_until_converged(
-        model, x, t, baseline=base, first_steps=2, max_steps=64, tolerance=1e-3
+    t, base = targets(len(x), 11), blurred(x)
+    result = integrated_gradients_until_converged(model, x, t, baseline=base, tolerance=1e-3)
+    with torch.no_grad():
+        gap = model(x).gather(1, t[:, None]) - model(base).gather(1, t[:, None])
+    gap = gap.squeeze(1).double()
+    err = (result.value.double().sum(dim=(1, 2, 3)) - gap).abs() / gap.abs()
+    torch.testing.assert_close(result.quality.double(), err, rtol=1e-3, atol=1e-6)
+    # the last round's error (from the per-cell errors) is the error of the map returned
+    torch.testing.assert_close(torch.tensor(result.trace[-1], dtype=torch.float64), err,
+                               rtol=1e-3, atol=1e-5)  # fmt: skip
+
+
+def test_the_estimate_is_the_rule_on_its_final_subdivision_recomputed_independently():
+    model, x = tiny_classifier(), images()
+    t, base = targets(len(x), 11), torch.zeros_like(x)
+    result = integrated_gradients_until_converged(model, x, t, baseline=base, tolerance=1e-3,
+                                                  max_steps=40)  # fmt: skip
+    for i in range(len(x)):
+        edges = sorted({0.0, 0.25, 0.5, 0.75, 1.0}.union(*result.splits[i]))
+        # trapezoid inside, midpoint on the end cells, written out point by point
+        points: dict[float, float] = {}
+        for j, (a, b) in enumerate(pairwise(edges)):
+            if j in (0, len(edges) - 2):
+                points[(a + b) / 2] = points.get((a + b) / 2, 0.0) + (b - a)
+            else:
+                points[a] = points.get(a, 0.0) + (b - a) / 2
+                points[b] = points.get(b, 0.0) + (b - a) / 2
+        assert 0.0 not in points and 1.0 not in points  # neither end of the path is sampled
+        assert result.used[i] == len(points) <= 40  # every gradient evaluated is in the rule
+        xi, ti, bi = x[i : i + 1], t[i : i + 1], base[i : i + 1]
+        expected = sum(w * input_gradient(model, bi + a * (xi - bi), ti) for a, w in points.items())
+        torch.testing.assert_close(result.value[i : i + 1], (xi - bi) * expected,
+                                   rtol=1e-4, atol=1e-6)  # fmt: skip
+    assert [row for row in result.counts] == sorted(result.counts)  # rounds only add gradients
+
+
+def test_cell_errors_are_each_cells_exact_error_and_sum_to_the_rules_error():
+    # f(a) = a^3 along the path: g = 3 a^2; the rule's error is sum(w g) - 1 exactly
+    edges = [0.0, 0.125, 0.25, 0.5, 0.75, 1.0]
+    nodes = cell_nodes(edges)
+    assert nodes == [0.0625, 0.125, 0.25, 0.5, 0.75, 0.875]
+    f = {a: a**3 for a in [*edges, *nodes]}
+    g = {a: 3 * a**2 for a in nodes}
+    errors = cell_errors(edges, f, g)
+    assert errors[0] == pytest.approx(0.125 * 3 * 0.0625**2 - 0.125**3)  # midpoint end cell
+    assert errors[2] == pytest.approx(0.25 * (g[0.25] + g[0.5]) / 2 - (0.5**3 - 0.25**3))
+    weights = cell_weights(edges, nodes)
+    assert sum(weights) == pytest.approx(1.0)
+    rule = sum(w * g[a] for a, w in zip(nodes, weights, strict=True))
+    assert sum(errors) == pytest.approx(rule - 1.0)
+    # the worse half of the cells is split, largest error first, within the room
+    split = cells_to_split(edges, errors, room=10)
+    worst = sorted(range(5), key=lambda j: -abs(errors[j]))[:3]
+    assert split == sorted((edges[j] + edges[j + 1]) / 2 for j in worst)
+    assert len(cells_to_split(edges, errors, room=1)) == 1
+
+
+def test_a_replay_of_the_splits_reproduces_the_estimate_where_the_rule_decides_otherwise():
+    model, x = tiny_classifier(), images()
+    t, base = targets(len(x), 11), torch.zeros_like(x)
+    first = integrated_gradients_until_converged(model, x, t, baseline=base, tolerance=1e-3)
+    assert any(first.splits)  # the run did refine
+    again = integrated_gradients_until_converged(
+        model, x, t, baseline=base, tolerance=math.inf, splits_per_image=first.splits
     )
-    allowed = {2, 6, 14, 30, 62, 126}  # 2 + 4 + 8 + ... gradients
-    assert set(result.used.tolist()) <= allowed
-    for i, (used, steps) in enumerate(
-        zip(result.used.tolist(), result.final.tolist(), strict=True)
-    ):
-        assert used == 2 * steps - 2  # 2 + 4 + ... + steps: the last round's count is final
-        direct = integrated_gradients(model, x[i : i + 1], t[i : i + 1], baseline=base[i : i + 1],
-                                      steps=steps)  # fmt: skip
-        torch.testing.assert_close(result.value[i : i + 1], direct, rtol=1e-4, atol=1e-6)
-        assert result.quality[i] <= 1e-3 or steps == 64
+    assert torch.equal(again.value, first.value)  # same rounds, same batches: same bytes
+    assert again.used.tolist() == first.used.tolist() and again.splits == first.splits
+    assert again.trace == first.trace
+    fresh = integrated_gradients_until_converged(model, x, t, baseline=base, tolerance=math.inf)
+    assert fresh.used.tolist() == [5] * len(x)  # without the replay it stops at once
+    # a replay under a lower cap keeps the recorded rounds that fit it
+    cut = integrated_gradients_until_converged(
+        model, x, t, baseline=base, max_steps=10, splits_per_image=first.splits
+    )
+    assert (cut.used <= 10).all() and all(
+        s == f[: len(s)] for s, f in zip(cut.splits, first.splits, strict=True)
+    )
+
+
+def test_conditioning_is_the_scores_variation_along_the_path_over_its_net_change():
+    x, t = images(2, shape=(C, H, W)).double(), targets(2)
+    linear = linear_model().double()
+    monotone = integrated_gradients_until_converged(linear, x, t, baseline=torch.zeros_like(x))
+    torch.testing.assert_close(monotone.conditioning, torch.ones(2, dtype=torch.float64))
+    # from -x/2 to x: f(a) = c (1.5 a - 0.5)^2 falls to a = 1/3, then rises; on the first
+    # round's edges 0, 1/4, ..., 1 it varies by 1.21875 c against a net change of 0.75 c
+    quadratic = integrated_gradients_until_converged(Quadratic().double(), x, t, baseline=-x / 2)
+    assert quadratic.used.tolist() == [5, 5]  # (exact: a linear integrand)
+    torch.testing.assert_close(
+        quadratic.conditioning, torch.full((2,), 1.21875 / 0.75, dtype=torch.float64)
+    )

@@ -201,12 +201,12 @@ def test_deadline_counts_the_reserve_and_never_expires_without_a_budget() -> Non
     assert Deadline(None, CLOCK).left() == float("inf")
 
 
-def test_worst_case_prices_ig_at_every_doubling_it_may_run() -> None:
-    # IG at its cap evaluates 8 + 16 + 32 steps for a cap of 32, not 32: pricing the cap alone
-    # would start a stage that cannot finish in the time left.
+def test_worst_case_prices_ig_at_its_cap_since_its_rounds_keep_every_gradient() -> None:
+    # IG's rounds refine one subdivision, every earlier gradient kept: an image that never
+    # converges evaluates exactly --ig-steps gradients (no discarded rounds to price).
     cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), ig_steps=32)
     at_cap = {s.name: s.share.at_cap(cfg) for s in STAGES if s.share is not None}
-    assert at_cap.pop(integrated_gradients.NAME) == pytest.approx(56 / 32)
+    assert at_cap.pop(integrated_gradients.NAME) == 1.0
     assert set(at_cap.values()) == {1.0}  # LIME, SmoothGrad, filters: their caps
     assert integrated_gradients.share_at_cap(replace(cfg, adaptive=False)) == 1.0
 

@@ -39,7 +39,7 @@ def write_convergence(run: Run) -> FigureRecord | None:
         records.get("SmoothGrad", {}).get("agreement"),
         smoothgrad.ROUND,
         records.get("Integrated Gradients", {}).get("completeness_error"),
-        integrated_gradients.FIRST_STEPS,
+        records.get("Integrated Gradients", {}).get("gradients_per_round"),
         ascent.curves if ascent else [],
         "Convergence of the sampled and iterated methods in this run",
     )

@@ -213,8 +213,8 @@ def trust_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
         return Work()
     n = explained(run)
     rows = sum(len(s.methods) for s in run.registry) + 2  # every map method and two controls
-    # The randomized model reruns SmoothGrad until converged, IG at the trained maps' last step
-    # count (integrated_gradients.explain).
+    # The randomized model reruns SmoothGrad until converged, IG until converged but capped at
+    # the most gradients a trained map needed (integrated_gradients.explain): priced at that cap.
     ig = run.find(integrated_gradients.IntegratedGradientsResult)
     ig_steps = ig.final_steps if ig is not None else cfg.ig_steps
     sampled = n * (cfg.smooth_samples * shares[smoothgrad.NAME] + ig_steps)
