@@ -15,9 +15,12 @@ from hw5lib.filters import (
     CLIMBING,
     RECORD_EVERY,
     AscentResult,
+    Canvas,
+    ascent_canvas,
     filter_ascent,
     layer_activations,
     most_active_filters,
+    receptive_field,
     redirected_relu,
     spectrum_to_pixels,
     still_climbing,
@@ -306,3 +309,50 @@ def test_most_active_filters_picks_top_mean_channels_in_channel_order() -> None:
     acts[0, 5] = 30.0  # one strong image lifts channel 5's mean to 7.5
     assert most_active_filters(acts, 3) == [1, 4, 5]
     assert most_active_filters(acts, 10) == [0, 1, 2, 3, 4, 5]
+
+
+def analytic_receptive_field(model: Classifier, k: int) -> tuple[int, int]:
+    """(window, stride) of model.cnn[k] from its convs' and pools' kernels and strides."""
+    window, stride = 1, 1
+    for m in model.cnn[: k + 1]:
+        if isinstance(m, nn.Conv2d | nn.MaxPool2d):
+            kernel = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            step = m.stride if isinstance(m.stride, int) else m.stride[0]
+            window += (kernel - 1) * stride
+            stride *= step
+    return window, stride
+
+
+@pytest.mark.parametrize("k", [2, 6, 10])
+def test_receptive_field_by_gradient_matches_the_kernels_and_strides(k: int) -> None:
+    model = tiny_classifier()
+    window, stride = analytic_receptive_field(model, k)
+    assert receptive_field(model, model.cnn[k], SHAPE, to_input) == ((window,) * 2, (stride,) * 2)
+
+
+def test_a_receptive_field_reaching_the_border_climbs_the_whole_image() -> None:
+    model = tiny_classifier()  # cnn.14 sees 38 px: more than the 32 px image
+    assert receptive_field(model, model.cnn[14], SHAPE, to_input) is None
+    assert ascent_canvas(model, model.cnn[14], SHAPE, to_input) == Canvas.whole((SIDE, SIDE))
+
+
+def test_a_small_receptive_field_climbs_a_seamless_tile_measured_at_full_size() -> None:
+    model, k = tiny_classifier(), 6
+    canvas = ascent_canvas(model, model.cnn[k], SHAPE, to_input)
+    window, stride = analytic_receptive_field(model, k)  # 8 px, stride 2
+    period = -(-max(window, SIDE // 4) // stride) * stride  # rounded up to the stride
+    view = -(-(period + window) // stride) * stride
+    assert canvas == Canvas((period,) * 2, (view,) * 2, (SIDE, SIDE)), canvas
+    tiled = ascend(model, k, canvas=canvas)
+    again = ascend(model, k, canvas=canvas)
+    assert torch.equal(tiled.pixels, again.pixels)  # deterministic
+    assert tiled.pixels.shape == (len(FILTERS), *SHAPE)
+    px = tiled.pixels  # one tile repeated: shifting by the period changes nothing
+    torch.testing.assert_close(px[..., period:, :], px[..., :-period, :], rtol=0, atol=0)
+    torch.testing.assert_close(px[..., :, period:], px[..., :, :-period], rtol=0, atol=0)
+    # ``final`` is the figure's image measured at full size, not the smaller view's.
+    direct = mean_activation(model, k, px)[torch.arange(len(FILTERS)), FILTERS]
+    torch.testing.assert_close(tiled.final, direct, rtol=1e-4, atol=1e-5)
+    # ... and it climbs about as high there as an ascent on the whole image.
+    whole = ascend(model, k)
+    assert (tiled.final >= 0.9 * whole.final).all(), (tiled.final, whole.final)
