@@ -2,7 +2,9 @@
 
 Filter visualization follows Erhan et al. (2009) and the Keras blog post the course cites: start
 from noise and climb the filter's mean activation. All requested filters of one layer are
-optimized together as one batch (image k climbs filter k), and the model runs only up to the layer.
+optimized together as one batch (image k climbs filter k), and the model runs only up to the layer,
+its last conv only for the requested filters. A layer that sees a small window climbs a periodic
+tile, repeated to the full size afterwards (``ascent_canvas``).
 
 Plain ascent on pixels ends in saturated, pixel-level noise: the activation of a ReLU network is
 piecewise linear in the input, so it grows fastest toward the corners of the [0,1] box. The
@@ -25,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hooks import eval_mode, forward_until, frozen_params
+from .hooks import eval_mode, forward_into, forward_until, frozen_params
+from .probe import is_activation
 
 # Square root of ImageNet's RGB color covariance (Lucid's ``color_correlation_svd_sqrt``), its
 # columns scaled to at most unit norm: independent logits become naturally correlated colors.
@@ -410,6 +413,84 @@ def _merge(first: AscentResult, redo: AscentResult, rows: Tensor) -> AscentResul
 
 
 @dataclass(frozen=True)
+class _Head:
+    """The conv that computes ``layer``'s channels and the parameter-free elementwise modules
+    after it, ``layer`` last (empty when ``layer`` is the conv)."""
+
+    conv: nn.Conv2d
+    tail: tuple[nn.Module, ...]
+
+
+def _elementwise(module: nn.Module) -> bool:
+    """A module that maps each value on its own and has nothing per channel."""
+    plain = isinstance(module, nn.Identity | nn.Dropout | nn.Dropout2d) or is_activation(module)
+    return plain and not any(True for _ in module.parameters())
+
+
+def _head(model: nn.Module, layer: nn.Module, x: Tensor) -> _Head | None:
+    """The modules from the conv that computes ``layer``'s channels to ``layer``, read back from
+    the order the modules run in on ``x``; None where ``layer`` is not a plain Conv2d followed
+    by elementwise modules only. Call order does not show data flow (a residual sum is
+    functional): ``_scorer`` checks the result against the model's own output."""
+    calls: list[nn.Module] = []
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(lambda m, _i, _o: calls.append(m)) for m in leaves]
+    try:
+        forward_until(model, layer, x)
+    finally:
+        for h in handles:
+            h.remove()
+    tail: list[nn.Module] = []
+    for module in reversed(calls):
+        if type(module) is nn.Conv2d:
+            plain = module.groups == 1 and module.padding_mode == "zeros"
+            return _Head(module, tuple(reversed(tail))) if plain else None
+        if not _elementwise(module):
+            return None
+        tail.append(module)
+    return None
+
+
+def _scorer(
+    model: nn.Module,
+    layer: nn.Module,
+    idx: Tensor,
+    to_input: Callable[[Tensor], Tensor],
+    probe: Tensor,
+) -> Callable[[Tensor], Tensor]:
+    """pixels [F,C,H,W] -> [F]: image k's mean activation of filter ``idx[k]`` of ``layer``.
+    Where the layer is a conv and elementwise modules (``_head``), only the F filters of that
+    conv run, on the conv's input, instead of all of its output channels: the last conv is much
+    of the work at a deep layer. Used only where it gives the model's own activation on the
+    random ``probe`` images; else the model runs to the layer."""
+    rows = torch.arange(len(idx))
+
+    def full(pixels: Tensor) -> Tensor:
+        act = forward_until(model, layer, to_input(pixels))  # (F, K, h, w)
+        return act[rows, idx]  # (F, h, w)
+
+    def sliced(pixels: Tensor) -> Tensor:
+        conv = head.conv  # type: ignore[union-attr]
+        feed = forward_into(model, conv, to_input(pixels))  # (F, C_in, H', W')
+        bias = None if conv.bias is None else conv.bias[idx]
+        out = F.conv2d(feed, conv.weight[idx], bias, conv.stride, conv.padding, conv.dilation)
+        out = out[rows, rows].unsqueeze(1)  # (F, 1, h, w): image k through filter idx[k]
+        for module in head.tail:  # type: ignore[union-attr]
+            out = module(out)
+        return out.squeeze(1)
+
+    same = False
+    with torch.no_grad():
+        head = _head(model, layer, to_input(probe))
+        if head is not None:
+            want, got = full(probe), sliced(probe)
+            scale = want.abs().amax().clamp_min(1e-6)
+            same = want.shape == got.shape and bool(((want - got).abs() <= 1e-4 * scale).all())
+    use = sliced if same else full
+    return lambda pixels: use(pixels).mean(dim=(1, 2))
+
+
+@dataclass(frozen=True)
 class _Climb:
     """The settings one ascent schedule runs with (see ``filter_ascent``)."""
 
@@ -435,7 +516,6 @@ def _ascend(
 ) -> AscentResult:
     """One cosine schedule of ``steps`` for the filters ``idx`` (see ``filter_ascent``)."""
     n, c, canvas = len(idx), how.shape[0], how.canvas
-    rows = torch.arange(n)
     scale = spectrum_scale(canvas.period, how.decay_power)  # (h, w//2+1)
     spectrum = _INIT_STD * torch.randn((n, c, *scale.shape, 2), generator=generator)
     spectrum.requires_grad_(True)
@@ -452,12 +532,11 @@ def _ascend(
         u = torch.rand(2, generator=generator)
         return (int(u[0] * canvas.period[0]), int(u[1] * canvas.period[1]))
 
-    def score(pixels: Tensor) -> Tensor:
-        act = forward_until(model, layer, how.to_input(pixels))  # (F, K, h', w')
-        return act[rows, idx].mean(dim=(1, 2))  # (F,)
-
     history, recorded, stopped = [], [], False
     with eval_mode(model), frozen_params(model), redirected_relu(layer), torch.enable_grad():
+        # Seeded apart from ``generator``: the climb draws the same numbers either way.
+        probe = torch.rand((n, c, *canvas.view), generator=torch.Generator().manual_seed(0))
+        score = _scorer(model, layer, idx, how.to_input, probe)
         for step in range(steps + 1):
             stopped = step < steps and stop is not None and stop()
             if step % RECORD_EVERY == 0 or step == steps or stopped:

@@ -25,8 +25,10 @@ from hw5lib.filters import (
     spectrum_to_pixels,
     still_climbing,
 )
-from hw5lib.hooks import hook_count
+from hw5lib.hooks import forward_until, hook_count
+from hw5lib.layers import gradient_copy
 from model import Classifier
+from tests.zoo import ResidualNet, seeded_
 
 SIDE = 32
 SHAPE = (3, SIDE, SIDE)
@@ -356,3 +358,59 @@ def test_a_small_receptive_field_climbs_a_seamless_tile_measured_at_full_size() 
     # ... and it climbs about as high there as an ascent on the whole image.
     whole = ascend(model, k)
     assert (tiled.final >= 0.9 * whole.final).all(), (tiled.final, whole.final)
+
+
+def scorer_and_slicing(
+    monkeypatch: pytest.MonkeyPatch, model: nn.Module, layer: nn.Module, shape: tuple
+) -> tuple[object, list[int]]:
+    """``_scorer`` on ``model``'s ``layer`` for FILTERS, and a list that grows by one each time
+    it runs the model only to the conv's input (the sliced path)."""
+    into: list[int] = []
+    real = filters_module.forward_into
+
+    def counted(*args: object) -> Tensor:
+        into.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(filters_module, "forward_into", counted)
+    probe = torch.rand(len(FILTERS), *shape, generator=gen(5))
+    score = filters_module._scorer(model, layer, torch.tensor(FILTERS), to_input, probe)
+    return score, into
+
+
+def full_score(model: nn.Module, layer: nn.Module, pixels: Tensor) -> Tensor:
+    act = forward_until(model, layer, to_input(pixels))
+    return act[torch.arange(len(FILTERS)), FILTERS].mean(dim=(1, 2))
+
+
+def test_only_the_chosen_filters_of_the_last_conv_run_and_give_the_layers_own_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The folded copy: cnn.8 conv (BatchNorm folded in), cnn.9 Identity, cnn.10 ReLU.
+    model = gradient_copy(tiny_classifier(), torch.rand(2, *SHAPE, generator=gen(1)))
+    score, into = scorer_and_slicing(monkeypatch, model, model.cnn[10], SHAPE)
+    assert len(into) == 1  # the check on the probe ran the sliced path
+    pixels = torch.rand(len(FILTERS), *SHAPE, generator=gen(6)).requires_grad_(True)
+    sliced = score(pixels)
+    assert len(into) == 2  # ... and so does the climb
+    (grad,) = torch.autograd.grad(sliced.sum(), pixels)
+    full = full_score(model, model.cnn[10], pixels)
+    (full_grad,) = torch.autograd.grad(full.sum(), pixels)
+    torch.testing.assert_close(sliced, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_residual_sum_after_the_last_conv_keeps_the_whole_forward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # stage.1.act is ReLU(body(x) + x): the modules run conv, Identity, ReLU, but the sum is
+    # functional; the check on the probe finds the sliced path wrong.
+    model = seeded_(ResidualNet(width=8), 0).eval()
+    model = gradient_copy(model, torch.rand(2, *SHAPE, generator=gen(1)))
+    layer = model.stage[1].act
+    assert filters_module._head(model, layer, torch.rand(1, *SHAPE)) is not None
+    score, into = scorer_and_slicing(monkeypatch, model, layer, SHAPE)
+    pixels = torch.rand(len(FILTERS), *SHAPE, generator=gen(6))
+    calls = len(into)
+    torch.testing.assert_close(score(pixels), full_score(model, layer, pixels))
+    assert len(into) == calls  # the climb runs the model to the layer
