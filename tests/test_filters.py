@@ -4,6 +4,7 @@ model untouched and runs it only up to the layer; the filter choice follows the 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -414,3 +415,32 @@ def test_a_residual_sum_after_the_last_conv_keeps_the_whole_forward(
     calls = len(into)
     torch.testing.assert_close(score(pixels), full_score(model, layer, pixels))
     assert len(into) == calls  # the climb runs the model to the layer
+
+
+def test_the_plan_prices_each_layer_at_its_canvas_and_finds_each_canvas_once() -> None:
+    from types import SimpleNamespace
+
+    from hw5lib.config import RunConfig
+    from hw5lib.stages import filters as stage
+
+    model = tiny_classifier()
+    cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), filter_layers=("2", "14"))
+    run = SimpleNamespace(
+        model=model,
+        grad=None,
+        pre=SimpleNamespace(channels=3, size=(SIDE, SIDE)),
+        to_input=to_input,
+        canvases={},
+        replay=None,
+        subject=SimpleNamespace(paths=[Path("a.png")]),
+    )
+    work = stage.filters_cost(run, cfg, {stage.NAME: 1 / 3})  # type: ignore[arg-type]
+    small, whole = run.canvases["cnn.2"], run.canvases["cnn.14"]
+    assert small.tiled and not whole.tiled
+    # cnn.2 on a view of (8 + 3)^2 of 32^2 pixels, plus the fixed share; cnn.14 whole.
+    per_step = (11 * 11 / SIDE**2 + stage.STEP_OVERHEAD) + 1.0
+    per_layer = cfg.filters_per_layer
+    assert work.backward == pytest.approx(0.5 * per_step * per_layer * cfg.filter_steps)
+    found = dict(run.canvases)
+    stage.filters_cost(run, cfg, {stage.NAME: 1 / 3})  # type: ignore[arg-type]
+    assert run.canvases == found and run.canvases["cnn.2"] is small  # not measured again
