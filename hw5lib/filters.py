@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hooks import eval_mode, forward_into, forward_until, frozen_params
+from .hooks import eval_mode, forward_into, forward_until, frozen_params, torch_threads
 from .probe import is_activation
 
 # Square root of ImageNet's RGB color covariance (Lucid's ``color_correlation_svd_sqrt``), its
@@ -533,7 +533,16 @@ def _ascend(
         return (int(u[0] * canvas.period[0]), int(u[1] * canvas.period[1]))
 
     history, recorded, stopped = [], [], False
-    with eval_mode(model), frozen_params(model), redirected_relu(layer), torch.enable_grad():
+    # A tile's ops are small: on more threads they spend longer handing work over than
+    # computing (5x slower per step on two threads of a busy two-core machine).
+    threads = 1 if canvas.tiled else None
+    with (
+        eval_mode(model),
+        frozen_params(model),
+        redirected_relu(layer),
+        torch.enable_grad(),
+        torch_threads(threads),
+    ):
         # Seeded apart from ``generator``: the climb draws the same numbers either way.
         probe = torch.rand((n, c, *canvas.view), generator=torch.Generator().manual_seed(0))
         score = _scorer(model, layer, idx, how.to_input, probe)
