@@ -534,7 +534,7 @@ def _ascend(
 
     history, recorded, stopped = [], [], False
     # A tile's ops are small: on more threads they spend longer handing work over than
-    # computing (5x slower per step on two threads of a busy two-core machine).
+    # computing (5-30x slower per step on two threads of a busy two-core machine).
     threads = 1 if canvas.tiled else None
     with (
         eval_mode(model),
