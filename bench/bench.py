@@ -259,13 +259,15 @@ def our_figures(
             m = same_activation_model(model, grad, name)
             _, layer = resolve_layer(m, name)
             acts = filters.layer_activations(m, layer, x)
+            shape = tuple(x.shape[1:])
             filters.filter_ascent(
                 m,
                 layer,
                 list(range(per_layer)),
-                shape=tuple(x.shape[1:]),
+                shape=shape,
                 to_input=pre.normalize,
                 steps=FILTER_STEPS,
+                canvas=filters.ascent_canvas(m, layer, shape, pre.normalize),  # as the stage
                 generator=torch.Generator().manual_seed(0),
             )
             del acts
@@ -367,12 +369,16 @@ def quality(images: int, long_steps: int) -> dict[str, object]:
         _, layer = resolve_layer(m, name)
         acts = filters.layer_activations(m, layer, x)
         idx = filters.most_active_filters(acts, 4)
+        shape = tuple(x.shape[1:])
+        tile = filters.ascent_canvas(m, layer, shape, pre.normalize)  # as the stage climbs
+        # ours on the stage's canvas, final measured on the full-size image; the long
+        # reference on the whole image, as before tiling
         ours, long = [
             filters.filter_ascent(
-                m, layer, idx, shape=tuple(x.shape[1:]), to_input=pre.normalize,
-                steps=steps, generator=torch.Generator().manual_seed(0), redo_climbing=redo,
+                m, layer, idx, shape=shape, to_input=pre.normalize, steps=steps,
+                generator=torch.Generator().manual_seed(0), redo_climbing=redo, canvas=canvas,
             )
-            for steps, redo in ((FILTER_STEPS, True), (long_steps, False))
+            for steps, redo, canvas in ((FILTER_STEPS, True, tile), (long_steps, False, None))
         ]  # fmt: skip
         reached += (ours.final / long.final).tolist()
         filter_steps += ours.steps.tolist()

@@ -16,6 +16,7 @@ from . import figures
 from .budget import Deadline
 from .config import RunConfig
 from .data import Preprocess
+from .filters import Canvas
 from .images import Skipped
 from .input_check import InputCheck
 from .models import LoadedModel
@@ -54,6 +55,8 @@ class Run:
     infer: nn.Module | None = None  # a faster copy of the model for forward-only work
     grad: nn.Module | None = None  # BatchNorm folded: a faster copy for input gradients
     cam_layer: str | None = None  # Grad-CAM's layer, found once (stages.cams.cam_layer_name)
+    canvases: dict[str, Canvas] = field(default_factory=dict)  # Q2's ascent canvas per layer,
+    # found once (stages.filters.layer_canvas): the plan prices it, the stage climbs on it
     registry: Sequence[Stage] = ()  # the stages this run runs, in order
     results: dict[str, StageResult] = field(default_factory=dict)  # by stage name, run order
     outputs: dict[str, str] = field(default_factory=dict)  # file name -> sha256

@@ -98,6 +98,23 @@ def forward_until(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
     raise RuntimeError("the layer was not reached by the model's forward pass")
 
 
+def forward_into(model: nn.Module, module: nn.Module, x: Tensor) -> Tensor:
+    """Run ``model`` on ``x`` only as far as ``module`` and return ``module``'s input, in the
+    graph (``module`` itself does not run)."""
+
+    def stop(_module: nn.Module, inputs: tuple) -> None:
+        raise _StopForward(inputs[0])
+
+    handle = module.register_forward_pre_hook(stop)
+    try:
+        model(x)
+    except _StopForward as done:
+        return done.output
+    finally:
+        handle.remove()
+    raise RuntimeError("the module was not reached by the model's forward pass")
+
+
 def hook_count(model: nn.Module) -> int:
     """Forward, pre-forward and backward hooks still registered anywhere in ``model``."""
     total = 0

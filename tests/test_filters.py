@@ -4,6 +4,7 @@ model untouched and runs it only up to the layer; the filter choice follows the 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,15 +16,20 @@ from hw5lib.filters import (
     CLIMBING,
     RECORD_EVERY,
     AscentResult,
+    Canvas,
+    ascent_canvas,
     filter_ascent,
     layer_activations,
     most_active_filters,
+    receptive_field,
     redirected_relu,
     spectrum_to_pixels,
     still_climbing,
 )
-from hw5lib.hooks import hook_count
+from hw5lib.hooks import forward_until, hook_count
+from hw5lib.layers import gradient_copy
 from model import Classifier
+from tests.zoo import ResidualNet, seeded_
 
 SIDE = 32
 SHAPE = (3, SIDE, SIDE)
@@ -306,3 +312,135 @@ def test_most_active_filters_picks_top_mean_channels_in_channel_order() -> None:
     acts[0, 5] = 30.0  # one strong image lifts channel 5's mean to 7.5
     assert most_active_filters(acts, 3) == [1, 4, 5]
     assert most_active_filters(acts, 10) == [0, 1, 2, 3, 4, 5]
+
+
+def analytic_receptive_field(model: Classifier, k: int) -> tuple[int, int]:
+    """(window, stride) of model.cnn[k] from its convs' and pools' kernels and strides."""
+    window, stride = 1, 1
+    for m in model.cnn[: k + 1]:
+        if isinstance(m, nn.Conv2d | nn.MaxPool2d):
+            kernel = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            step = m.stride if isinstance(m.stride, int) else m.stride[0]
+            window += (kernel - 1) * stride
+            stride *= step
+    return window, stride
+
+
+@pytest.mark.parametrize("k", [2, 6, 10])
+def test_receptive_field_by_gradient_matches_the_kernels_and_strides(k: int) -> None:
+    model = tiny_classifier()
+    window, stride = analytic_receptive_field(model, k)
+    assert receptive_field(model, model.cnn[k], SHAPE, to_input) == ((window,) * 2, (stride,) * 2)
+
+
+def test_a_receptive_field_reaching_the_border_climbs_the_whole_image() -> None:
+    model = tiny_classifier()  # cnn.14 sees 38 px: more than the 32 px image
+    assert receptive_field(model, model.cnn[14], SHAPE, to_input) is None
+    assert ascent_canvas(model, model.cnn[14], SHAPE, to_input) == Canvas.whole((SIDE, SIDE))
+
+
+def test_a_small_receptive_field_climbs_a_seamless_tile_measured_at_full_size() -> None:
+    model, k = tiny_classifier(), 6
+    canvas = ascent_canvas(model, model.cnn[k], SHAPE, to_input)
+    window, stride = analytic_receptive_field(model, k)  # 8 px, stride 2
+    period = -(-max(window, SIDE // 4) // stride) * stride  # rounded up to the stride
+    view = -(-(period + window) // stride) * stride
+    assert canvas == Canvas((period,) * 2, (view,) * 2, (SIDE, SIDE)), canvas
+    tiled = ascend(model, k, canvas=canvas)
+    again = ascend(model, k, canvas=canvas)
+    assert torch.equal(tiled.pixels, again.pixels)  # deterministic
+    assert tiled.pixels.shape == (len(FILTERS), *SHAPE)
+    px = tiled.pixels  # one tile repeated: shifting by the period changes nothing
+    torch.testing.assert_close(px[..., period:, :], px[..., :-period, :], rtol=0, atol=0)
+    torch.testing.assert_close(px[..., :, period:], px[..., :, :-period], rtol=0, atol=0)
+    # ``final`` is the figure's image measured at full size, not the smaller view's.
+    direct = mean_activation(model, k, px)[torch.arange(len(FILTERS)), FILTERS]
+    torch.testing.assert_close(tiled.final, direct, rtol=1e-4, atol=1e-5)
+    # ... and it climbs about as high there as an ascent on the whole image.
+    whole = ascend(model, k)
+    assert (tiled.final >= 0.9 * whole.final).all(), (tiled.final, whole.final)
+
+
+def scorer_and_slicing(
+    monkeypatch: pytest.MonkeyPatch, model: nn.Module, layer: nn.Module, shape: tuple
+) -> tuple[object, list[int]]:
+    """``_scorer`` on ``model``'s ``layer`` for FILTERS, and a list that grows by one each time
+    it runs the model only to the conv's input (the sliced path)."""
+    into: list[int] = []
+    real = filters_module.forward_into
+
+    def counted(*args: object) -> Tensor:
+        into.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(filters_module, "forward_into", counted)
+    probe = torch.rand(len(FILTERS), *shape, generator=gen(5))
+    score = filters_module._scorer(model, layer, torch.tensor(FILTERS), to_input, probe)
+    return score, into
+
+
+def full_score(model: nn.Module, layer: nn.Module, pixels: Tensor) -> Tensor:
+    act = forward_until(model, layer, to_input(pixels))
+    return act[torch.arange(len(FILTERS)), FILTERS].mean(dim=(1, 2))
+
+
+def test_only_the_chosen_filters_of_the_last_conv_run_and_give_the_layers_own_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The folded copy: cnn.8 conv (BatchNorm folded in), cnn.9 Identity, cnn.10 ReLU.
+    model = gradient_copy(tiny_classifier(), torch.rand(2, *SHAPE, generator=gen(1)))
+    score, into = scorer_and_slicing(monkeypatch, model, model.cnn[10], SHAPE)
+    assert len(into) == 1  # the check on the probe ran the sliced path
+    pixels = torch.rand(len(FILTERS), *SHAPE, generator=gen(6)).requires_grad_(True)
+    sliced = score(pixels)
+    assert len(into) == 2  # ... and so does the climb
+    (grad,) = torch.autograd.grad(sliced.sum(), pixels)
+    full = full_score(model, model.cnn[10], pixels)
+    (full_grad,) = torch.autograd.grad(full.sum(), pixels)
+    torch.testing.assert_close(sliced, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_residual_sum_after_the_last_conv_keeps_the_whole_forward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # stage.1.act is ReLU(body(x) + x): the modules run conv, Identity, ReLU, but the sum is
+    # functional; the check on the probe finds the sliced path wrong.
+    model = seeded_(ResidualNet(width=8), 0).eval()
+    model = gradient_copy(model, torch.rand(2, *SHAPE, generator=gen(1)))
+    layer = model.stage[1].act
+    assert filters_module._head(model, layer, torch.rand(1, *SHAPE)) is not None
+    score, into = scorer_and_slicing(monkeypatch, model, layer, SHAPE)
+    pixels = torch.rand(len(FILTERS), *SHAPE, generator=gen(6))
+    calls = len(into)
+    torch.testing.assert_close(score(pixels), full_score(model, layer, pixels))
+    assert len(into) == calls  # the climb runs the model to the layer
+
+
+def test_the_plan_prices_each_layer_at_its_canvas_and_finds_each_canvas_once() -> None:
+    from types import SimpleNamespace
+
+    from hw5lib.config import RunConfig
+    from hw5lib.stages import filters as stage
+
+    model = tiny_classifier()
+    cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), filter_layers=("2", "14"))
+    run = SimpleNamespace(
+        model=model,
+        grad=None,
+        pre=SimpleNamespace(channels=3, size=(SIDE, SIDE)),
+        to_input=to_input,
+        canvases={},
+        replay=None,
+        subject=SimpleNamespace(paths=[Path("a.png")]),
+    )
+    work = stage.filters_cost(run, cfg, {stage.NAME: 1 / 3})  # type: ignore[arg-type]
+    small, whole = run.canvases["cnn.2"], run.canvases["cnn.14"]
+    assert small.tiled and not whole.tiled
+    # cnn.2 on a view of (8 + 3)^2 of 32^2 pixels, plus the fixed share; cnn.14 whole.
+    per_step = (11 * 11 / SIDE**2 + stage.STEP_OVERHEAD) + 1.0
+    per_layer = cfg.filters_per_layer
+    assert work.backward == pytest.approx(0.5 * per_step * per_layer * cfg.filter_steps)
+    found = dict(run.canvases)
+    stage.filters_cost(run, cfg, {stage.NAME: 1 / 3})  # type: ignore[arg-type]
+    assert run.canvases == found and run.canvases["cnn.2"] is small  # not measured again

@@ -21,6 +21,10 @@ from .record import FigureRecord, Share, Shares, Stage, StageResult, explained, 
 NAME = "Q2 filters"
 SECTION = "Q2"
 STREAM = 10  # random stream of the first layer's ascent; the k-th layer draws from STREAM + k
+# A step on a tiled canvas costs its view's share of the image's pixels plus this share of a
+# whole-image step (work that does not shrink with the view: the optimizer, Python, launching
+# each op), as measured on the demo model (bench/RESULTS.md).
+STEP_OVERHEAD = 0.1
 
 
 @dataclass
@@ -60,6 +64,22 @@ def replayed_layers(run: Run) -> tuple[LayerDecision, ...] | None:
 def planned_layers(run: Run) -> list[str]:
     """The Q2 layers by name (``--filter-layers 15`` is ``cnn.15``), as the figure ids use."""
     return [resolve_layer(run.model, spec)[0] for spec in filter_layer_names(run, run.cfg)]
+
+
+def layer_canvas(run: Run, name: str) -> filters.Canvas:
+    """The canvas the ascent on layer ``name`` climbs (``filters.ascent_canvas``), found once
+    per run: the plan prices it before the stage climbs on it."""
+    if name not in run.canvases:
+        model = same_activation_model(run.model, run.grad, name)
+        layer = resolve_layer(model, name)[1]
+        shape = (run.pre.channels, *run.pre.size)
+        run.canvases[name] = filters.ascent_canvas(model, layer, shape, run.to_input)
+    return run.canvases[name]
+
+
+def step_cost(canvas: filters.Canvas) -> float:
+    """One ascent step on ``canvas``, as a share of a step on the whole image."""
+    return min(1.0, canvas.area + STEP_OVERHEAD) if canvas.tiled else 1.0
 
 
 def activation_id(layer: str) -> str:
@@ -137,6 +157,7 @@ def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
             shape=(run.pre.channels, *run.pre.size),
             to_input=run.to_input,
             steps=cfg.filter_steps,
+            canvas=layer_canvas(run, name),
             generator=run.generator(STREAM + k),
             redo_climbing=cfg.adaptive,
             stop=run.deadline.passed,
@@ -198,7 +219,20 @@ def ascent_text(run: Run, tried: int, kept: int) -> str:
         f"Each image starts from near-gray noise and climbs one filter's mean activation for "
         f"{cfg.filter_steps} AdamW steps on a Fourier-parameterized image with random jitter, "
         f"rotation and scale (Olah et al., 2017), one row per layer; "
-        f"{redo_note(tried, kept, cfg.filter_steps)}."
+        f"{redo_note(tried, kept, cfg.filter_steps)}.{tile_note(run)}"
+    )
+
+
+def tile_note(run: Run) -> str:
+    """Which layers climbed a periodic tile, for the caption."""
+    tiled = {n: c for n, c in run.canvases.items() if c.tiled and n in planned_layers(run)}
+    if not tiled:
+        return ""
+    sides = ", ".join(f"{n} {c.period[0]}x{c.period[1]}" for n, c in tiled.items())
+    return (
+        f" Where a layer's units see a small part of the image, its images climb a periodic "
+        f"tile (at least the receptive field, found by gradient, and a quarter of the image "
+        f"side) seen repeated, and are shown repeated without seams to the full size: {sides}."
     )
 
 
@@ -266,6 +300,7 @@ def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
             "redone": tried,
             "redone_kept": kept,
             "conventions": cfg.conventions,
+            "tiles": {n: list(c.period) for n, c in run.canvases.items() if c.tiled and n in names},
         },
     )
     # The filters figure leads Q2, before the activation maps of the same filters.
@@ -278,14 +313,21 @@ def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
 
 
 def filters_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
-    # Ascent runs the model only up to the layer: about half of it on average. A filter still
-    # climbing is redone with twice the steps: 3 x steps at the cap.
-    layers = len(filter_layer_names(run, cfg))
+    # Ascent runs the model only up to the layer: about half of it on average, on the layer's
+    # canvas (step_cost). A filter still climbing is redone with twice the steps: 3 x steps at
+    # the cap.
+    names = [resolve_layer(run.model, spec)[0] for spec in filter_layer_names(run, cfg)]
+    layers = len(names)
     per_layer = len(cfg.filters) or cfg.filters_per_layer
     share = shares[NAME] if cfg.adaptive else 1 / 3
     steps = course.ASCENT_STEPS if cfg.conventions == COURSE else 3 * cfg.filter_steps * share
+    area = (
+        layers
+        if cfg.conventions == COURSE
+        else sum(step_cost(layer_canvas(run, name)) for name in names)
+    )
     return Work(
-        backward=0.5 * layers * per_layer * steps,
+        backward=0.5 * area * per_layer * steps,
         forward=explained(run) * layers,
         seconds=FIGURE_SECONDS * (1 + layers),
     )
