@@ -10,20 +10,21 @@ import numpy as np
 # ``MIN_SAMPLES``, and at most the caller's ``samples`` (1000 by default, lime's own count).
 ROUND_SAMPLES = 100
 # The floor is measured, not derived (bench/lime_design.py, bench/RESULTS.md): with the foldover
-# design (``foldover_masks``) one whole block, 256 samples for 64-127 superpixels, is the point
-# where lime's weights stop being noisier than stock lime's 1000: at 200 samples (a block not yet
-# complete) top-5 overlap / rank correlation with three stock 1000-sample references were
-# 0.958 / 0.658 against stock's own 0.967 / 0.711 (24 demo images), at 300 0.983 / 0.769, no worse
-# than 1000 foldover samples (0.983 / 0.776). (Random antithetic pairs needed 600 to match.)
+# design (``foldover_masks``) 300 samples, past one whole block for up to ~100 superpixels,
+# agreed with three stock 1000-sample references better than a stock run does (top-5 overlap /
+# rank correlation 0.983 / 0.681 vs 0.978 / 0.633, 12 demo images), and the stopping rule from
+# 300 drew 358 on average for 0.978 / 0.686; random antithetic pairs needed a 600 floor (667
+# samples, 0.972 / 0.663 in the same measurement).
 MIN_SAMPLES = 300
 # lime's sample count the stopping rule matches: stop once the estimate is as precise as a stock
 # lime run with this many independent samples would be.
 MATCHED_SAMPLES = 1000
 # ... and once the top five superpixels, what a reader looks at, are settled: the fifth weight at
-# least TOP_SEPARATION standard errors above each of the next three. Calibrated on 40 sample
-# images against three 1000-sample stock runs each (bench/RESULTS.md): 600 samples for every
-# image matched stock lime's top-5 overlap only exactly (0.947 both); with this rule, 705
-# samples on average, 0.950 (and 0.950 at 1000 for all).
+# least TOP_SEPARATION standard errors above each of the next three. Calibrated with random pairs
+# on 40 sample images against three 1000-sample stock runs each (bench/RESULTS.md): 600 samples
+# for every image matched stock lime's top-5 overlap only exactly (0.947 both); with this rule,
+# 705 samples on average, 0.950. With the foldover design it is what lifts a hard image past the
+# floor (the full-size Classifier's one measured image: 800 samples).
 TOP_K, TOP_RIVALS, TOP_SEPARATION = 5, 3, 1.0
 # The separation recorded where it would be infinite (no sampling noise left, or no superpixel
 # ranked below the top k): finite, so that it can go into manifest.json, and far above any
