@@ -49,7 +49,7 @@ BGR channel order (it read images with cv2.imread), no mean/std.
 
 Sampled and iterated methods stop once converged (--no-adaptive: always the caps):
   LIME        foldover Hadamard masks (each with its complement) in rounds of 100, at least
-              300, until as precise as stock lime's 1000 independent samples (sandwich
+              400, until as precise as stock lime's 1000 independent samples (sandwich
               estimate) and the 5th weight stands >= 1 standard error above the next three;
               cap --lime-samples.
   SmoothGrad  rounds of 10 noisy copies until the two half-averages predict a correlation

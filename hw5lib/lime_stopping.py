@@ -9,13 +9,13 @@ import numpy as np
 # Sampling rule (see ``lime_adapter.AntitheticLimeExplainer``): rounds of this many samples, at least
 # ``MIN_SAMPLES``, and at most the caller's ``samples`` (1000 by default, lime's own count).
 ROUND_SAMPLES = 100
-# The floor is measured, not derived (bench/lime_design.py, bench/RESULTS.md): with the foldover
-# design (``foldover_masks``) 300 samples, past one whole block for up to ~100 superpixels,
-# agreed with three stock 1000-sample references better than a stock run does (top-5 overlap /
-# rank correlation 0.983 / 0.681 vs 0.978 / 0.633, 12 demo images), and the stopping rule from
-# 300 drew 358 on average for 0.978 / 0.686; random antithetic pairs needed a 600 floor (667
-# samples, 0.972 / 0.663 in the same measurement).
-MIN_SAMPLES = 300
+# The floor is measured, not derived (bench/lime_design.py, bench/RESULTS.md, 16 demo images,
+# three stock 1000-sample references each): with the foldover design (``foldover_masks``) the
+# stopping rule from 400 drew 469 samples on average for top-5 overlap / rank correlation
+# 0.979 / 0.706, against a stock run's own 0.975 / 0.647 and random antithetic pairs' 0.975 / 0.683
+# (from their 600 floor, 650 samples); from 300 it drew 344 but fell just short of stock on the
+# top five (0.971).
+MIN_SAMPLES = 400
 # lime's sample count the stopping rule matches: stop once the estimate is as precise as a stock
 # lime run with this many independent samples would be.
 MATCHED_SAMPLES = 1000

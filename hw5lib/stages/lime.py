@@ -254,13 +254,13 @@ STAGE = Stage(
         Cut(NAME, "600 samples per image, no more", {"lime_samples": 600}, rank=6),
         Cut(
             NAME,
-            "300 samples per image, no more (the floor)",
+            "300 samples per image, no more",
             {"lime_samples": 300},
             rank=14,
         ),
     ),
     options=("lime_samples", "adaptive", "seed", "trust", "conventions"),
     methods=(Method(METHOD),),
-    share=Share(expected=0.4),
+    share=Share(expected=0.5),
     figures=lambda run: ("q3_lime",),
 )
