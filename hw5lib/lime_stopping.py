@@ -24,7 +24,7 @@ MATCHED_SAMPLES = 1000
 # on 40 sample images against three 1000-sample stock runs each (bench/RESULTS.md): 600 samples
 # for every image matched stock lime's top-5 overlap only exactly (0.947 both); with this rule,
 # 705 samples on average, 0.950. With the foldover design it is what lifts a hard image past the
-# floor (the full-size Classifier's one measured image: 800 samples).
+# floor (the full-size Classifier's two measured images: 500 and 800 samples).
 TOP_K, TOP_RIVALS, TOP_SEPARATION = 5, 3, 1.0
 # The separation recorded where it would be infinite (no sampling noise left, or no superpixel
 # ranked below the top k): finite, so that it can go into manifest.json, and far above any
