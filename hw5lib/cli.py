@@ -48,9 +48,10 @@ record it; otherwise the defaults are the HW3 sample code's: resize to 128x128, 
 BGR channel order (it read images with cv2.imread), no mean/std.
 
 Sampled and iterated methods stop once converged (--no-adaptive: always the caps):
-  LIME        antithetic mask pairs in rounds of 100, at least 600, until as precise as stock
-              lime's 1000 independent samples (sandwich estimate) and the 5th weight stands
-              >= 1 standard error above the next three; cap --lime-samples.
+  LIME        foldover Hadamard masks (each with its complement) in rounds of 100, at least
+              400, until as precise as stock lime's 1000 independent samples (sandwich
+              estimate) and the 5th weight stands >= 1 standard error above the next three;
+              cap --lime-samples.
   SmoothGrad  rounds of 10 noisy copies until the two half-averages predict a correlation
               >= 0.98 with the exact expectation (Spearman-Brown); cap --smooth-samples.
   IG          4 equal cells of the path (5 gradients), then rounds halving the worse half of

@@ -228,8 +228,8 @@ class RunConfig:
     conventions: str = option(
         OURS,
         "ours: the definitions bench/RESULTS.md measures (saliency |d logit / d x| max over "
-        "channels; antithetic LIME on probabilities until converged; regularized filter ascent "
-        "from gray); course: the ML2020 HW5 sample code's (|d CE-loss / d x| per channel, "
+        "channels; foldover-Hadamard LIME on probabilities until converged; regularized filter "
+        "ascent from gray); course: the ML2020 HW5 sample code's (|d CE-loss / d x| per channel, "
         "min-max per image; stock lime on logits, 1000 samples, seed 16; Adam from the image, "
         "lr 0.1, 100 steps). --preset hw5-2020 implies course; captions say which",
         choices=(OURS, COURSE),

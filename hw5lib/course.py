@@ -7,8 +7,8 @@ They differ from the defaults on purpose, and the report says which a figure fol
   default: |d logit / d x|, max over channels).
 - LIME is stock ``lime``: 1000 independent samples from one ``np.random`` stream seeded with 16
   and shared by the images in turn, the model's raw logits, the course SLIC on the model input
-  itself (the default: antithetic samples until converged, softmax probabilities, SLIC on the
-  display image).
+  itself (the default: foldover Hadamard samples until converged, softmax probabilities, SLIC on
+  the display image).
 - Filter visualization is Adam (lr 0.1, 100 steps) on the input image itself, climbing the
   filter's summed activation, with no regularizer or clipping (the default: a regularized
   Fourier image from gray).

@@ -234,5 +234,5 @@ def test_help_states_the_stopping_rules_and_the_budget(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         main(["report", "--help"])
     text = capsys.readouterr().out
-    for rule in ("antithetic", "at least 600", "0.98", "completeness error", "--budget SECONDS"):
+    for rule in ("foldover Hadamard", "at least", "0.98", "completeness error", "--budget SECONDS"):
         assert rule in text

@@ -31,7 +31,7 @@ from hw5lib.lime_adapter import (
     segment,
     segment_with_fallback,
 )
-from hw5lib.lime_stopping import SEPARATION_SETTLED, top_separation
+from hw5lib.lime_stopping import MIN_SAMPLES, SEPARATION_SETTLED, top_separation
 from model import Classifier
 
 SIDE = 128  # the pipeline's display size
@@ -153,7 +153,7 @@ def test_a_saturated_model_says_why_and_keeps_a_finite_trace() -> None:
 def test_a_random_model_on_normalized_grass_gives_a_finite_trace() -> None:
     # The reported run: one superpixel, no rival below the top 5, an infinite separation.
     r = explain(tiny_model(), grass(), 3, to_input=to_input, samples=600, stability_rounds=2)
-    assert r.failure is None and r.samples == 600 and r.trace
+    assert r.failure is None and r.samples >= MIN_SAMPLES and r.trace
     assert_finite(r)
 
 
@@ -176,7 +176,7 @@ def test_fewer_superpixels_than_top_k_are_sampled_with_a_finite_trace() -> None:
 
     explainer = AntitheticLimeExplainer(random_state=0)
     data, outputs = explainer.data_labels(image, np.zeros_like(image), segments, fn, 600)
-    assert [row[2] for row in explainer.trace] == [SEPARATION_SETTLED]
+    assert explainer.trace and all(row[2] == SEPARATION_SETTLED for row in explainer.trace)
     stability = resampled_agreement(explainer.base, data, outputs, 0, rounds=2, k=5)
     assert stability == 1.0  # k = 4: every superpixel is in the top k
 

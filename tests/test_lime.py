@@ -4,6 +4,7 @@ and classifier_fn turns lime's HWC display batches into the model's probabilitie
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from lime import lime_image
 from skimage.segmentation import slic
@@ -20,7 +21,14 @@ from hw5lib.lime_adapter import (
     resampled_agreement,
     segment,
 )
-from hw5lib.lime_stopping import MATCHED_SAMPLES, MIN_SAMPLES, TOP_SEPARATION, antithetic_masks
+from hw5lib.lime_stopping import (
+    MATCHED_SAMPLES,
+    MIN_SAMPLES,
+    TOP_SEPARATION,
+    foldover_masks,
+    paley_hadamard,
+    paley_prime,
+)
 from model import Classifier
 
 SIDE, BLOCK, SAMPLES = 48, 8, 60
@@ -253,11 +261,85 @@ def test_perturbed_images_are_the_ones_lime_builds():
     assert (data[0] == 1).all()  # the first sample is the image itself, as in lime
 
 
-def test_masks_come_in_complementary_pairs():
-    rows = antithetic_masks(np.random.RandomState(0), 9, 30)
-    assert rows.shape == (9, 30)
-    assert ((rows[0:8:2] + rows[1:8:2]) == 1).all()
-    assert 0.4 < rows.mean() < 0.6
+@pytest.mark.parametrize("p", [3, 7, 11, 19, 43, 127])
+def test_paley_hadamard_columns_are_orthogonal_and_balanced(p: int):
+    h = paley_hadamard(p)
+    assert set(np.unique(h)) == {-1, 1} and (h[:, 0] == 1).all()
+    np.testing.assert_array_equal(h.T @ h, (p + 1) * np.eye(p + 1))
+
+
+def test_paley_prime_is_the_smallest_prime_3_mod_4_from_the_feature_count():
+    assert [paley_prime(f) for f in (1, 7, 8, 36, 80, 100, 128)] == [3, 7, 11, 43, 83, 103, 131]
+
+
+@pytest.mark.parametrize("features", [10, 36, 100, 127])
+def test_foldover_blocks_are_balanced_orthogonal_and_in_complementary_pairs(features: int):
+    block = 2 * (paley_prime(features) + 1)  # 2N rows: N Hadamard rows and their complements
+    rows = foldover_masks(np.random.RandomState(features), 3 * block + 7, features)
+    assert rows.shape == (3 * block + 7, features) and set(np.unique(rows)) == {0, 1}
+    assert (rows[0] == 1).all() and (rows[1] == 0).all()  # the image itself, then all hidden
+    assert ((rows[0::2][: len(rows) // 2] + rows[1::2]) == 1).all()
+    for b in range(3):
+        signed = 2 * rows[b * block : (b + 1) * block] - 1
+        np.testing.assert_array_equal(signed.sum(axis=0), 0)  # each superpixel on half the time
+        np.testing.assert_array_equal(signed.T @ signed, block * np.eye(features))
+        assert len(np.unique(signed, axis=0)) == block  # no row drawn twice within a block
+    assert not np.array_equal(rows[:block], rows[block : 2 * block])  # each block re-randomized
+
+
+def test_a_shorter_foldover_stream_is_a_prefix_of_a_longer_one():
+    # a replay draws exactly the recorded count: its masks must be the run's first ones
+    long = foldover_masks(np.random.RandomState(5), 1000, 90)
+    np.testing.assert_array_equal(foldover_masks(np.random.RandomState(5), 300, 90), long[:300])
+    assert not np.array_equal(foldover_masks(np.random.RandomState(6), 300, 90), long[:300])
+
+
+def stock_masks(seed: int, n: int, features: int) -> np.ndarray:
+    """Stock lime's draw (``LimeImageExplainer.data_labels``): independent uniform rows, row 0
+    the image itself."""
+    masks = np.random.RandomState(seed).randint(0, 2, n * features).reshape(n, features)
+    masks[0] = 1
+    return masks
+
+
+def test_a_foldover_fit_of_a_linear_response_is_stock_limes():
+    # A model whose response is linear in the superpixels: lime's weights are the response's
+    # own up to the ridge's slight shrinkage, whichever design drew the masks.
+    base = AntitheticLimeExplainer(random_state=0).base
+    w = np.random.default_rng(0).normal(size=80)
+    fits = [
+        lime_weights(base, masks, (masks @ w)[:, None], 0)
+        for masks in (
+            foldover_masks(np.random.RandomState(1), MIN_SAMPLES, 80),
+            stock_masks(2, 1000, 80),
+        )
+    ]
+    np.testing.assert_allclose(fits[0], fits[1], atol=0.05 * np.abs(w).max())
+    assert metrics.rank_correlation_1d(fits[0], fits[1]) > 0.99
+    assert metrics.topk_overlap(fits[0], fits[1], 5) == 1.0
+
+
+def test_a_foldover_fit_is_closer_to_stock_lime_than_random_pairs_at_the_floor():
+    # A noisy response (a sigmoid of a linear score plus three-way interactions): at the same
+    # count the balanced, orthogonal design ranks the superpixels closer to a 1000-sample stock
+    # fit than random complementary pairs do.
+    base = AntitheticLimeExplainer(random_state=0).base
+    features, foldover, random_pairs = 80, [], []
+    for problem in range(8):
+        rng = np.random.default_rng(problem)
+        w, triples = rng.normal(size=features), rng.integers(0, features, (60, 3))
+
+        def fit(masks: np.ndarray, w: np.ndarray = w, triples: np.ndarray = triples) -> np.ndarray:
+            score = masks @ w + 1.5 * masks[:, triples].prod(axis=2).sum(axis=1) - w.sum() / 2
+            return lime_weights(base, masks, 1 / (1 + np.exp(-score / 4.5))[:, None], 0)
+
+        ref = fit(stock_masks(100 + problem, 1000, features))
+        half = stock_masks(problem, MIN_SAMPLES // 2, features)
+        pairs = np.stack([half, 1 - half], axis=1).reshape(-1, features)
+        ours = foldover_masks(np.random.RandomState(problem), MIN_SAMPLES, features)
+        foldover.append(metrics.rank_correlation_1d(fit(ours), ref))
+        random_pairs.append(metrics.rank_correlation_1d(fit(pairs), ref))
+    assert np.mean(foldover) > np.mean(random_pairs) + 0.03
 
 
 def sampled(response) -> AntitheticLimeExplainer:
@@ -312,7 +394,7 @@ def test_a_tie_at_the_fifth_place_samples_to_the_cap_though_precise_enough_overa
 
 def test_an_odd_interaction_response_samples_to_the_cap():
     # (on count - half)^3 is odd under the complement: pairing doubles its noise, so
-    # antithetic sampling can never match independent samples and runs to the cap.
+    # paired sampling can never match independent samples and runs to the cap.
     assert drawn(sampled(lambda on: (on.sum(1) - on.shape[1] / 2) ** 3)) == 1000
 
 
@@ -325,9 +407,7 @@ def toy_lime_samples(problem: int, seed: int, n: int = 600, features: int = 40):
     rng = np.random.default_rng(problem)
     w = rng.normal(size=features)
     triples = rng.integers(0, features, size=(30, 3))
-    masks = antithetic_masks(np.random.RandomState(seed), n, features)
-    masks[0] = 1
-    masks[1] = 0
+    masks = foldover_masks(np.random.RandomState(seed), n, features)
     score = masks @ w + 1.5 * masks[:, triples].prod(axis=2).sum(axis=1) - w.sum() / 2
     return masks, 1 / (1 + np.exp(-score / 3))[:, None]
 
@@ -348,8 +428,7 @@ def test_resampled_agreement_predicts_the_overlap_of_real_reruns():
 
 def test_resampled_agreement_is_one_for_a_response_with_no_noise():
     base = AntitheticLimeExplainer(random_state=0).base
-    masks = antithetic_masks(np.random.RandomState(0), 600, 40)
-    masks[0], masks[1] = 1, 0
+    masks = foldover_masks(np.random.RandomState(0), 600, 40)
     outputs = (masks @ np.linspace(-1, 1, 40))[:, None]
     assert resampled_agreement(base, masks, outputs, 0, rounds=5) == 1.0
 

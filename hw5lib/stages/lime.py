@@ -1,4 +1,4 @@
-"""Q3: LIME over SLIC superpixels, antithetic samples until the top superpixels are settled."""
+"""Q3: LIME over SLIC superpixels, foldover Hadamard samples until the top superpixels are settled."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class LimeStageResult(StageResult):
         rule = (
             f"stock lime, {self.cap} independent samples (the course's)"
             if self.course
-            else f"antithetic samples in rounds of {lime_stopping.ROUND_SAMPLES}, at least "
+            else f"foldover Hadamard samples (masks and complements) in rounds of {lime_stopping.ROUND_SAMPLES}, at least "
             f"{lime_stopping.MIN_SAMPLES}, until as precise as {lime_stopping.MATCHED_SAMPLES} "
             f"independent ones and the top {lime_stopping.TOP_K} separated by "
             f">= {lime_stopping.TOP_SEPARATION:g} standard error; cap {self.cap}"
@@ -217,9 +217,9 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
 
 def sampling_text(cfg: RunConfig, used: list[int]) -> str:
     if not cfg.adaptive:
-        return f"{cfg.lime_samples} antithetic perturbed samples per image"
+        return f"{cfg.lime_samples} foldover Hadamard perturbed samples per image"
     return (
-        f"{min(used)}-{max(used)} (mean {np.mean(used):.0f}) antithetic perturbed samples per "
+        f"{min(used)}-{max(used)} (mean {np.mean(used):.0f}) foldover Hadamard perturbed samples per "
         f"image, stopped once as precise as {lime_stopping.MATCHED_SAMPLES} independent ones "
         f"and the top {lime_stopping.TOP_K} settled"
     )
@@ -254,13 +254,13 @@ STAGE = Stage(
         Cut(NAME, "600 samples per image, no more", {"lime_samples": 600}, rank=6),
         Cut(
             NAME,
-            "300 samples per image (less precise than stock lime)",
+            "300 samples per image, no more",
             {"lime_samples": 300},
             rank=14,
         ),
     ),
     options=("lime_samples", "adaptive", "seed", "trust", "conventions"),
     methods=(Method(METHOD),),
-    share=Share(expected=0.75),
+    share=Share(expected=0.5),
     figures=lambda run: ("q3_lime",),
 )
