@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hw5lib import attributions
+from hw5lib import attributions, faithfulness
 from hw5lib.config import RunConfig
 from hw5lib.sample import SampleInfo
 from hw5lib.stages import STAGES
@@ -16,6 +16,7 @@ from hw5lib.stages.integrated_gradients import (
     baseline,
     stage_integrated_gradients,
 )
+from hw5lib.stages.smoothgrad import NOISE_STREAM, ROUND, SmoothGradResult, stage_smoothgrad
 from hw5lib.stages.trust import method_table
 from hw5lib.subject import prepare
 
@@ -48,3 +49,49 @@ def test_ig_randomization_row_uses_the_steps_the_trained_maps_needed(
         run.model, s.x, s.target, baseline=baseline(run, cfg.ig_baseline), steps=cfg.ig_steps
     )
     assert not torch.allclose(got, attributions.channel_sum(at_cap), rtol=1e-4, atol=1e-6)
+
+
+def test_smoothgrad_randomization_row_uses_each_images_trained_sample_count(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = RunConfig(data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, device="cpu")
+    run = prepare(cfg)
+    run.registry = STAGES
+    with tqdm(disable=True) as bar:
+        result = stage_smoothgrad(run, bar)
+    run.results["Q4 SmoothGrad"] = result
+    assert run.find(SmoothGradResult) is result
+    s = run.subject
+    random = faithfulness.randomized_copy(run.model, 5, torch.Generator().manual_seed(1))
+    # Counts other than the trained run's own, per image: what the rerun spends is theirs.
+    counts = [2 * ROUND if i % 2 else ROUND for i in range(len(s.paths))]
+    result.samples = counts
+    got = method_table(run)["SmoothGrad"](random, s.x, s.target)
+    for count in set(counts):  # each image as a fixed-count SmoothGrad with the trained noise
+        fixed = attributions.smoothgrad_until_converged(
+            attributions.saliency,
+            random,
+            s.x,
+            s.target,
+            max_samples=count,
+            min_samples=count,
+            round_samples=ROUND,
+            sigma=cfg.smooth_sigma,
+            generator=run.generator(NOISE_STREAM),
+        )
+        assert (fixed.used == count).all()
+        rows = [i for i, c in enumerate(counts) if c == count]
+        torch.testing.assert_close(got[rows], fixed.value[rows], rtol=0, atol=0)
+    # Run until converged, the random model reaches other counts than these.
+    until = attributions.smoothgrad_until_converged(
+        attributions.saliency,
+        random,
+        s.x,
+        s.target,
+        max_samples=cfg.smooth_samples,
+        min_samples=ROUND,
+        round_samples=ROUND,
+        sigma=cfg.smooth_sigma,
+        generator=run.generator(NOISE_STREAM),
+    )
+    assert until.used.tolist() != counts

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import faithfulness, metrics
@@ -67,25 +67,50 @@ def method_table(run: Run) -> dict[str, Explain]:
     return {m.name: m.explain(run) for m in scored_methods(run) if m.explain}
 
 
-def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: TrustResult) -> dict:
+def faithfulness_rows(run: Run, maps: dict[str, Tensor], names: list[str]) -> list[dict]:
+    """Deletion/insertion AUC of every named method in one pass: the curves' ends, the same
+    images for every method, are scored once."""
     s, cfg = run.subject, run.cfg
-    di = faithfulness.deletion_insertion(
+    di = faithfulness.deletion_insertion_rows(
         run.inference,
         s.x,
         s.target,
-        maps.to(run.device),
+        torch.stack([maps[name] for name in names]).to(run.device),  # (R, N, H, W)
         steps=cfg.deletion_steps,
         baseline="zero",
         insertion_baseline="blur",
         batch_size=cfg.batch_size,
         head=run.output.kind,
     )
-    row = {
-        "method": name,
-        "deletion": float(di["deletion"].mean()),
-        "insertion": float(di["insertion"].mean()),
-    }
-    if explain is not None:
+    return [
+        {"method": name, "deletion": float(d.mean()), "insertion": float(i.mean())}
+        for name, d, i in zip(names, di["deletion"], di["insertion"], strict=True)
+    ]
+
+
+def randomized_model(run: Run, out: TrustResult) -> nn.Module | None:
+    """The copy with the top layers re-initialized, made once for every method's rerun (each
+    would draw the same weights from the same stream); None where a layer cannot be."""
+    try:
+        return faithfulness.randomized_copy(
+            run.model, run.cfg.randomize_top, run.generator(RANDOMIZE_STREAM), clip=True
+        )
+    except TypeError as err:  # a layer type (or TorchScript) we cannot re-initialize
+        out.randomization_skipped = str(err)
+        return None
+
+
+def check_row(
+    run: Run,
+    row: dict,
+    maps: Tensor,
+    explain: Explain | None,
+    random: nn.Module | None,
+    out: TrustResult,
+) -> None:
+    """Add the randomization check and, where masks exist, localization to a method's row."""
+    s, name = run.subject, row["method"]
+    if explain is not None and random is not None:
         try:
             check = faithfulness.randomization_check(
                 explain,
@@ -93,22 +118,21 @@ def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: T
                 s.x,
                 s.target,
                 trained_maps=maps if name != EDGE.name else None,
-                n_top=cfg.randomize_top,
+                n_top=run.cfg.randomize_top,
                 threshold=FLAG_ABOVE,
-                generator=run.generator(RANDOMIZE_STREAM),
+                randomized=random,
             )
-        except TypeError as err:  # a layer type (or TorchScript) we cannot re-initialize
+        except TypeError as err:  # a method that cannot run on the copy (as TorchScript)
             out.randomization_skipped = str(err)
-        else:
-            row["randomization"] = check["mean"]
-            row["flagged"] = check["flagged"]
-            out.randomized_layers = check["randomized_layers"]
-            out.randomize_top = check["n_top"]
+            return
+        row["randomization"] = check["mean"]
+        row["flagged"] = check["flagged"]
+        out.randomized_layers = check["randomized_layers"]
+        out.randomize_top = check["n_top"]
     if s.masks is not None:
         masks = torch.from_numpy(s.masks)
         row["pointing"] = float(metrics.pointing_game(maps, masks).float().mean())
         row["mass_inside"] = float(metrics.mass_inside(maps, masks).mean())
-    return row
 
 
 def stage_trust(run: Run, bar: tqdm) -> TrustResult:
@@ -123,17 +147,22 @@ def stage_trust(run: Run, bar: tqdm) -> TrustResult:
     maps[RANDOM] = faithfulness.random_maps(
         (len(s.paths), *s.x.shape[-2:]), run.generator(RANDOM_STREAM)
     )
+    names = [n for n in [*(m.name for m in scored_methods(run)), RANDOM] if n in maps]
+    out.unscored = [n for n in names if not maps[n].isfinite().all()]  # NaN or inf: no ranks
+    names = [n for n in names if n not in out.unscored]
+    if names and run.deadline.passed():
+        run.cuts.append(f"{NAME}: no row for {names[0]} and after, the budget was spent")
+        names = []
+    rows = faithfulness_rows(run, maps, names) if names else []
+    bar.update()
     explains = method_table(run)
-    for name in [*(m.name for m in scored_methods(run)), RANDOM]:
-        if name not in maps:
-            continue
+    random = randomized_model(run, out) if any(n in explains for n in names) else None
+    for row in rows:
         if run.deadline.passed():
-            run.cuts.append(f"{NAME}: no row for {name} and after, the budget was spent")
+            run.cuts.append(f"{NAME}: no row for {row['method']} and after, the budget was spent")
             break
-        if not maps[name].isfinite().all():  # nothing to rank: NaN or inf in the maps
-            out.unscored.append(name)
-            continue
-        out.rows.append(trust_row(run, name, maps[name], explains.get(name), out))
+        check_row(run, row, maps[row["method"]], explains.get(row["method"]), random, out)
+        out.rows.append(row)
         bar.update()
     stability = {
         smoothgrad.METHOD: smoothgrad_stability(run),
@@ -213,13 +242,15 @@ def trust_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
         return Work()
     n = explained(run)
     rows = sum(len(s.methods) for s in run.registry) + 2  # every map method and two controls
-    # The randomized model reruns SmoothGrad until converged, IG at the trained maps' last step
-    # count (integrated_gradients.explain).
+    # The randomized model reruns SmoothGrad with the trained maps' sample counts
+    # (smoothgrad.explain), IG at their last step count (integrated_gradients.explain).
     ig = run.find(integrated_gradients.IntegratedGradientsResult)
     ig_steps = ig.final_steps if ig is not None else cfg.ig_steps
     sampled = n * (cfg.smooth_samples * shares[smoothgrad.NAME] + ig_steps)
+    # Deletion/insertion: the 2 * (steps - 1) inner images of each row's curves, and the 3
+    # images their ends share (the image, its zeroed and its blurred copy) once per image.
     return Work(
-        forward=rows * n * (cfg.deletion_steps + 1) * 2,
+        forward=n * (rows * 2 * (cfg.deletion_steps - 1) + 3),
         backward=4 * n + (sampled if cfg.randomize_sampled else 0) + 4 * n,  # + CAM layers
         seconds=3 * FIGURE_SECONDS,
     )
@@ -230,7 +261,7 @@ STAGE = Stage(
     "Q4",
     stage_trust,
     trust_cost,
-    units=lambda run: len(scored_methods(run)) + 2 if run.cfg.trust else 0,
+    units=lambda run: len(scored_methods(run)) + 3 if run.cfg.trust else 0,
     cuts=(
         Cut(
             NAME,
