@@ -273,17 +273,18 @@ def randomized_copy(
 
 def _average_ranks(v: Tensor) -> Tensor:
     """Ranks along dim 1 of v [N,M], tied values sharing their average rank (as scipy does)."""
-    n, m = v.shape
+    m = v.shape[1]
     sorted_v, order = v.sort(dim=1, stable=True)  # (N, M)
+    positions = torch.arange(m, device=v.device).expand_as(order)
     starts = torch.ones_like(sorted_v, dtype=torch.bool)
     starts[:, 1:] = sorted_v[:, 1:] != sorted_v[:, :-1]
-    group = starts.cumsum(dim=1) - 1  # (N, M) index of each run of equal values in its row
-    flat = (group + torch.arange(n, device=v.device)[:, None] * m).flatten()
-    positions = torch.arange(m, dtype=torch.float64, device=v.device).repeat(n)
-    mean_pos = torch.zeros(n * m, dtype=torch.float64, device=v.device).scatter_reduce(
-        0, flat, positions, reduce="mean", include_self=False
-    )
-    ranks_sorted = mean_pos[flat].view(n, m)
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    # A run of equal values spans positions first..last: its mean rank is (first + last) / 2,
+    # exact in float64 (a scatter-mean over the run gives the same value, slower).
+    first = torch.where(starts, positions, 0).cummax(dim=1).values
+    last = torch.where(ends, positions, m).flip(1).cummin(dim=1).values.flip(1)
+    ranks_sorted = (first + last).double() / 2
     return torch.empty_like(ranks_sorted).scatter_(1, order, ranks_sorted)
 
 
@@ -297,8 +298,8 @@ def rank_correlation(a: Tensor, b: Tensor) -> Tensor:
     """
     if a.shape != b.shape:
         raise ValueError(f"maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    ra = _average_ranks(a.detach().flatten(1).double())  # (N, HW)
-    rb = _average_ranks(b.detach().flatten(1).to(a.device).double())
+    ra = _average_ranks(a.detach().flatten(1))  # (N, HW); float32 sorts as float64 would
+    rb = _average_ranks(b.detach().flatten(1).to(a.device))
     ra = ra - ra.mean(dim=1, keepdim=True)
     rb = rb - rb.mean(dim=1, keepdim=True)
     corr = (ra * rb).sum(dim=1) / (ra.norm(dim=1) * rb.norm(dim=1))

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from hw5lib import attributions, faithfulness
 from hw5lib.config import RunConfig
 from hw5lib.sample import SampleInfo
-from hw5lib.stages import STAGES
+from hw5lib.stages import STAGES, grad_x_input, saliency
 from hw5lib.stages.integrated_gradients import (
     IntegratedGradientsResult,
     baseline,
@@ -95,3 +96,39 @@ def test_smoothgrad_randomization_row_uses_each_images_trained_sample_count(
         generator=run.generator(NOISE_STREAM),
     )
     assert until.used.tolist() != counts
+
+
+class _Counting(nn.Module):
+    """Counts the images its model scores."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images += len(x)
+        return self.model(x)
+
+
+def test_saliency_and_grad_x_input_reruns_share_one_input_gradient(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = RunConfig(data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, device="cpu")
+    run = prepare(cfg)
+    run.registry = STAGES
+    s = run.subject
+    model = _Counting(faithfulness.randomized_copy(run.model, 5, torch.Generator().manual_seed(2)))
+    table = method_table(run)
+    got = {m: table[m](model, s.x, s.target) for m in (saliency.METHOD, grad_x_input.METHOD)}
+    assert model.images == len(s.x)  # one pass for both
+    for module in (saliency, grad_x_input):  # each method's own explain, a pass each
+        alone = module.explain(run)(model, s.x, s.target)
+        torch.testing.assert_close(got[module.METHOD], alone, rtol=0, atol=0)
+    assert model.images == 3 * len(s.x)
+    other = s.x.flip(0)  # other images: a new gradient, not the cached one
+    torch.testing.assert_close(
+        table[saliency.METHOD](model, other, s.target),
+        saliency.explain(run)(model, other, s.target),
+        rtol=0,
+        atol=0,
+    )

@@ -10,13 +10,21 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .. import faithfulness, metrics
+from .. import attributions, faithfulness, metrics
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
 from . import cams, integrated_gradients, lime, smoothgrad
 from .lime import LimeStageResult
-from .record import Explain, Method, Shares, Stage, StageResult, explained
+from .record import (
+    Explain,
+    FromGradient,
+    Method,
+    Shares,
+    Stage,
+    StageResult,
+    explained,
+)
 from .smoothgrad import SmoothGradResult
 
 NAME = "trust checks"
@@ -62,9 +70,40 @@ def scored_methods(run: Run) -> list[Method]:
     return [m for m in usable if m.explain] + [EDGE] + [m for m in usable if not m.explain]
 
 
+@dataclass
+class SharedGradient:
+    """The input gradient of the last (model, x, target) asked for: saliency and Gradient x
+    Input on the randomized model share one backward pass."""
+
+    batch_size: int
+    key: tuple[nn.Module, Tensor, Tensor] | None = None
+    gradient: Tensor | None = None
+
+    def explain(self, fn: FromGradient) -> Explain:
+        def from_shared(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+            if self.key is None or any(
+                a is not b for a, b in zip(self.key, (model, x, target), strict=True)
+            ):
+                self.gradient = attributions.input_gradient(
+                    model, x, target, batch_size=self.batch_size
+                )
+                self.key = (model, x, target)
+            return fn(self.gradient, x)
+
+        return from_shared
+
+
 def method_table(run: Run) -> dict[str, Explain]:
     """Each rerunnable method as explain(model, x, target) -> [N,H,W], for the randomized model."""
-    return {m.name: m.explain(run) for m in scored_methods(run) if m.explain}
+    shared = SharedGradient(run.cfg.batch_size)
+    table = {}
+    for m in scored_methods(run):
+        fn = m.from_gradient(run) if m.from_gradient else None
+        if fn is not None:
+            table[m.name] = shared.explain(fn)
+        elif m.explain:
+            table[m.name] = m.explain(run)
+    return table
 
 
 def faithfulness_rows(run: Run, maps: dict[str, Tensor], names: list[str]) -> list[dict]:
