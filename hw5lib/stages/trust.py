@@ -252,7 +252,8 @@ def trust_manifest(result: TrustResult | None) -> dict | None:
         f"2018); compare with the random map. Randomization: Spearman correlation between the map of "
         f"the trained model and of a copy whose top {result.randomize_top} parameterized layers "
         f"({', '.join(result.randomized_layers)}) were re-initialized (Adebayo et al., "
-        f"2018); 'flagged' when |corr| > {FLAG_ABOVE}, i.e. the map barely depends on the weights. "
+        f"2018), SmoothGrad with each image's sample count in the trained run, Integrated "
+        f"Gradients with the most steps a trained map needed; 'flagged' when |corr| > {FLAG_ABOVE}, i.e. the map barely depends on the weights. "
     )
     if result.mask_fraction is not None:
         notes += (
