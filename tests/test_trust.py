@@ -11,14 +11,14 @@ from tqdm import tqdm
 from hw5lib import attributions, faithfulness
 from hw5lib.config import RunConfig
 from hw5lib.sample import SampleInfo
-from hw5lib.stages import STAGES, grad_x_input, saliency
+from hw5lib.stages import STAGES, cams, grad_x_input, saliency
 from hw5lib.stages.integrated_gradients import (
     IntegratedGradientsResult,
     baseline,
     stage_integrated_gradients,
 )
 from hw5lib.stages.smoothgrad import NOISE_STREAM, ROUND, SmoothGradResult, stage_smoothgrad
-from hw5lib.stages.trust import method_table
+from hw5lib.stages.trust import method_table, stage_trust
 from hw5lib.subject import prepare
 
 
@@ -132,3 +132,35 @@ def test_saliency_and_grad_x_input_reruns_share_one_input_gradient(
         rtol=0,
         atol=0,
     )
+
+
+def test_trust_rows_repeat_exactly_and_match_one_deletion_call_per_method(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = RunConfig(data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, device="cpu")
+    run = prepare(cfg)
+    run.registry = STAGES
+    s = run.subject
+    with tqdm(disable=True) as bar:
+        for stage in (saliency.STAGE, grad_x_input.STAGE, cams.STAGE):
+            run.results[stage.name] = stage.run(run, bar)
+        first, second = stage_trust(run, bar), stage_trust(run, bar)
+    assert first.rows == second.rows  # deterministic: the same numbers twice
+    maps = run.maps()
+    scored = [row for row in first.rows if row["method"] in maps]
+    assert {row["method"] for row in scored} == set(maps)
+    for row in scored:
+        alone = faithfulness.deletion_insertion(
+            run.inference,
+            s.x,
+            s.target,
+            maps[row["method"]],
+            steps=cfg.deletion_steps,
+            baseline="zero",
+            insertion_baseline="blur",
+            batch_size=cfg.batch_size,
+            head=run.output.kind,
+        )
+        assert abs(row["deletion"] - float(alone["deletion"].mean())) <= 1e-6
+        assert abs(row["insertion"] - float(alone["insertion"].mean())) <= 1e-6
+        assert "randomization" in row
