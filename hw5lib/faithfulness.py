@@ -136,6 +136,80 @@ def deletion_insertion(
     }
 
 
+def deletion_insertion_rows(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    maps: Tensor,
+    *,
+    steps: int = 16,
+    baseline: Baseline = "blur",
+    insertion_baseline: Baseline | None = None,
+    batch_size: int = 64,
+    head: str = "softmax",
+) -> dict[str, Tensor]:
+    """``deletion_insertion`` of R methods' maps [R,N,H,W] of the same images in one pass.
+
+    The curves' ends show the same image whatever the map: deletion starts at x and ends at the
+    baseline, insertion starts at its baseline and ends at x. Those 3 images per image are scored
+    once, not once per method and curve; only the 2*(steps-1) in between depend on the map.
+    Returns ``deletion``, ``insertion`` [R,N] and ``deletion_curve``, ``insertion_curve``
+    [R,N,steps+1], equal to ``deletion_insertion`` row by row (up to float rounding).
+    """
+    r, n, h, w = maps.shape
+    if x.shape[0] != n or x.shape[-2:] != (h, w):
+        raise ValueError(f"maps must be [R,N,H,W] with N,H,W = {(len(x), *x.shape[-2:])}")
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if not torch.isfinite(maps).all():
+        raise ValueError("maps must be finite to be ranked")
+    maps, target, x = maps.detach().to(x.device), target.to(x.device), x.detach()
+    bases = torch.stack(
+        [_baseline_image(x, baseline), _baseline_image(x, insertion_baseline or baseline)]
+    )
+    rank = pixel_ranks(maps.flatten(0, 1)).view(r, n, h * w)  # (R, N, HW)
+    inner = steps - 1  # steps 1..steps-1 depend on the map
+    taken = torch.div(
+        torch.arange(1, steps, device=x.device) * (h * w), steps, rounding_mode="floor"
+    )  # (S-1,) pixels removed/revealed at each inner step
+    device = model_device(model, x.device)
+    ends = torch.cat([x, bases[0], bases[1]])  # (3N, C, H, W): both curves' first and last images
+    per_curve = n * inner
+    total = 3 * n + 2 * r * per_curve
+    scores = []
+    with torch.inference_mode(), eval_mode(model):
+        for start in range(0, total, batch_size):
+            j = torch.arange(start, min(start + batch_size, total), device=x.device)
+            k = (j - 3 * n).clamp(min=0)  # index among the inner images: (curve, row, img, step)
+            insert, row = k // (r * per_curve), (k // per_curve) % r
+            img, step = (k % per_curve) // inner, k % inner
+            top = rank[row, img] < taken[step, None]  # (B, HW) the step's most important pixels
+            # Deletion shows the baseline on the top pixels, insertion everywhere else.
+            show_base = (top ^ insert.bool()[:, None]).view(-1, 1, h, w)
+            batch = torch.where(show_base, bases[insert, img], x[img])  # (B, C, H, W)
+            end = j < 3 * n
+            batch[end] = ends[j[end]]
+            img = torch.where(end, j % n, img)
+            probs = probabilities(model(batch.to(device)), head)  # (B, K)
+            scores.append(probs.gather(1, target[img].to(device)[:, None]).squeeze(1))
+    flat = torch.cat(scores).to(x.device)
+    intact, gone, blurred = flat[: 3 * n].view(3, 1, n, 1).expand(3, r, n, 1)
+    middle = flat[3 * n :].view(2, r, n, inner)
+    curves = torch.stack(
+        [
+            torch.cat([intact, middle[0], gone], dim=2),
+            torch.cat([blurred, middle[1], intact], dim=2),
+        ]
+    )  # (2, R, N, S+1)
+    auc = torch.trapezoid(curves, dx=1.0 / steps, dim=3)  # (2, R, N)
+    return {
+        "deletion": auc[0],
+        "insertion": auc[1],
+        "deletion_curve": curves[0],
+        "insertion_curve": curves[1],
+    }
+
+
 def random_maps(shape: Sequence[int], generator: torch.Generator) -> Tensor:
     """Uniform random maps of ``shape`` (e.g. [N,H,W]): the chance level for deletion/insertion."""
     return torch.rand(tuple(shape), generator=generator, device=generator.device)
@@ -175,16 +249,21 @@ def _reinitialize(module: nn.Module, generator: torch.Generator) -> None:
         raise TypeError(f"cannot re-initialize {type(module).__name__} with a generator")
 
 
-def randomized_copy(model: nn.Module, n_top: int, generator: torch.Generator) -> nn.Module:
+def randomized_copy(
+    model: nn.Module, n_top: int | None, generator: torch.Generator, *, clip: bool = False
+) -> nn.Module:
     """Deep copy of ``model`` with its last ``n_top`` parameterized layers re-initialized.
 
     Cascading randomization (Adebayo et al., NeurIPS 2018): destroy the learned weights from the
     top (logits) down. Linear/Conv get U(-1/sqrt(fan_in), 1/sqrt(fan_in)) drawn from
     ``generator`` (PyTorch's default scale); BatchNorm gets running stats reset, weight 1,
-    bias 0. ``model`` itself is never modified.
+    bias 0. ``model`` itself is never modified. With ``clip`` (as ``randomization_check``),
+    ``n_top=None`` or more than the model has re-initializes every layer.
     """
     clone = copy.deepcopy(model)
     layers = parameterized_layers(clone)
+    if clip:
+        n_top = len(layers) if n_top is None else min(n_top, len(layers))
     if not 0 <= n_top <= len(layers):
         raise ValueError(f"n_top must lie in [0, {len(layers)}], got {n_top}")
     for _, module in layers[len(layers) - n_top :]:
@@ -194,17 +273,18 @@ def randomized_copy(model: nn.Module, n_top: int, generator: torch.Generator) ->
 
 def _average_ranks(v: Tensor) -> Tensor:
     """Ranks along dim 1 of v [N,M], tied values sharing their average rank (as scipy does)."""
-    n, m = v.shape
+    m = v.shape[1]
     sorted_v, order = v.sort(dim=1, stable=True)  # (N, M)
+    positions = torch.arange(m, device=v.device).expand_as(order)
     starts = torch.ones_like(sorted_v, dtype=torch.bool)
     starts[:, 1:] = sorted_v[:, 1:] != sorted_v[:, :-1]
-    group = starts.cumsum(dim=1) - 1  # (N, M) index of each run of equal values in its row
-    flat = (group + torch.arange(n, device=v.device)[:, None] * m).flatten()
-    positions = torch.arange(m, dtype=torch.float64, device=v.device).repeat(n)
-    mean_pos = torch.zeros(n * m, dtype=torch.float64, device=v.device).scatter_reduce(
-        0, flat, positions, reduce="mean", include_self=False
-    )
-    ranks_sorted = mean_pos[flat].view(n, m)
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    # A run of equal values spans positions first..last: its mean rank is (first + last) / 2,
+    # exact in float64 (a scatter-mean over the run gives the same value, slower).
+    first = torch.where(starts, positions, 0).cummax(dim=1).values
+    last = torch.where(ends, positions, m).flip(1).cummin(dim=1).values.flip(1)
+    ranks_sorted = (first + last).double() / 2
     return torch.empty_like(ranks_sorted).scatter_(1, order, ranks_sorted)
 
 
@@ -218,8 +298,8 @@ def rank_correlation(a: Tensor, b: Tensor) -> Tensor:
     """
     if a.shape != b.shape:
         raise ValueError(f"maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    ra = _average_ranks(a.detach().flatten(1).double())  # (N, HW)
-    rb = _average_ranks(b.detach().flatten(1).to(a.device).double())
+    ra = _average_ranks(a.detach().flatten(1))  # (N, HW); float32 sorts as float64 would
+    rb = _average_ranks(b.detach().flatten(1).to(a.device))
     ra = ra - ra.mean(dim=1, keepdim=True)
     rb = rb - rb.mean(dim=1, keepdim=True)
     corr = (ra * rb).sum(dim=1) / (ra.norm(dim=1) * rb.norm(dim=1))
@@ -233,9 +313,10 @@ def randomization_check(
     target: Tensor,
     *,
     n_top: int | None = None,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
     threshold: float = 0.5,
     trained_maps: Tensor | None = None,
+    randomized: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Does the method notice when the model's weights are destroyed? (Adebayo et al. 2018)
 
@@ -244,14 +325,18 @@ def randomization_check(
     parameterized layer. ``flagged`` = mean |correlation| > ``threshold``: the maps barely change
     when the weights are destroyed, so the method does not explain the model. Images whose map
     is constant (nan) are skipped. ``trained_maps`` reuses maps already computed on ``model`` (with the same settings).
+    ``randomized`` reuses ``randomized_copy(model, n_top, generator)``, made once for many methods.
     """
     layers = parameterized_layers(model)
     n_top = len(layers) if n_top is None else min(n_top, len(layers))  # a small net has fewer
-    random_model = randomized_copy(model, n_top, generator)
+    if randomized is None:
+        if generator is None:
+            raise ValueError("randomization_check needs a generator or a randomized copy")
+        randomized = randomized_copy(model, n_top, generator)
     if trained_maps is None:
         trained_maps = explain(model, x, target)
     trained_maps = trained_maps.detach().abs().to(x.device)  # (N, H, W)
-    random_maps_ = explain(random_model, x, target).detach().abs()
+    random_maps_ = explain(randomized, x, target).detach().abs()
     corr = rank_correlation(trained_maps, random_maps_)  # (N,)
     mean = float(corr.nanmean())
     mean_abs = float(corr.abs().nanmean())

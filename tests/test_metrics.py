@@ -171,6 +171,40 @@ def test_deletion_insertion_does_not_depend_on_batch_size() -> None:
         torch.testing.assert_close(small[key], big[key])
 
 
+class _Counting(nn.Module):
+    """Counts the images its model scores."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images += len(x)
+        return self.model(x)
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, 1000])
+def test_deletion_insertion_rows_equal_one_call_per_method(batch_size: int) -> None:
+    model = _Counting(_tiny_classifier())
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(3, 3, 32, 32, generator=g)
+    target = torch.tensor([0, 5, 10])
+    maps = faithfulness.random_maps((4, 3, 32, 32), g)
+    maps[1] = (maps[1] * 3).floor()  # ties, broken by pixel index in both
+    maps[2] = -maps[0]
+    kw = {"steps": 5, "baseline": "zero", "insertion_baseline": "blur", "batch_size": batch_size}
+    shared = faithfulness.deletion_insertion_rows(model, x, target, maps, **kw)
+    # the curves' 3 shared ends (image, zeroed, blurred) once per image, 2 * 4 inner steps per map
+    assert model.images == 3 * 3 + 4 * 3 * 2 * 4
+    for r in range(4):
+        alone = faithfulness.deletion_insertion(model, x, target, maps[r], **kw)
+        for key, value in alone.items():
+            torch.testing.assert_close(shared[key][r], value, rtol=0, atol=1e-6)
+    assert model.images == 9 + 96 + 4 * 3 * 2 * 6
+    # the reversed map really makes other curves: the test compares different rows
+    assert not torch.equal(shared["deletion_curve"][2], shared["deletion_curve"][0])
+
+
 def test_pixel_ranks_break_ties_by_lower_index() -> None:
     maps = torch.tensor([[[1.0, 3.0], [1.0, 3.0]]])
     assert faithfulness.pixel_ranks(maps).tolist() == [[2, 0, 3, 1]]

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
-from hw5lib import attributions
+from hw5lib import attributions, faithfulness
 from hw5lib.config import RunConfig
 from hw5lib.sample import SampleInfo
-from hw5lib.stages import STAGES
+from hw5lib.stages import STAGES, cams, grad_x_input, saliency
 from hw5lib.stages.integrated_gradients import (
     FIRST_CELLS,
     TOLERANCE,
@@ -18,7 +19,8 @@ from hw5lib.stages.integrated_gradients import (
     baseline,
     stage_integrated_gradients,
 )
-from hw5lib.stages.trust import method_table
+from hw5lib.stages.smoothgrad import NOISE_STREAM, ROUND, SmoothGradResult, stage_smoothgrad
+from hw5lib.stages.trust import method_table, stage_trust
 from hw5lib.subject import prepare
 
 
@@ -53,3 +55,117 @@ def test_ig_randomization_row_is_capped_at_the_gradients_the_trained_maps_needed
     torch.testing.assert_close(got, attributions.channel_sum(direct.value), rtol=1e-4, atol=1e-6)
     at_cap = attributions.channel_sum(rule(cfg.ig_steps).value)
     assert not torch.allclose(got, at_cap, rtol=1e-4, atol=1e-6)
+
+
+def test_smoothgrad_randomization_row_uses_each_images_trained_sample_count(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = RunConfig(data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, device="cpu")
+    run = prepare(cfg)
+    run.registry = STAGES
+    with tqdm(disable=True) as bar:
+        result = stage_smoothgrad(run, bar)
+    run.results["Q4 SmoothGrad"] = result
+    assert run.find(SmoothGradResult) is result
+    s = run.subject
+    random = faithfulness.randomized_copy(run.model, 5, torch.Generator().manual_seed(1))
+    # Counts other than the trained run's own, per image: what the rerun spends is theirs.
+    counts = [2 * ROUND if i % 2 else ROUND for i in range(len(s.paths))]
+    result.samples = counts
+    got = method_table(run)["SmoothGrad"](random, s.x, s.target)
+    for count in set(counts):  # each image as a fixed-count SmoothGrad with the trained noise
+        fixed = attributions.smoothgrad_until_converged(
+            attributions.saliency,
+            random,
+            s.x,
+            s.target,
+            max_samples=count,
+            min_samples=count,
+            round_samples=ROUND,
+            sigma=cfg.smooth_sigma,
+            generator=run.generator(NOISE_STREAM),
+        )
+        assert (fixed.used == count).all()
+        rows = [i for i, c in enumerate(counts) if c == count]
+        torch.testing.assert_close(got[rows], fixed.value[rows], rtol=0, atol=0)
+    # Run until converged, the random model reaches other counts than these.
+    until = attributions.smoothgrad_until_converged(
+        attributions.saliency,
+        random,
+        s.x,
+        s.target,
+        max_samples=cfg.smooth_samples,
+        min_samples=ROUND,
+        round_samples=ROUND,
+        sigma=cfg.smooth_sigma,
+        generator=run.generator(NOISE_STREAM),
+    )
+    assert until.used.tolist() != counts
+
+
+class _Counting(nn.Module):
+    """Counts the images its model scores."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images += len(x)
+        return self.model(x)
+
+
+def test_saliency_and_grad_x_input_reruns_share_one_input_gradient(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = RunConfig(data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, device="cpu")
+    run = prepare(cfg)
+    run.registry = STAGES
+    s = run.subject
+    model = _Counting(faithfulness.randomized_copy(run.model, 5, torch.Generator().manual_seed(2)))
+    table = method_table(run)
+    got = {m: table[m](model, s.x, s.target) for m in (saliency.METHOD, grad_x_input.METHOD)}
+    assert model.images == len(s.x)  # one pass for both
+    for module in (saliency, grad_x_input):  # each method's own explain, a pass each
+        alone = module.explain(run)(model, s.x, s.target)
+        torch.testing.assert_close(got[module.METHOD], alone, rtol=0, atol=0)
+    assert model.images == 3 * len(s.x)
+    other = s.x.flip(0)  # other images: a new gradient, not the cached one
+    torch.testing.assert_close(
+        table[saliency.METHOD](model, other, s.target),
+        saliency.explain(run)(model, other, s.target),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_trust_rows_repeat_exactly_and_match_one_deletion_call_per_method(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = RunConfig(data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, device="cpu")
+    run = prepare(cfg)
+    run.registry = STAGES
+    s = run.subject
+    with tqdm(disable=True) as bar:
+        for stage in (saliency.STAGE, grad_x_input.STAGE, cams.STAGE):
+            run.results[stage.name] = stage.run(run, bar)
+        first, second = stage_trust(run, bar), stage_trust(run, bar)
+    assert first.rows == second.rows  # deterministic: the same numbers twice
+    maps = run.maps()
+    scored = [row for row in first.rows if row["method"] in maps]
+    assert {row["method"] for row in scored} == set(maps)
+    for row in scored:
+        alone = faithfulness.deletion_insertion(
+            run.inference,
+            s.x,
+            s.target,
+            maps[row["method"]],
+            steps=cfg.deletion_steps,
+            baseline="zero",
+            insertion_baseline="blur",
+            batch_size=cfg.batch_size,
+            head=run.output.kind,
+        )
+        assert abs(row["deletion"] - float(alone["deletion"].mean())) <= 1e-6
+        assert abs(row["insertion"] - float(alone["insertion"].mean())) <= 1e-6
+        assert "randomization" in row

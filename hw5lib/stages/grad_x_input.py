@@ -7,7 +7,15 @@ from tqdm import tqdm
 from .. import attributions
 from ..budget import FIGURE_SECONDS, Work
 from ..context import Run
-from .record import Explain, Method, Stage, StageResult, explained, save_attribution
+from .record import (
+    Explain,
+    FromGradient,
+    Method,
+    Stage,
+    StageResult,
+    explained,
+    save_attribution,
+)
 
 NAME = "Q4 Grad x Input"
 METHOD = "Gradient x Input"
@@ -17,6 +25,11 @@ def explain(run: Run) -> Explain:
     return lambda m, x, t: attributions.channel_sum(
         attributions.grad_x_input(m, x, t, batch_size=run.cfg.batch_size)
     )
+
+
+def from_gradient(run: Run) -> FromGradient:
+    """``explain``'s map from the input gradient."""
+    return lambda grad, x: attributions.channel_sum(grad * x)
 
 
 def stage_grad_x_input(run: Run, bar: tqdm) -> StageResult:
@@ -44,6 +57,6 @@ STAGE = Stage(
     stage_grad_x_input,
     lambda run, cfg, shares: Work(backward=explained(run), seconds=FIGURE_SECONDS),
     options=("batch_size",),
-    methods=(Method(METHOD, explain),),
+    methods=(Method(METHOD, explain, from_gradient=from_gradient),),
     figures=lambda run: ("q4_grad_x_input",),
 )

@@ -20,6 +20,8 @@ from ..context import Run
 
 # explain(model, x [N,C,H,W], target [N]) -> maps [N,H,W], what the trust table reruns.
 Explain = Callable[[nn.Module, Tensor, Tensor], Tensor]
+# (d logit[target] / d x [N,C,H,W], x) -> maps [N,H,W]: a map made from the input gradient alone.
+FromGradient = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class Method:
     name: str
     explain: Callable[[Run], Explain] | None = None
     sampled: bool = False  # costly to rerun: the budget drops its randomization check first
+    # Where the map is a function of the input gradient (as ``explain`` computes it), the
+    # trust table computes that gradient once for all such methods.
+    from_gradient: Callable[[Run], FromGradient | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,15 @@ from .. import attributions, course
 from ..budget import FIGURE_SECONDS, Work
 from ..config import COURSE
 from ..context import Run
-from .record import Explain, Method, Stage, StageResult, explained, save_attribution
+from .record import (
+    Explain,
+    FromGradient,
+    Method,
+    Stage,
+    StageResult,
+    explained,
+    save_attribution,
+)
 
 NAME = "Q1 saliency"
 METHOD = "Saliency"
@@ -20,6 +28,11 @@ def explain(run: Run) -> Explain:
     if run.cfg.conventions == COURSE:
         return lambda m, x, t: course.loss_saliency(m, x, t, batch_size=size).amax(dim=1)
     return lambda m, x, t: attributions.saliency(m, x, t, batch_size=size)
+
+
+def from_gradient(run: Run) -> FromGradient | None:
+    """``explain``'s map from the input gradient; None for the course's, of the loss."""
+    return None if run.cfg.conventions == COURSE else lambda grad, x: grad.abs().amax(dim=1)
 
 
 def stage_saliency(run: Run, bar: tqdm) -> StageResult:
@@ -64,6 +77,6 @@ STAGE = Stage(
     stage_saliency,
     lambda run, cfg, shares: Work(backward=explained(run), seconds=FIGURE_SECONDS),
     options=("batch_size", "conventions"),
-    methods=(Method(METHOD, explain),),
+    methods=(Method(METHOD, explain, from_gradient=from_gradient),),
     figures=lambda run: ("q1_saliency",),
 )

@@ -46,14 +46,17 @@ class SmoothGradResult(StageResult):
         }
 
 
-def smoothgrad_of(run: Run, model: nn.Module, x: Tensor, target: Tensor) -> attributions.Converged:
+def smoothgrad_of(
+    run: Run, model: nn.Module, x: Tensor, target: Tensor, counts: list[int] | None = None
+) -> attributions.Converged:
     """SmoothGrad of saliency with the run's settings: until converged (at most
     --smooth-samples), or exactly that many with --no-adaptive; in a replay of the explained
-    images, each image's recorded count."""
+    images, each image's recorded count; with ``counts``, exactly those per image."""
     cfg = run.cfg
     replayed = run.replayed(METHOD, "samples", cfg.smooth_samples)
-    # the stage's own maps: the trust table's randomized model decides its counts anew
+    # the stage's own maps: the trust table's randomized model passes the trained counts
     same = replayed is not None and len(replayed) == len(x) and model is run.gradients
+    counts = replayed if same else counts
     return attributions.smoothgrad_until_converged(
         attributions.saliency,
         model,
@@ -67,12 +70,21 @@ def smoothgrad_of(run: Run, model: nn.Module, x: Tensor, target: Tensor) -> attr
         generator=run.generator(NOISE_STREAM),
         batch_size=cfg.batch_size,
         stop=run.deadline.passed,
-        samples_per_image=torch.tensor(replayed) if same else None,
+        samples_per_image=torch.tensor(counts) if counts is not None else None,
     )
 
 
 def explain(run: Run) -> Explain:
-    return lambda m, x, t: smoothgrad_of(run, m, x, t).value
+    """SmoothGrad on the randomized model with each image's sample count (and so noise) of the
+    trained maps, the same settings Adebayo et al. compare: a random model's gradients never
+    converge, so "until converged" would always run it to the cap."""
+    trained = run.find(SmoothGradResult)
+
+    def sg(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+        counts = trained.samples if trained is not None and len(trained.samples) == len(x) else None
+        return smoothgrad_of(run, model, x, target, counts).value
+
+    return sg
 
 
 def stage_smoothgrad(run: Run, bar: tqdm) -> SmoothGradResult:

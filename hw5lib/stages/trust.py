@@ -7,16 +7,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
-from .. import faithfulness, metrics
+from .. import attributions, faithfulness, metrics
 from ..budget import FIGURE_SECONDS, Cut, Work
 from ..config import RunConfig
 from ..context import Run
 from . import cams, integrated_gradients, lime, smoothgrad
 from .lime import LimeStageResult
-from .record import Explain, Method, Shares, Stage, StageResult, explained
+from .record import (
+    Explain,
+    FromGradient,
+    Method,
+    Shares,
+    Stage,
+    StageResult,
+    explained,
+)
 from .smoothgrad import SmoothGradResult
 
 NAME = "trust checks"
@@ -62,30 +70,86 @@ def scored_methods(run: Run) -> list[Method]:
     return [m for m in usable if m.explain] + [EDGE] + [m for m in usable if not m.explain]
 
 
+@dataclass
+class SharedGradient:
+    """The input gradient of the last (model, x, target) asked for: saliency and Gradient x
+    Input on the randomized model share one backward pass."""
+
+    batch_size: int
+    key: tuple[nn.Module, Tensor, Tensor] | None = None
+    gradient: Tensor | None = None
+
+    def explain(self, fn: FromGradient) -> Explain:
+        def from_shared(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+            if self.key is None or any(
+                a is not b for a, b in zip(self.key, (model, x, target), strict=True)
+            ):
+                self.gradient = attributions.input_gradient(
+                    model, x, target, batch_size=self.batch_size
+                )
+                self.key = (model, x, target)
+            return fn(self.gradient, x)
+
+        return from_shared
+
+
 def method_table(run: Run) -> dict[str, Explain]:
     """Each rerunnable method as explain(model, x, target) -> [N,H,W], for the randomized model."""
-    return {m.name: m.explain(run) for m in scored_methods(run) if m.explain}
+    shared = SharedGradient(run.cfg.batch_size)
+    table = {}
+    for m in scored_methods(run):
+        fn = m.from_gradient(run) if m.from_gradient else None
+        if fn is not None:
+            table[m.name] = shared.explain(fn)
+        elif m.explain:
+            table[m.name] = m.explain(run)
+    return table
 
 
-def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: TrustResult) -> dict:
+def faithfulness_rows(run: Run, maps: dict[str, Tensor], names: list[str]) -> list[dict]:
+    """Deletion/insertion AUC of every named method in one pass: the curves' ends, the same
+    images for every method, are scored once."""
     s, cfg = run.subject, run.cfg
-    di = faithfulness.deletion_insertion(
+    di = faithfulness.deletion_insertion_rows(
         run.inference,
         s.x,
         s.target,
-        maps.to(run.device),
+        torch.stack([maps[name] for name in names]).to(run.device),  # (R, N, H, W)
         steps=cfg.deletion_steps,
         baseline="zero",
         insertion_baseline="blur",
         batch_size=cfg.batch_size,
         head=run.output.kind,
     )
-    row = {
-        "method": name,
-        "deletion": float(di["deletion"].mean()),
-        "insertion": float(di["insertion"].mean()),
-    }
-    if explain is not None:
+    return [
+        {"method": name, "deletion": float(d.mean()), "insertion": float(i.mean())}
+        for name, d, i in zip(names, di["deletion"], di["insertion"], strict=True)
+    ]
+
+
+def randomized_model(run: Run, out: TrustResult) -> nn.Module | None:
+    """The copy with the top layers re-initialized, made once for every method's rerun (each
+    would draw the same weights from the same stream); None where a layer cannot be."""
+    try:
+        return faithfulness.randomized_copy(
+            run.model, run.cfg.randomize_top, run.generator(RANDOMIZE_STREAM), clip=True
+        )
+    except TypeError as err:  # a layer type (or TorchScript) we cannot re-initialize
+        out.randomization_skipped = str(err)
+        return None
+
+
+def check_row(
+    run: Run,
+    row: dict,
+    maps: Tensor,
+    explain: Explain | None,
+    random: nn.Module | None,
+    out: TrustResult,
+) -> None:
+    """Add the randomization check and, where masks exist, localization to a method's row."""
+    s, name = run.subject, row["method"]
+    if explain is not None and random is not None:
         try:
             check = faithfulness.randomization_check(
                 explain,
@@ -93,22 +157,21 @@ def trust_row(run: Run, name: str, maps: Tensor, explain: Explain | None, out: T
                 s.x,
                 s.target,
                 trained_maps=maps if name != EDGE.name else None,
-                n_top=cfg.randomize_top,
+                n_top=run.cfg.randomize_top,
                 threshold=FLAG_ABOVE,
-                generator=run.generator(RANDOMIZE_STREAM),
+                randomized=random,
             )
-        except TypeError as err:  # a layer type (or TorchScript) we cannot re-initialize
+        except TypeError as err:  # a method that cannot run on the copy (as TorchScript)
             out.randomization_skipped = str(err)
-        else:
-            row["randomization"] = check["mean"]
-            row["flagged"] = check["flagged"]
-            out.randomized_layers = check["randomized_layers"]
-            out.randomize_top = check["n_top"]
+            return
+        row["randomization"] = check["mean"]
+        row["flagged"] = check["flagged"]
+        out.randomized_layers = check["randomized_layers"]
+        out.randomize_top = check["n_top"]
     if s.masks is not None:
         masks = torch.from_numpy(s.masks)
         row["pointing"] = float(metrics.pointing_game(maps, masks).float().mean())
         row["mass_inside"] = float(metrics.mass_inside(maps, masks).mean())
-    return row
 
 
 def stage_trust(run: Run, bar: tqdm) -> TrustResult:
@@ -123,17 +186,22 @@ def stage_trust(run: Run, bar: tqdm) -> TrustResult:
     maps[RANDOM] = faithfulness.random_maps(
         (len(s.paths), *s.x.shape[-2:]), run.generator(RANDOM_STREAM)
     )
+    names = [n for n in [*(m.name for m in scored_methods(run)), RANDOM] if n in maps]
+    out.unscored = [n for n in names if not maps[n].isfinite().all()]  # NaN or inf: no ranks
+    names = [n for n in names if n not in out.unscored]
+    if names and run.deadline.passed():
+        run.cuts.append(f"{NAME}: no row for {names[0]} and after, the budget was spent")
+        names = []
+    rows = faithfulness_rows(run, maps, names) if names else []
+    bar.update()
     explains = method_table(run)
-    for name in [*(m.name for m in scored_methods(run)), RANDOM]:
-        if name not in maps:
-            continue
+    random = randomized_model(run, out) if any(n in explains for n in names) else None
+    for row in rows:
         if run.deadline.passed():
-            run.cuts.append(f"{NAME}: no row for {name} and after, the budget was spent")
+            run.cuts.append(f"{NAME}: no row for {row['method']} and after, the budget was spent")
             break
-        if not maps[name].isfinite().all():  # nothing to rank: NaN or inf in the maps
-            out.unscored.append(name)
-            continue
-        out.rows.append(trust_row(run, name, maps[name], explains.get(name), out))
+        check_row(run, row, maps[row["method"]], explains.get(row["method"]), random, out)
+        out.rows.append(row)
         bar.update()
     stability = {
         smoothgrad.METHOD: smoothgrad_stability(run),
@@ -184,7 +252,8 @@ def trust_manifest(result: TrustResult | None) -> dict | None:
         f"2018); compare with the random map. Randomization: Spearman correlation between the map of "
         f"the trained model and of a copy whose top {result.randomize_top} parameterized layers "
         f"({', '.join(result.randomized_layers)}) were re-initialized (Adebayo et al., "
-        f"2018); 'flagged' when |corr| > {FLAG_ABOVE}, i.e. the map barely depends on the weights. "
+        f"2018), SmoothGrad with each image's sample count in the trained run, Integrated "
+        f"Gradients with the most steps a trained map needed; 'flagged' when |corr| > {FLAG_ABOVE}, i.e. the map barely depends on the weights. "
     )
     if result.mask_fraction is not None:
         notes += (
@@ -213,13 +282,16 @@ def trust_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
         return Work()
     n = explained(run)
     rows = sum(len(s.methods) for s in run.registry) + 2  # every map method and two controls
-    # The randomized model reruns SmoothGrad until converged, IG until converged but capped at
-    # the most gradients a trained map needed (integrated_gradients.explain): priced at that cap.
+    # The randomized model reruns SmoothGrad with the trained maps' sample counts
+    # (smoothgrad.explain), IG until converged but capped at the most gradients a trained map
+    # needed (integrated_gradients.explain): priced at that cap.
     ig = run.find(integrated_gradients.IntegratedGradientsResult)
     ig_steps = ig.final_steps if ig is not None else cfg.ig_steps
     sampled = n * (cfg.smooth_samples * shares[smoothgrad.NAME] + ig_steps)
+    # Deletion/insertion: the 2 * (steps - 1) inner images of each row's curves, and the 3
+    # images their ends share (the image, its zeroed and its blurred copy) once per image.
     return Work(
-        forward=rows * n * (cfg.deletion_steps + 1) * 2,
+        forward=n * (rows * 2 * (cfg.deletion_steps - 1) + 3),
         backward=4 * n + (sampled if cfg.randomize_sampled else 0) + 4 * n,  # + CAM layers
         seconds=3 * FIGURE_SECONDS,
     )
@@ -230,7 +302,7 @@ STAGE = Stage(
     "Q4",
     stage_trust,
     trust_cost,
-    units=lambda run: len(scored_methods(run)) + 2 if run.cfg.trust else 0,
+    units=lambda run: len(scored_methods(run)) + 3 if run.cfg.trust else 0,
     cuts=(
         Cut(
             NAME,
