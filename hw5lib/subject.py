@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -177,7 +178,13 @@ def check_convention(
         check = unchecked(Convention.of(pre), source, "--no-input-check")
     else:
         check = check_input(
-            model, split, pre, source, num_outputs, batch_size=cfg.batch_size, clock=deadline.clock
+            model,
+            split,
+            pre,
+            source,
+            num_outputs,
+            batch_size=cfg.batch_size,
+            clock=deadline.clock if deadline else time.perf_counter,
         )
     log.info("input check: %s", check.note)
     return (check.chosen.apply(pre) if source == ADOPTED else pre), check

@@ -113,7 +113,8 @@ def test_real_photos_in_mixed_modes_with_bad_files_complete(
     assert not re.search(r"\b(nan|inf)\b", captions(man))
     assert len(PdfReader(out / "report.pdf").pages) > 5
     # the input check sampled the validation split: its unreadable files are named as such
-    assert "3 unreadable)" in man["input_check"]["note"]
+    # (it stops once no convention could still change the decision: not always at all three)
+    assert re.search(r"\(\d unreadable\)", man["input_check"]["note"])
     assert "--budget" not in man["input_check"]["note"]
 
 
