@@ -72,6 +72,13 @@ def pixel_ranks(maps: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(1, order, positions)
 
 
+def _check_curves(maps: Tensor, steps: int) -> None:
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if not torch.isfinite(maps).all():
+        raise ValueError("maps must be finite to be ranked")
+
+
 def deletion_insertion(
     model: nn.Module,
     x: Tensor,
@@ -99,10 +106,7 @@ def deletion_insertion(
     n, _, h, w = x.shape
     if maps.shape != (n, h, w):
         raise ValueError(f"maps must be [N,H,W] = {(n, h, w)}, got {tuple(maps.shape)}")
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    if not torch.isfinite(maps).all():
-        raise ValueError("maps must be finite to be ranked")
+    _check_curves(maps, steps)
     maps, target = maps.detach().to(x.device), target.to(x.device)
     x = x.detach()
     base_del = _baseline_image(x, baseline)  # (N, C, H, W)
@@ -159,10 +163,7 @@ def deletion_insertion_rows(
     r, n, h, w = maps.shape
     if x.shape[0] != n or x.shape[-2:] != (h, w):
         raise ValueError(f"maps must be [R,N,H,W] with N,H,W = {(len(x), *x.shape[-2:])}")
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    if not torch.isfinite(maps).all():
-        raise ValueError("maps must be finite to be ranked")
+    _check_curves(maps, steps)
     maps, target, x = maps.detach().to(x.device), target.to(x.device), x.detach()
     bases = torch.stack(
         [_baseline_image(x, baseline), _baseline_image(x, insertion_baseline or baseline)]
