@@ -533,9 +533,12 @@ def _ascend(
         return (int(u[0] * canvas.period[0]), int(u[1] * canvas.period[1]))
 
     history, recorded, stopped = [], [], False
-    # A tile's ops are small: on more threads they spend longer handing work over than
-    # computing (5-30x slower per step on two threads of a busy two-core machine).
-    threads = 1 if canvas.tiled else None
+    # One thread, whatever --threads: 80+ ascent steps grow the last-bit differences of another
+    # thread count's conv reductions into another image (a --threads 1 replay of a 2-thread
+    # full-size report drew cnn.18's filters at Spearman 0.79), and a tile's small ops spend
+    # longer handing work over than computing on more threads (5-30x per step on a busy
+    # two-core machine).
+    threads = 1
     with (
         eval_mode(model),
         frozen_params(model),
