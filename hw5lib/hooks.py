@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 
 @contextmanager
@@ -79,6 +80,17 @@ class _StopForward(Exception):
         self.output = output
 
 
+def _stopped_at(model: nn.Module, x: Tensor, handle: RemovableHandle, what: str) -> Tensor:
+    """Run ``model`` on ``x`` until the hook behind ``handle`` raises _StopForward; its tensor."""
+    try:
+        model(x)
+    except _StopForward as done:
+        return done.output
+    finally:
+        handle.remove()
+    raise RuntimeError(f"the {what} was not reached by the model's forward pass")
+
+
 def forward_until(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
     """Run ``model`` on ``x`` only as far as ``layer`` and return its output, in the graph.
 
@@ -88,14 +100,7 @@ def forward_until(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
     def stop(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
         raise _StopForward(output)
 
-    handle = layer.register_forward_hook(stop)
-    try:
-        model(x)
-    except _StopForward as done:
-        return done.output
-    finally:
-        handle.remove()
-    raise RuntimeError("the layer was not reached by the model's forward pass")
+    return _stopped_at(model, x, layer.register_forward_hook(stop), "layer")
 
 
 def forward_into(model: nn.Module, module: nn.Module, x: Tensor) -> Tensor:
@@ -105,14 +110,7 @@ def forward_into(model: nn.Module, module: nn.Module, x: Tensor) -> Tensor:
     def stop(_module: nn.Module, inputs: tuple) -> None:
         raise _StopForward(inputs[0])
 
-    handle = module.register_forward_pre_hook(stop)
-    try:
-        model(x)
-    except _StopForward as done:
-        return done.output
-    finally:
-        handle.remove()
-    raise RuntimeError("the module was not reached by the model's forward pass")
+    return _stopped_at(model, x, module.register_forward_pre_hook(stop), "module")
 
 
 def hook_count(model: nn.Module) -> int:
