@@ -34,21 +34,27 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.vgg import VGGClassifier  # noqa: E402
-from hw5lib import attributions, cam, filters, lime_adapter, metrics  # noqa: E402
 from hw5lib.cli import BUNDLED_CHECKPOINT, BUNDLED_DATA, ensure_sample  # noqa: E402
 from hw5lib.config import RunConfig  # noqa: E402
-from hw5lib.data import Preprocess  # noqa: E402
-from hw5lib.datasets import open_dataset  # noqa: E402
-from hw5lib.images import load_inputs  # noqa: E402
-from hw5lib.layers import (  # noqa: E402
+from hw5lib.inputs.datasets import open_dataset  # noqa: E402
+from hw5lib.inputs.images import load_inputs  # noqa: E402
+from hw5lib.inputs.preprocess import Preprocess  # noqa: E402
+from hw5lib.methods import (  # noqa: E402
+    attributions,
+    cam,
+    filters,
+    lime_adapter,
+    metrics,
+)
+from hw5lib.model.layers import (  # noqa: E402
     default_filter_layers,
     gradient_copy,
     inference_copy,
     resolve_layer,
     same_activation_model,
 )
-from hw5lib.models import load_classifier  # noqa: E402
-from hw5lib.stages.lime import STABILITY_ROUNDS as LIME_STABILITY_ROUNDS  # noqa: E402
+from hw5lib.model.loading import load_classifier  # noqa: E402
+from hw5lib.stages.q3_lime import STABILITY_ROUNDS as LIME_STABILITY_ROUNDS  # noqa: E402
 from model import Classifier  # noqa: E402
 
 LINES: list[str] = []

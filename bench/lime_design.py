@@ -25,11 +25,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hw5lib import lime_adapter, lime_stopping, metrics  # noqa: E402
 from hw5lib.cli import BUNDLED_CHECKPOINT, BUNDLED_DATA, ensure_sample  # noqa: E402
-from hw5lib.datasets import open_dataset  # noqa: E402
-from hw5lib.images import load_inputs  # noqa: E402
-from hw5lib.models import load_classifier  # noqa: E402
+from hw5lib.inputs.datasets import open_dataset  # noqa: E402
+from hw5lib.inputs.images import load_inputs  # noqa: E402
+from hw5lib.methods import (  # noqa: E402
+    lime_adapter,
+    lime_stopping,
+    metrics,
+)
+from hw5lib.model.loading import load_classifier  # noqa: E402
 
 COUNTS = (200, 300, 400, 500, 600, 800, 1000)
 # Floors of the stopping rule simulated per design (rounds of ROUND_SAMPLES, cap COUNTS[-1]).

@@ -14,9 +14,9 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import COURSE, GROUPS, RunConfig, ints, options
-from .errors import Terminated, UserError
-from .portable import DATA, OUT, model_spec_name, portable_command, relative_name
+from hw5lib.config import COURSE, GROUPS, RunConfig, ints, options
+from hw5lib.errors import Terminated, UserError
+from hw5lib.report.portable import DATA, OUT, model_spec_name, portable_command, relative_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_DATA = ROOT / "data" / "sample"
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--model-args", help="JSON arguments for --model (object or list)")
     lay.add_argument("--checkpoint-key", help="which state_dict of the checkpoint to list")
 
-    from .verify import tolerances_help
+    from hw5lib.verify import tolerances_help
 
     ver = sub.add_parser(
         "verify",
@@ -236,11 +236,11 @@ def report_config(args: argparse.Namespace, argv: Sequence[str] | None = None) -
         checkpoint = checkpoint or BUNDLED_CHECKPOINT
     if out is None:
         raise UserError("give an output folder: hw5.py report DATA OUT")
-    from .outputs import check_writable
+    from hw5lib.report.outputs import check_writable
 
     check_writable(out)  # before a checkpoint is downloaded or loaded; creates nothing
     if checkpoint is None:
-        from .fetch import fetch_checkpoint
+        from hw5lib.model.fetch import fetch_checkpoint
 
         checkpoint = fetch_checkpoint(args.checkpoint_url, CHECKPOINT_CACHE)
     if args.per_class < 0:
@@ -253,7 +253,7 @@ def report_config(args: argparse.Namespace, argv: Sequence[str] | None = None) -
         if not p.is_file():
             raise UserError(f"--images: {p} is not a file")
     if args.notes is not None:  # its sections are checked now; its figure names once planned
-        from .notes import read_notes
+        from hw5lib.report.notes import read_notes
 
         read_notes(args.notes)
     chosen = {name: getattr(args, name) for name, _, _ in options()}
@@ -304,17 +304,17 @@ def parse_model_args(text: str | None) -> dict | list:
 def ensure_sample(root: Path) -> None:
     """Generate the bundled sample set once; it is deterministic, so a cached copy is the same."""
     if not (root / "SAMPLE.json").is_file():
-        from .sample import generate_sample
+        from hw5lib.inputs.sample import generate_sample
 
         generate_sample(root, seed=0)
 
 
 def print_layers(args: argparse.Namespace) -> None:
     """The course picks layers as ``model.cnn[15]``: show index, name, type and output shape."""
-    from .layers import layer_table
-    from .models import load_classifier
-    from .probe import infer_side
-    from .subject import infer_channels
+    from hw5lib.model.layers import layer_table
+    from hw5lib.model.loading import load_classifier
+    from hw5lib.model.probe import infer_side
+    from hw5lib.run.subject import infer_channels
 
     loaded = load_classifier(
         args.checkpoint or BUNDLED_CHECKPOINT,
@@ -364,7 +364,7 @@ def run_command(argv: list[str] | None, started: float) -> int:
     )
     try:
         if args.command == "report":
-            from .pipeline import run_report
+            from hw5lib.run.pipeline import run_report
 
             cfg = report_config(args, argv)
             man, seconds = run_report(cfg, progress=not args.quiet, started=started)
@@ -393,7 +393,7 @@ def run_command(argv: list[str] | None, started: float) -> int:
                 )
                 return STAGE_FAILED
         elif args.command == "verify":
-            from .verify import table, verify
+            from hw5lib.verify import table, verify
 
             result = verify(args.submitted, args.rerun)
             print(table(result))
@@ -401,13 +401,13 @@ def run_command(argv: list[str] | None, started: float) -> int:
         elif args.command == "layers":
             print_layers(args)
         elif args.command == "sample":
-            from .sample import generate_sample
+            from hw5lib.inputs.sample import generate_sample
 
             info = generate_sample(args.dir, seed=args.seed, mode=args.mode)
             print(f"wrote {len(info.items)} images of {len(info.classes)} classes to {args.dir}")
         elif args.command == "train":
-            from .data import Preprocess
-            from .train import TrainConfig, train
+            from hw5lib.inputs.preprocess import Preprocess
+            from hw5lib.model.train import TrainConfig, train
 
             classes_file = args.data / "classes.txt"
             classes = (
@@ -458,7 +458,7 @@ def run_command(argv: list[str] | None, started: float) -> int:
 def dataset_lines(dataset: dict, classes: list[str], quiet: bool) -> list[str]:
     """What the data was read as (a CSV's layout, side and pixel range; not under --quiet) and a
     warning naming the files whose label names no class."""
-    from .datasets import out_of_range_warning
+    from hw5lib.inputs.datasets import out_of_range_warning
 
     lines = []
     if dataset.get("csv") and not quiet:
@@ -478,7 +478,7 @@ def dataset_lines(dataset: dict, classes: list[str], quiet: bool) -> list[str]:
 
 
 def skipped_line(skipped: list[dict]) -> str:
-    from .images import Skipped, skipped_warning
+    from hw5lib.inputs.images import Skipped, skipped_warning
 
     return skipped_warning([Skipped(Path(s["file"]), s["reason"]) for s in skipped])
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import UserError
+from hw5lib.errors import UserError
 
 MANIFEST = "manifest.json"
 IDENTICAL, REPRODUCED, DIFFERS, MISSING = (
@@ -55,7 +55,9 @@ def _per_item(a: np.ndarray, b: np.ndarray, score: Callable[[np.ndarray, np.ndar
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman correlation; 1 for equal vectors, 0 where one is constant and they differ."""
-    from .metrics import rank_correlation_1d  # metrics imports torch: not for verify --help
+    from hw5lib.methods.metrics import (
+        rank_correlation_1d,  # metrics imports torch: not for verify --help
+    )
 
     if np.array_equal(a, b):
         return 1.0
@@ -68,7 +70,7 @@ def min_spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def min_top_overlap(a: np.ndarray, b: np.ndarray) -> float:
-    from .metrics import topk_overlap
+    from hw5lib.methods.metrics import topk_overlap
 
     return _per_item(a, b, lambda x, y: topk_overlap(x, y, min(TOP_K, x.size)))
 

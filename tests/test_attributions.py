@@ -10,7 +10,7 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from hw5lib.attributions import (
+from hw5lib.methods.attributions import (
     cell_errors,
     cell_nodes,
     cell_weights,
@@ -26,8 +26,8 @@ from hw5lib.attributions import (
     smoothgrad_until_converged,
     split_half_agreement,
 )
-from hw5lib.faithfulness import gaussian_blur as blurred
-from hw5lib.hooks import hook_count
+from hw5lib.methods.faithfulness import gaussian_blur as blurred
+from hw5lib.model.hooks import hook_count
 from model import Classifier
 from tests.zoo import seeded_
 

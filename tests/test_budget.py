@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hw5lib.budget import RESERVE_SECONDS, Cut, Deadline, Rates, Work, plan
 from hw5lib.config import RunConfig
-from hw5lib.pipeline import run_report
-from hw5lib.sample import SampleInfo
-from hw5lib.stages import CUTS, STAGES, integrated_gradients
+from hw5lib.inputs.sample import SampleInfo
+from hw5lib.run.budget import RESERVE_SECONDS, Cut, Deadline, Rates, Work, plan
+from hw5lib.run.pipeline import run_report
+from hw5lib.stages import CUTS, STAGES, q4_integrated_gradients
 from tests.fake_clock import CLOCK
 from tests.zoo import SlowNet
 
@@ -206,9 +206,9 @@ def test_worst_case_prices_ig_at_its_cap_since_its_rounds_keep_every_gradient() 
     # converges evaluates exactly --ig-steps gradients (no discarded rounds to price).
     cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), ig_steps=32)
     at_cap = {s.name: s.share.at_cap(cfg) for s in STAGES if s.share is not None}
-    assert at_cap.pop(integrated_gradients.NAME) == 1.0
+    assert at_cap.pop(q4_integrated_gradients.NAME) == 1.0
     assert set(at_cap.values()) == {1.0}  # LIME, SmoothGrad, filters: their caps
-    assert integrated_gradients.share_at_cap(replace(cfg, adaptive=False)) == 1.0
+    assert q4_integrated_gradients.share_at_cap(replace(cfg, adaptive=False)) == 1.0
 
 
 def test_a_cut_never_raises_a_setting_the_user_set_lower() -> None:

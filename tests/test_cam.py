@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import Tensor, nn
 
-from hw5lib.cam import (
+from hw5lib.methods.cam import (
     cam_layer_candidates,
     default_cam_layer,
     feature_maps,
@@ -16,7 +16,7 @@ from hw5lib.cam import (
     layer_cam,
     normalize_maps,
 )
-from hw5lib.hooks import hook_count
+from hw5lib.model.hooks import hook_count
 from model import Classifier
 from tests.zoo import seeded_
 

@@ -20,10 +20,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.serialization import MAGIC_NUMBER
 
-from hw5lib.checkpoints import checkpoint_format
 from hw5lib.errors import UserError
-from hw5lib.models import load_classifier
-from hw5lib.tv import import_torchvision
+from hw5lib.model.checkpoints import checkpoint_format
+from hw5lib.model.loading import load_classifier
+from hw5lib.model.tv import import_torchvision
 from model import Classifier
 from tests.pickles import save_as
 from tests.zoo import AlexNetLike

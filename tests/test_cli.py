@@ -32,8 +32,8 @@ from PIL import Image
 from pypdf import PdfReader
 
 from hw5lib import cli
-from hw5lib.fetch import cached_path
-from hw5lib.sample import SampleInfo
+from hw5lib.inputs.sample import SampleInfo
+from hw5lib.model.fetch import cached_path
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--lime-samples", "40", "--filter-steps", "5", "--smooth-samples", "4",
@@ -397,9 +397,9 @@ def test_planned_figures_are_the_figures_the_report_writes(
     report_a: Run, small_sample: SampleInfo, tiny_checkpoint: Path
 ) -> None:
     """--notes checks figure names against the plan before any stage runs: it must hold."""
-    from hw5lib.pipeline import planned_figures
+    from hw5lib.run.pipeline import planned_figures
+    from hw5lib.run.subject import prepare
     from hw5lib.stages import STAGES
-    from hw5lib.subject import prepare
 
     argv = ["report", str(small_sample.root), str(report_a.out), "--checkpoint",
             str(tiny_checkpoint), *FAST]  # fmt: skip

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from hw5lib.errors import UserError
-from hw5lib.models import load_classifier
-from hw5lib.tv import import_torchvision
+from hw5lib.model.loading import load_classifier
+from hw5lib.model.tv import import_torchvision
 from model import Classifier
 
 NARROW = {"widths": [4, 4, 6, 6, 8], "hidden": [10], "num_classes": 3, "input_size": 32}
@@ -368,7 +368,7 @@ def test_non_finite_weights_are_named_in_one_warning_and_recorded(tmp_path, capl
     sd["fc.0.weight"][0, 0] = float("nan")
     sd["cnn.0.bias"][1] = float("inf")
     torch.save({"net": sd}, tmp_path / "nan.pth")
-    with caplog.at_level(logging.WARNING, logger="hw5lib.models"):
+    with caplog.at_level(logging.WARNING, logger="hw5lib.model.loading"):
         loaded = load_classifier(tmp_path / "nan.pth")
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
@@ -379,7 +379,7 @@ def test_non_finite_weights_are_named_in_one_warning_and_recorded(tmp_path, capl
 
 def test_finite_weights_record_nothing(tmp_path, caplog):
     torch.save(narrow().state_dict(), tmp_path / "ok.pth")
-    with caplog.at_level(logging.WARNING, logger="hw5lib.models"):
+    with caplog.at_level(logging.WARNING, logger="hw5lib.model.loading"):
         loaded = load_classifier(tmp_path / "ok.pth")
     assert "non_finite_weights" not in loaded.architecture and not caplog.records
 

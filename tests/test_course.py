@@ -16,14 +16,14 @@ from pypdf import PdfReader
 from skimage.segmentation import slic
 from torch import nn
 
-from hw5lib import course
 from hw5lib.cli import parse_args
 from hw5lib.config import COURSE, RunConfig
-from hw5lib.data import Preprocess
-from hw5lib.filters import layer_activations, most_active_filters
-from hw5lib.models import save_checkpoint
-from hw5lib.pipeline import run_report
-from hw5lib.stages import filters, lime, saliency
+from hw5lib.inputs.preprocess import Preprocess
+from hw5lib.methods import course
+from hw5lib.methods.filters import layer_activations, most_active_filters
+from hw5lib.model.loading import save_checkpoint
+from hw5lib.run.pipeline import run_report
+from hw5lib.stages import q1_saliency, q2_filters, q3_lime
 from model import Classifier
 
 SIDE = 64
@@ -133,7 +133,7 @@ def course_run(setup: tuple[list[Path], Path], tmp_path_factory: pytest.TempPath
         conventions=COURSE,
         trust=False,
     )
-    run_report(cfg, progress=False, stages=(saliency.STAGE, lime.STAGE))
+    run_report(cfg, progress=False, stages=(q1_saliency.STAGE, q3_lime.STAGE))
     return out
 
 
@@ -224,7 +224,7 @@ def test_course_filter_stage_runs_from_the_image(setup, tmp_path: Path) -> None:
         filter_layers=("cnn.2",),
         filters_per_layer=2,
     )
-    manifest, _ = run_report(cfg, progress=False, stages=(filters.STAGE,))
+    manifest, _ = run_report(cfg, progress=False, stages=(q2_filters.STAGE,))
     record = next(f for f in manifest["figures"] if f["id"] == "q2_filters")
     assert record["params"]["steps"] == course.ASCENT_STEPS
     assert "first explained image" in record["caption"]

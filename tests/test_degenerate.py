@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 
-from hw5lib import attributions, figures, lime_adapter
-from hw5lib.lime_adapter import (
+from hw5lib.methods import attributions, lime_adapter
+from hw5lib.methods.lime_adapter import (
     COURSE_SLIC,
     MIN_SEGMENTS,
     AntitheticLimeExplainer,
@@ -31,7 +31,8 @@ from hw5lib.lime_adapter import (
     segment,
     segment_with_fallback,
 )
-from hw5lib.lime_stopping import MIN_SAMPLES, SEPARATION_SETTLED, top_separation
+from hw5lib.methods.lime_stopping import MIN_SAMPLES, SEPARATION_SETTLED, top_separation
+from hw5lib.report import figures
 from model import Classifier
 
 SIDE = 128  # the pipeline's display size

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from hw5lib.dream import deep_dream
-from hw5lib.hooks import hook_count
+from hw5lib.methods.dream import deep_dream
+from hw5lib.model.hooks import hook_count
 from model import Classifier
 
 SIDE = 32

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from hw5lib import filters as filters_module
-from hw5lib.filters import (
+from hw5lib.methods import filters as filters_module
+from hw5lib.methods.filters import (
     CLIMB_WINDOW,
     CLIMBING,
     RECORD_EVERY,
@@ -26,8 +26,8 @@ from hw5lib.filters import (
     spectrum_to_pixels,
     still_climbing,
 )
-from hw5lib.hooks import forward_until, hook_count
-from hw5lib.layers import gradient_copy
+from hw5lib.model.hooks import forward_until, hook_count
+from hw5lib.model.layers import gradient_copy
 from model import Classifier
 from tests.zoo import ResidualNet, seeded_
 
@@ -421,7 +421,7 @@ def test_the_plan_prices_each_layer_at_its_canvas_and_finds_each_canvas_once() -
     from types import SimpleNamespace
 
     from hw5lib.config import RunConfig
-    from hw5lib.stages import filters as stage
+    from hw5lib.stages import q2_filters as stage
 
     model = tiny_classifier()
     cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), filter_layers=("2", "14"))

@@ -18,9 +18,8 @@ from pypdf import PdfReader
 from torch import Tensor, nn
 
 from hw5lib import cli
-from hw5lib.data import Preprocess
-from hw5lib.datasets import ImageSet, open_dataset
-from hw5lib.input_check import (
+from hw5lib.inputs.datasets import ImageSet, open_dataset
+from hw5lib.inputs.input_check import (
     ADOPTED,
     ALPHA,
     DROP_LEVEL,
@@ -41,10 +40,11 @@ from hw5lib.input_check import (
     scores_of,
     significant,
 )
-from hw5lib.models import load_classifier
-from hw5lib.sample import SampleInfo, generate_sample
-from hw5lib.subject import check_convention
-from hw5lib.train import TrainConfig, train
+from hw5lib.inputs.preprocess import Preprocess
+from hw5lib.inputs.sample import SampleInfo, generate_sample
+from hw5lib.model.loading import load_classifier
+from hw5lib.model.train import TrainConfig, train
+from hw5lib.run.subject import check_convention
 from model import Classifier
 from tests.fake_clock import FakeClock
 

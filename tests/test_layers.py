@@ -4,8 +4,8 @@ import pytest
 
 from hw5lib.cli import main
 from hw5lib.errors import UserError
-from hw5lib.hooks import hook_count
-from hw5lib.layers import layer_table, resolve_layer
+from hw5lib.model.hooks import hook_count
+from hw5lib.model.layers import layer_table, resolve_layer
 from model import Classifier
 
 

@@ -10,9 +10,9 @@ from lime import lime_image
 from skimage.segmentation import slic
 from torch import Tensor, nn
 
-from hw5lib import metrics
-from hw5lib.data import Preprocess
-from hw5lib.lime_adapter import (
+from hw5lib.inputs.preprocess import Preprocess
+from hw5lib.methods import metrics
+from hw5lib.methods.lime_adapter import (
     SLIC_ARGS,
     AntitheticLimeExplainer,
     classifier_fn,
@@ -21,7 +21,7 @@ from hw5lib.lime_adapter import (
     resampled_agreement,
     segment,
 )
-from hw5lib.lime_stopping import (
+from hw5lib.methods.lime_stopping import (
     MATCHED_SAMPLES,
     MIN_SAMPLES,
     TOP_SEPARATION,

@@ -10,8 +10,8 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from hw5lib import faithfulness, metrics
-from hw5lib.hooks import hook_count
+from hw5lib.methods import faithfulness, metrics
+from hw5lib.model.hooks import hook_count
 from model import Classifier
 
 

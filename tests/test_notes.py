@@ -9,7 +9,7 @@ import pytest
 
 from hw5lib import cli
 from hw5lib.errors import UserError
-from hw5lib.notes import Reference, check_references, parse_notes, unproduced
+from hw5lib.report.notes import Reference, check_references, parse_notes, unproduced
 from tests.test_cli import LIGHT, assert_one_line_error
 
 

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from pypdf import PdfReader
 
-from hw5lib import outputs
 from hw5lib.cli import main
-from hw5lib.datasets import has_class, open_dataset, out_of_range, within_classes
 from hw5lib.errors import UserError
-from hw5lib.outputs import LOCK_NAME, output_folder
+from hw5lib.inputs.datasets import has_class, open_dataset, out_of_range, within_classes
+from hw5lib.report import outputs
+from hw5lib.report.outputs import LOCK_NAME, output_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--lime-samples", "30", "--filter-steps", "3", "--smooth-samples", "3", "--ig-steps", "4"]

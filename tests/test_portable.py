@@ -15,13 +15,13 @@ import pytest
 from pypdf import PdfReader
 
 from hw5lib import cli
-from hw5lib.pipeline import run_report
-from hw5lib.portable import portable_command, relative_name
-from hw5lib.sample import SampleInfo
-from hw5lib.stages import confusion, saliency
+from hw5lib.inputs.sample import SampleInfo
+from hw5lib.report.portable import portable_command, relative_name
+from hw5lib.run.pipeline import run_report
+from hw5lib.stages import q1_saliency, q3_confusion
 
 NOTES = "## Q1\nThe object lights up in q1_saliency.\n"
-STAGES = (saliency.STAGE, confusion.STAGE)  # the explained images, then every validation one
+STAGES = (q1_saliency.STAGE, q3_confusion.STAGE)  # the explained images, then every validation one
 
 
 def place(small_sample: SampleInfo, checkpoint: Path, home: Path) -> tuple[Path, Path, Path]:

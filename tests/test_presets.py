@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from hw5lib.cli import main
-from hw5lib.data import Preprocess
-from hw5lib.sample import generate_sample
-from hw5lib.train import TrainConfig, train
+from hw5lib.inputs.preprocess import Preprocess
+from hw5lib.inputs.sample import generate_sample
+from hw5lib.model.train import TrainConfig, train
 from tests.pickles import save_as
 from tests.zoo import AlexNetLike, ResidualNet, Seed001Classifier
 
@@ -199,7 +199,7 @@ def test_own_model_with_inplace_relus_and_residual_block_runs_every_method(
 def test_torchscript_model_runs_input_methods_and_names_the_skipped_ones(
     small_sample, tiny_checkpoint, tmp_path
 ) -> None:
-    from hw5lib.models import load_classifier
+    from hw5lib.model.loading import load_classifier
 
     scripted = torch.jit.script(load_classifier(tiny_checkpoint).model)
     path = tmp_path / "model.ts"
@@ -245,7 +245,7 @@ def test_pickle_needing_torchvision_says_how_to_install_it(
 ) -> None:
     # On a machine without torchvision (None in sys.modules makes its import fail), a
     # torchvision pickle names the missing package and the pip command, trusted or not.
-    from hw5lib.tv import import_torchvision
+    from hw5lib.model.tv import import_torchvision
 
     root, path = catdog
     import_torchvision.cache_clear()
@@ -265,7 +265,7 @@ def test_seed_001_architecture_runs_every_stage_at_its_report_layers(tmp_path) -
     1024), BatchNorm1d) through --model at full size, with the conv layers its report picked.
     38M parameters at 128 x 128: every stage runs, on two photos and at the smallest settings."""
     from hw5lib.config import RunConfig
-    from hw5lib.pipeline import run_report
+    from hw5lib.run.pipeline import run_report
     from tests.photos import write_real_food11
 
     root = write_real_food11(tmp_path / "food")

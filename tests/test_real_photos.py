@@ -18,7 +18,8 @@ import pytest
 import torch
 from pypdf import PdfReader
 
-from hw5lib import attributions, cli
+from hw5lib import cli
+from hw5lib.methods import attributions
 from model import Classifier
 from tests.photos import BAD, TRUNCATED, write_real_food11
 
@@ -253,7 +254,7 @@ def test_interrupted_run_leaves_a_true_manifest_and_a_rerun_gives_the_same_figur
 
 
 def test_only_our_own_earlier_figures_are_ever_removed(tmp_path: Path) -> None:
-    from hw5lib.pipeline import previous_outputs, remove_stale
+    from hw5lib.run.pipeline import previous_outputs, remove_stale
 
     out = out_with_user_file(tmp_path)
     for name in ("q1_saliency.png", "q4_deepdream.npz", "thesis.png"):

@@ -11,12 +11,13 @@ from pypdf import PdfReader
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from hw5lib import attributions, cli, lime_adapter
-from hw5lib.budget import FIGURE_SECONDS, Work
+from hw5lib import cli
 from hw5lib.config import RunConfig
-from hw5lib.context import Run
-from hw5lib.pipeline import run_report
-from hw5lib.sample import SampleInfo
+from hw5lib.inputs.sample import SampleInfo
+from hw5lib.methods import attributions, lime_adapter
+from hw5lib.run.budget import FIGURE_SECONDS, Work
+from hw5lib.run.context import Run
+from hw5lib.run.pipeline import run_report
 from hw5lib.stages import STAGES, with_stage
 from hw5lib.stages.record import Explain, Method, Stage, StageResult, explained, save_attribution
 

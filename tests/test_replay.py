@@ -16,15 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from hw5lib import cli, filters, lime_adapter, lime_stopping
+from hw5lib import cli
 from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
-from hw5lib.outputs import sha256_file
-from hw5lib.pipeline import run_report
-from hw5lib.sample import SampleInfo
-from hw5lib.stages import dream, integrated_gradients, lime, smoothgrad
-from hw5lib.stages import filters as filter_stage
-from hw5lib.stages import saliency as saliency_stage
+from hw5lib.inputs.sample import SampleInfo
+from hw5lib.methods import filters, lime_adapter, lime_stopping
+from hw5lib.report.outputs import sha256_file
+from hw5lib.run.pipeline import run_report
+from hw5lib.stages import q1_saliency as saliency_stage
+from hw5lib.stages import q2_filters as filter_stage
+from hw5lib.stages import q3_lime, q4_deepdream, q4_integrated_gradients, q4_smoothgrad
 from tests.fake_clock import CLOCK
 from tests.zoo import SlowNet
 
@@ -32,10 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 # The adaptive stages, and the decisions a replay must make again.
 ADAPTIVE = (
     filter_stage.STAGE,
-    lime.STAGE,
-    smoothgrad.STAGE,
-    integrated_gradients.STAGE,
-    dream.STAGE,
+    q3_lime.STAGE,
+    q4_smoothgrad.STAGE,
+    q4_integrated_gradients.STAGE,
+    q4_deepdream.STAGE,
 )
 COUNTS = {"LIME": "samples", "SmoothGrad": "samples", "Integrated Gradients": "steps"}
 
@@ -75,8 +76,8 @@ def decide_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lime_adapter, "MIN_SAMPLES", lime_stopping.ROUND_SAMPLES)
     monkeypatch.setattr(lime_adapter, "TOP_SEPARATION", -math.inf)
     monkeypatch.setattr(lime_stopping, "MATCHED_SAMPLES", 0)
-    monkeypatch.setattr(smoothgrad, "AGREEMENT", 0.0)
-    monkeypatch.setattr(integrated_gradients, "TOLERANCE", math.inf)
+    monkeypatch.setattr(q4_smoothgrad, "AGREEMENT", 0.0)
+    monkeypatch.setattr(q4_integrated_gradients, "TOLERANCE", math.inf)
     monkeypatch.setattr(filters, "CLIMBING", math.inf)
 
 

@@ -11,9 +11,8 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
-from hw5lib.notes import parse_notes
-from hw5lib.pdf_layout import format_cell, latin1
-from hw5lib.report import (
+from hw5lib.report.notes import parse_notes
+from hw5lib.report.pdf import (
     CUTS_HEADING,
     FIGURES_HEADING,
     FULL_RECORD,
@@ -24,6 +23,7 @@ from hw5lib.report import (
     key_parameters,
     write_report,
 )
+from hw5lib.report.pdf_layout import format_cell, latin1
 
 # (id, section, width px, height px): wide, square, very tall, and an appendix figure.
 # q4_gradcam has an alpha channel, as matplotlib's PNGs do (fpdf stores it as a soft mask).
@@ -336,7 +336,7 @@ def test_failed_replace_keeps_old_report_and_removes_temp(
     def broken_replace(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("hw5lib.report.os.replace", broken_replace)
+    monkeypatch.setattr("hw5lib.report.pdf.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         write_report({"figures": []}, tmp_path, path)
     assert path.read_bytes() == b"old report"

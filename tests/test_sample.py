@@ -13,9 +13,9 @@ from PIL import Image
 from scipy import ndimage
 from skimage.color import rgb2hsv
 
-from hw5lib.datasets import load_mask
-from hw5lib.sample import SampleInfo, generate_sample
-from hw5lib.sample_render import class_names
+from hw5lib.inputs.datasets import load_mask
+from hw5lib.inputs.sample import SampleInfo, generate_sample
+from hw5lib.inputs.sample_render import class_names
 
 SMALL = {"training": 3, "validation": 1, "testing": 1}  # 55 images: seconds, all 11 classes
 

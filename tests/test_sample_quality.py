@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from hw5lib import attributions, cam, faithfulness, metrics
 from hw5lib.cli import BUNDLED_CHECKPOINT
-from hw5lib.datasets import load_mask, load_split
-from hw5lib.images import load_inputs
-from hw5lib.models import load_classifier
-from hw5lib.sample import generate_sample
+from hw5lib.inputs.datasets import load_mask, load_split
+from hw5lib.inputs.images import load_inputs
+from hw5lib.inputs.sample import generate_sample
+from hw5lib.methods import attributions, cam, faithfulness, metrics
+from hw5lib.model.loading import load_classifier
 
 
 @pytest.fixture(scope="module")

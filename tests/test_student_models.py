@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from hw5lib.cli import main
 from hw5lib.errors import UserError
-from hw5lib.hooks import hook_count
-from hw5lib.layers import default_filter_layers
-from hw5lib.probe import channels_last, infer_side, output_head, spatial_outputs
-from hw5lib.sample import SampleInfo
+from hw5lib.inputs.sample import SampleInfo
+from hw5lib.model.hooks import hook_count
+from hw5lib.model.layers import default_filter_layers
+from hw5lib.model.probe import channels_last, infer_side, output_head, spatial_outputs
 
 FAST = ["--lime-samples", "30", "--filter-steps", "3", "--smooth-samples", "2", "--ig-steps", "4",
         "--per-class", "0", "--filters-per-layer", "2", "--no-trust", "--quiet"]  # fmt: skip
@@ -465,7 +465,7 @@ def test_output_head_is_found_by_structure_or_by_values(tmp_path: Path) -> None:
 
 
 def test_model_returning_no_class_scores_is_one_line() -> None:
-    from hw5lib.probe import run_forward
+    from hw5lib.model.probe import run_forward
 
     with pytest.raises(UserError, match=r"returns \(1, 4, 8, 8\).*\(N, classes\)"):
         run_forward(nn.Conv2d(3, 4, 3, padding=1), torch.zeros(1, 3, 8, 8))

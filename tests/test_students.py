@@ -315,8 +315,8 @@ def test_grayscale_inputs_are_laid_out_as_a_students_own_tensors(
     channels_last; a conv then returns channels_last maps and the student's ``x.view(N, -1)``
     raises, with no memory-format change anywhere. The loaded inputs must have the plain
     layout ToTensor gives, so their convs' outputs are contiguous."""
-    from hw5lib.data import Preprocess
-    from hw5lib.images import load_inputs
+    from hw5lib.inputs.images import load_inputs
+    from hw5lib.inputs.preprocess import Preprocess
 
     paths = sorted((datasets[PHOTOS] / "validation").iterdir())[:2]
     x = load_inputs(paths, Preprocess(size=(48, 48), channels=1))

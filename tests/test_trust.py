@@ -8,20 +8,20 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from hw5lib import attributions, faithfulness
 from hw5lib.config import RunConfig
-from hw5lib.sample import SampleInfo
-from hw5lib.stages import STAGES, cams, grad_x_input, saliency
-from hw5lib.stages.integrated_gradients import (
+from hw5lib.inputs.sample import SampleInfo
+from hw5lib.methods import attributions, faithfulness
+from hw5lib.run.subject import prepare
+from hw5lib.stages import STAGES, q1_saliency, q4_cams, q4_grad_x_input
+from hw5lib.stages.q4_integrated_gradients import (
     FIRST_CELLS,
     TOLERANCE,
     IntegratedGradientsResult,
     baseline,
     stage_integrated_gradients,
 )
-from hw5lib.stages.smoothgrad import NOISE_STREAM, ROUND, SmoothGradResult, stage_smoothgrad
-from hw5lib.stages.trust import method_table, stage_trust
-from hw5lib.subject import prepare
+from hw5lib.stages.q4_smoothgrad import NOISE_STREAM, ROUND, SmoothGradResult, stage_smoothgrad
+from hw5lib.stages.trust_table import method_table, stage_trust
 
 
 def test_ig_randomization_row_is_capped_at_the_gradients_the_trained_maps_needed(
@@ -124,16 +124,16 @@ def test_saliency_and_grad_x_input_reruns_share_one_input_gradient(
     s = run.subject
     model = _Counting(faithfulness.randomized_copy(run.model, 5, torch.Generator().manual_seed(2)))
     table = method_table(run)
-    got = {m: table[m](model, s.x, s.target) for m in (saliency.METHOD, grad_x_input.METHOD)}
+    got = {m: table[m](model, s.x, s.target) for m in (q1_saliency.METHOD, q4_grad_x_input.METHOD)}
     assert model.images == len(s.x)  # one pass for both
-    for module in (saliency, grad_x_input):  # each method's own explain, a pass each
+    for module in (q1_saliency, q4_grad_x_input):  # each method's own explain, a pass each
         alone = module.explain(run)(model, s.x, s.target)
         torch.testing.assert_close(got[module.METHOD], alone, rtol=0, atol=0)
     assert model.images == 3 * len(s.x)
     other = s.x.flip(0)  # other images: a new gradient, not the cached one
     torch.testing.assert_close(
-        table[saliency.METHOD](model, other, s.target),
-        saliency.explain(run)(model, other, s.target),
+        table[q1_saliency.METHOD](model, other, s.target),
+        q1_saliency.explain(run)(model, other, s.target),
         rtol=0,
         atol=0,
     )
@@ -147,7 +147,7 @@ def test_trust_rows_repeat_exactly_and_match_one_deletion_call_per_method(
     run.registry = STAGES
     s = run.subject
     with tqdm(disable=True) as bar:
-        for stage in (saliency.STAGE, grad_x_input.STAGE, cams.STAGE):
+        for stage in (q1_saliency.STAGE, q4_grad_x_input.STAGE, q4_cams.STAGE):
             run.results[stage.name] = stage.run(run, bar)
         first, second = stage_trust(run, bar), stage_trust(run, bar)
     assert first.rows == second.rows  # deterministic: the same numbers twice

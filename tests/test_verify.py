@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from hw5lib import cli, verify
-from hw5lib.sample import SampleInfo
+from hw5lib.inputs.sample import SampleInfo
 
 FAST = ["--lime-samples", "40", "--filter-steps", "5", "--smooth-samples", "4",
         "--ig-steps", "4", "--per-class", "1", "--filter-layers", "2", "--quiet"]  # fmt: skip

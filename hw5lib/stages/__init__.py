@@ -11,40 +11,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..budget import Cut
-from . import (
-    cams,
-    confusion,
-    dream,
-    feature_maps,
-    filters,
-    grad_x_input,
-    integrated_gradients,
-    lime,
-    saliency,
-    smoothgrad,
-    trust,
+from hw5lib.run.budget import Cut
+from hw5lib.stages import (
+    q1_saliency,
+    q2_filters,
+    q3_confusion,
+    q3_lime,
+    q4_cams,
+    q4_deepdream,
+    q4_feature_maps,
+    q4_grad_x_input,
+    q4_integrated_gradients,
+    q4_smoothgrad,
+    trust_table,
 )
-from .record import Method, Stage, StageResult
+from hw5lib.stages.record import Method, Stage, StageResult
 
 STAGES: tuple[Stage, ...] = (
-    saliency.STAGE,
-    filters.STAGE,
-    lime.STAGE,
-    smoothgrad.STAGE,
-    grad_x_input.STAGE,
-    integrated_gradients.STAGE,
-    confusion.STAGE,
-    cams.STAGE,
-    feature_maps.STAGE,
-    dream.STAGE,
-    trust.STAGE,  # last: it scores the maps of every method before it
+    q1_saliency.STAGE,
+    q2_filters.STAGE,
+    q3_lime.STAGE,
+    q4_smoothgrad.STAGE,
+    q4_grad_x_input.STAGE,
+    q4_integrated_gradients.STAGE,
+    q3_confusion.STAGE,
+    q4_cams.STAGE,
+    q4_feature_maps.STAGE,
+    q4_deepdream.STAGE,
+    trust_table.STAGE,  # last: it scores the maps of every method before it
 )
 
 
 def with_stage(stage: Stage, stages: Sequence[Stage] = STAGES) -> tuple[Stage, ...]:
     """``stages`` with one more entry, before the trust checks that score its maps."""
-    last = len(stages) - (stages[-1].name == trust.NAME if stages else 0)
+    last = len(stages) - (stages[-1].name == trust_table.NAME if stages else 0)
     return (*stages[:last], stage, *stages[last:])
 
 

@@ -13,10 +13,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .. import attributions, figures, metrics
-from ..budget import Cut, Work
-from ..config import RunConfig
-from ..context import Run
+from hw5lib.config import RunConfig
+from hw5lib.methods import attributions, metrics
+from hw5lib.report import figures
+from hw5lib.run.budget import Cut, Work
+from hw5lib.run.context import Run
 
 # explain(model, x [N,C,H,W], target [N]) -> maps [N,H,W], what the trust table reruns.
 Explain = Callable[[nn.Module, Tensor, Tensor], Tensor]

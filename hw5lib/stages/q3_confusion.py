@@ -1,0 +1,224 @@
+"""Q3: accuracy on the labelled split, the confusion matrix, and per class the most confident
+correct image and mistake."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from hw5lib.config import RunConfig
+from hw5lib.inputs.datasets import LABELLED_SPLITS, has_class, open_dataset
+from hw5lib.inputs.images import load_inputs, load_usable
+from hw5lib.methods import attributions, metrics
+from hw5lib.report import figures
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
+from hw5lib.run.context import Run
+from hw5lib.stages.record import FigureRecord, Shares, Stage, StageResult, number
+
+NAME = "Q3 confusion matrix"
+SECTION = "Q3"
+CHUNK = 256  # images per load-and-classify step: bounds memory on a large split
+
+
+@dataclass
+class ConfusionResult(StageResult):
+    accuracy: dict | None = None  # overall, evaluated, subset, per_class (None: no labels)
+    top_confusions: list[dict] = field(default_factory=list)
+
+
+def stratified(labels: list[int], limit: int | None) -> list[int]:
+    """All indices, or ``limit`` of them spread evenly over each class (deterministic)."""
+    if limit is None or limit >= len(labels):
+        return list(range(len(labels)))
+    classes = sorted(set(labels))
+    per = max(1, limit // len(classes))
+    out = []
+    for c in classes:
+        idx = [i for i, lb in enumerate(labels) if lb == c]
+        picks = np.linspace(0, len(idx) - 1, min(per, len(idx))).round().astype(int)
+        out += [idx[i] for i in np.unique(picks)]
+    return sorted(out)
+
+
+def classify(run: Run, paths: list[Path]) -> tuple[Tensor, list[int]]:
+    """Softmax probabilities [M,K] of the readable images, loaded a chunk at a time, and their
+    positions in ``paths`` (an unreadable file is skipped, and noted in the run)."""
+    probs, kept = [], []
+    for s in attributions.chunks(len(paths), CHUNK):
+        loaded = load_usable(paths[s], run.pre)
+        run.skip_images(loaded.skipped)
+        if not loaded.paths:
+            continue
+        x = loaded.x.to(run.device)
+        probs.append(
+            metrics.predict(run.inference, x, batch_size=run.cfg.batch_size, head=run.output.kind)[
+                0
+            ].cpu()
+        )
+        kept += [s.start + i for i in loaded.kept]
+    return (torch.cat(probs) if probs else torch.zeros(0, len(run.classes))), kept
+
+
+def examples_record(run: Run, paths: list[Path], labels: Tensor, probs: Tensor) -> FigureRecord:
+    """Per class the most confident correct image and mistake, tied to their matrix cells."""
+    preds = probs.argmax(1)
+    examples = metrics.select_examples(labels, preds, probs)
+    tiles, titles = [], []
+    h, w = run.pre.size
+    blank = np.full((h, w, run.pre.channels), np.nan, dtype=np.float32)
+    chosen = []
+    for c in range(len(run.classes)):
+        for kind in ("correct", "mistake"):
+            ex = examples[c][kind]
+            if ex is None:
+                tiles.append(blank)
+                titles.append(f"{run.classes[c]}\nno {kind}")
+                continue
+            chosen.append(paths[ex["index"]])
+            t, p = ex["cell"]
+            tiles.append(None)
+            titles.append(
+                f"{kind}: {run.classes[t]}\n-> {run.classes[p]} {number(ex['prob'], '.0%')} "
+                f"cell({t},{p})"
+            )
+    pix = (
+        run.pre.denormalize(load_inputs(chosen, run.pre)).permute(0, 2, 3, 1).numpy()
+        if chosen
+        else []
+    )
+    it = iter(pix)
+    tiles = [next(it) if t is None else t for t in tiles]
+    fig = figures.example_grid(
+        np.stack(tiles), titles, 6, "Most confident correct image and mistake per class"
+    )
+    run.write_png("q3_examples.png", fig)
+    return FigureRecord(
+        "q3_examples",
+        SECTION,
+        "Most confident correct image and mistake per class",
+        "For each true class, the image the model got right with the highest confidence and "
+        "the wrong prediction it made with the highest confidence; cell(t,p) names the confusion "
+        "matrix cell each one illustrates.",
+        "q3_examples.png",
+        None,
+        {"files": [p.name for p in chosen]},
+    )
+
+
+def stage_confusion(run: Run, bar: tqdm) -> ConfusionResult:
+    cfg = run.cfg
+    if cfg.data is None:
+        return ConfusionResult()
+    split = open_dataset(cfg.data, LABELLED_SPLITS)
+    pairs = [
+        (p, lb)
+        for p, lb in zip(split.paths, split.labels, strict=True)
+        if has_class(lb, len(run.classes))
+    ]
+    bar.update()
+    if not pairs:
+        return ConfusionResult()
+    idx = stratified([lb for _, lb in pairs], cfg.eval_limit)
+    planned = len(idx)
+    probs, kept = classify(run, [pairs[i][0] for i in idx])
+    if not kept:
+        return ConfusionResult()
+    idx = [idx[k] for k in kept]
+    paths = [pairs[i][0] for i in idx]
+    labels = torch.tensor([pairs[i][1] for i in idx])
+    preds = probs.argmax(1)
+    cm = metrics.confusion_matrix(labels, preds, len(run.classes))
+    acc = metrics.per_class_accuracy(cm)
+    overall = float(np.trace(cm) / cm.sum())
+    subset = (
+        "all of " + split.root.name
+        if planned == len(pairs)
+        else (f"a stratified subset of {planned} of {len(pairs)} images in {split.root.name}")
+    )
+    if len(idx) < planned:
+        subset += f" less {planned - len(idx)} unreadable"
+    empty = [run.classes[c] for c in np.flatnonzero(cm.sum(axis=1) == 0)]
+    conf = metrics.top_confusions(cm, 5)
+    fig = figures.confusion_figure(
+        cm, run.classes, f"Confusion matrix ({subset}), accuracy {overall:.1%}"
+    )
+    run.write_png("q3_confusion.png", fig)
+    run.write_npz(
+        "q3_confusion.npz",
+        confusion=cm,
+        # a class with no image has no accuracy: 0 here, and 0 images in per_class_images
+        per_class_accuracy=np.nan_to_num(acc, nan=0.0),
+        per_class_images=cm.sum(axis=1),
+        labels=labels.numpy(),
+        preds=preds.numpy(),
+    )
+    best = int(np.nanargmax(acc)) if not np.isnan(acc).all() else 0
+    worst = int(np.nanargmin(acc)) if not np.isnan(acc).all() else 0
+    confusions = (
+        "; ".join(f"{run.classes[t]} -> {run.classes[p]}: {n}" for t, p, n in conf) or "none"
+    )
+    matrix = FigureRecord(
+        "q3_confusion",
+        SECTION,
+        "Confusion matrix",
+        f"Predictions on {subset} (rows: true class, columns: predicted; color is the row "
+        f"share, numbers are counts). Overall accuracy {overall:.1%}; best class {run.classes[best]} "
+        f"({acc[best]:.0%}), worst {run.classes[worst]} ({acc[worst]:.0%}). Top confusions: {confusions}."
+        + (f" No image of {', '.join(empty)}: no accuracy for them." if empty else "")
+        + (
+            f" The model's outputs were not finite for {broken} of the images; argmax counts "
+            f"them as {run.classes[0]}."
+            if (broken := int((~probs.isfinite().all(dim=1)).sum()))
+            else ""
+        ),
+        "q3_confusion.png",
+        "q3_confusion.npz",
+        {"evaluated": len(idx)},
+    )
+    return ConfusionResult(
+        [matrix, examples_record(run, paths, labels, probs)],
+        accuracy={
+            "overall": round(overall, 6),
+            "evaluated": len(idx),
+            "subset": subset,
+            "per_class": [None if np.isnan(a) else round(float(a), 6) for a in acc],
+        },
+        top_confusions=[
+            {"true": run.classes[t], "pred": run.classes[p], "count": n} for t, p, n in conf
+        ],
+    )
+
+
+def eval_count(run: Run, cfg: RunConfig) -> int:
+    """Images the confusion matrix will classify (the labelled split, or --eval-limit)."""
+    if cfg.data is None:
+        return 0
+    if run.labelled_images is None:
+        labels = open_dataset(cfg.data, LABELLED_SPLITS).labels
+        run.labelled_images = sum(has_class(lb, len(run.classes)) for lb in labels)
+    total = run.labelled_images
+    return total if cfg.eval_limit is None else min(total, cfg.eval_limit)
+
+
+def confusion_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
+    n = eval_count(run, cfg)
+    return Work(forward=n, seconds=0.004 * n + 2 * FIGURE_SECONDS)
+
+
+STAGE = Stage(
+    NAME,
+    SECTION,
+    stage_confusion,
+    confusion_cost,
+    cuts=(
+        Cut(NAME, "accuracy on a stratified subset of 500 images", {"eval_limit": 500}, rank=2),
+        Cut(NAME, "accuracy on a stratified subset of 100 images", {"eval_limit": 100}, rank=9),
+    ),
+    options=("eval_limit", "batch_size"),
+    figures=lambda run: ("q3_confusion", "q3_examples"),
+)

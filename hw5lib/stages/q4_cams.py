@@ -1,0 +1,176 @@
+"""Q4: Grad-CAM and LayerCAM at one layer, for the chosen target classes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from hw5lib.config import RunConfig
+from hw5lib.methods import attributions, cam, metrics
+from hw5lib.model.layers import resolve_layer, same_activation_model
+from hw5lib.report import figures
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
+from hw5lib.run.context import Run
+from hw5lib.run.subject import validate_cam_targets
+from hw5lib.stages.record import (
+    Explain,
+    FigureRecord,
+    Method,
+    Shares,
+    Stage,
+    StageResult,
+    explained,
+    mask_caption,
+    unexplained,
+    unexplained_caption,
+)
+
+NAME = "Q4 Grad-CAM, LayerCAM"
+CAMS = {  # method -> (function, what it weighs: the paper)
+    "Grad-CAM": (cam.grad_cam, "Selvaraju et al., 2017: channel weights are the mean gradient"),
+    "LayerCAM": (
+        cam.layer_cam,
+        "Jiang et al., 2021: every element weighted by its positive gradient",
+    ),
+}
+
+
+def cam_figure_id(method: str) -> str:
+    return "q4_" + method.lower().replace("-", "_")  # Grad-CAM -> q4_grad_cam
+
+
+def cam_layer_name(run: Run) -> str:
+    """--cam-layer, else the automatic choice; found once per run (the choice costs a probe
+    forward pass, and several stages ask)."""
+    if run.cam_layer is None:
+        run.cam_layer = (
+            resolve_layer(run.model, run.cfg.cam_layer)[0]
+            if run.cfg.cam_layer
+            else cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size))
+        )
+    return run.cam_layer
+
+
+def cam_target_columns(run: Run) -> tuple[Tensor, list[list[str]]]:
+    """Targets [N,T] for the CAM figures: the prediction, every class, or a list of classes."""
+    s, k = run.subject, len(run.classes)
+    spec = run.cfg.cam_targets
+    if spec == "pred":
+        t = s.pred.view(-1, 1)
+    elif spec == "label":
+        t = s.target.cpu().view(-1, 1)
+    elif spec == "all":
+        t = torch.arange(k).repeat(len(s.paths), 1)
+    else:
+        t = torch.tensor(validate_cam_targets(spec, k)).repeat(len(s.paths), 1)
+    names = [[run.classes[int(c)] for c in row] for row in t]
+    return t, names
+
+
+def explainer(method: str) -> Callable[[Run], Explain]:
+    """The trust table's explain() of one CAM method at the run's CAM layer."""
+    fn = CAMS[method][0]
+
+    def build(run: Run) -> Explain:
+        layer = cam_layer_name(run)
+        return lambda m, x, t: fn(m, x, t, layer, batch_size=run.cfg.batch_size)
+
+    return build
+
+
+def stage_cams(run: Run, bar: tqdm) -> StageResult:
+    s = run.subject
+    layer = cam_layer_name(run)
+    model = same_activation_model(run.model, run.grad, layer)  # faster, same map
+    targets, names = cam_target_columns(run)
+    n, t = targets.shape
+    xs = s.x.repeat_interleave(t, dim=0)
+    flat = targets.reshape(-1).to(run.device)
+    out = StageResult()
+    for method, (fn, paper) in CAMS.items():
+        maps = (
+            fn(model, xs, flat, layer, batch_size=run.cfg.batch_size)
+            .cpu()
+            .reshape(n, t, *s.x.shape[-2:])
+        )
+        bar.update()
+        # The trust table scores the map of the explained target, as for the other methods.
+        out.maps[method] = fn(model, s.x, s.target, layer, batch_size=run.cfg.batch_size).cpu()
+        fid = cam_figure_id(method)
+        reasons = attributions.why_unexplained(maps)
+        fig = figures.cam_grid(
+            s.pixels,
+            maps.numpy(),
+            s.titles(run.classes),
+            [[f"{method}: {c}" for c in row] for row in names],
+            f"{method} at {layer}",
+            notes=reasons,
+        )
+        missing = unexplained(run, reasons)
+        run.write_png(f"{fid}.png", fig)
+        run.write_npz(
+            f"{fid}.npz", input=s.x.cpu().numpy(), target=targets.numpy(), attribution=maps.numpy()
+        )
+        out.figures.append(
+            FigureRecord(
+                fid,
+                STAGE.section,
+                f"{method} at {layer}",
+                f"{method} ({paper}) at layer {layer}, upsampled bilinearly and overlaid on the "
+                f"image, for target(s) '{run.cfg.cam_targets}'."
+                + unexplained_caption(missing)
+                + mask_caption(run, out.maps[method].numpy()),
+                f"{fid}.png",
+                f"{fid}.npz",
+                {"layer": layer, "targets": run.cfg.cam_targets}
+                | ({"unexplained": missing} if missing else {}),
+            )
+        )
+    return out
+
+
+def cam_layer_rows(run: Run, masks: Tensor) -> list[dict]:
+    """Grad-CAM pointing accuracy at each layer of the default block: the choice matters."""
+    s = run.subject
+    rows = []
+    for name in cam.cam_layer_candidates(run.model, cam_layer_name(run)):
+        model = same_activation_model(run.model, run.grad, name)
+        maps = cam.grad_cam(model, s.x, s.target, name, batch_size=run.cfg.batch_size).cpu()
+        rows.append(
+            {
+                "method": f"Grad-CAM @ {name}",
+                "pointing": float(metrics.pointing_game(maps, masks).float().mean()),
+                "mass_inside": float(metrics.mass_inside(maps, masks).mean()),
+            }
+        )
+    return rows
+
+
+def cam_columns(run: Run, cfg: RunConfig) -> int:
+    """Targets per image in the CAM figures."""
+    if cfg.cam_targets == "all":
+        return len(run.classes)
+    return 1 if cfg.cam_targets in ("pred", "label") else len(cfg.cam_targets.split(","))
+
+
+def cams_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
+    return Work(
+        backward=2 * explained(run) * (1 + cam_columns(run, cfg)), seconds=2 * FIGURE_SECONDS
+    )
+
+
+STAGE = Stage(
+    NAME,
+    "Q4",
+    stage_cams,
+    cams_cost,
+    units=lambda run: len(CAMS),
+    cuts=(Cut(NAME, "Grad-CAM and LayerCAM not run", {"skip": True}, rank=16),),
+    options=("cam_layer", "cam_targets", "batch_size"),
+    methods=tuple(Method(m, explainer(m)) for m in CAMS),
+    hooks=True,
+    figures=lambda run: tuple(cam_figure_id(m) for m in CAMS),
+)
