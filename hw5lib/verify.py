@@ -1,21 +1,15 @@
-"""Does a rerun reproduce a submitted report? Two output folders compared figure by figure.
-
-The course grants a regrade only when a figure cannot be reproduced on the grader's machine,
-whose float rounding differs (another CPU, another thread count). So each figure's arrays are
-compared by what rounding can and cannot change: an exact method's map to a small relative
-difference; a sampled or iterated method's (LIME, SmoothGrad, DeepDream, filter ascent), where
-rounding differences can grow over the iterations, by rank correlation or top-5 agreement;
-integers (labels, confusion counts, superpixel ids) must be equal; and PNGs by their mean pixel
-difference. Each tolerance is named once here and measured in bench/RESULTS.md.
+"""Does a rerun reproduce a submitted report? Two output folders compared figure by figure,
+each array by its tolerance (tolerances.py): the rules the stages declare for their sampled and
+iterated arrays (LIME, SmoothGrad, DeepDream, filter ascent), EXACT for every other float array,
+EQUAL for integers and text; PNGs by their mean pixel difference; the trust table's numbers.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 import zipfile
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -24,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from hw5lib.errors import UserError
+from hw5lib.tolerances import EQUAL, EXACT, PNG, TOLERANCES, TRUST, ArrayRule, Tolerance
 
 MANIFEST = "manifest.json"
 IDENTICAL, REPRODUCED, DIFFERS, MISSING = (
@@ -33,155 +28,21 @@ IDENTICAL, REPRODUCED, DIFFERS, MISSING = (
     "missing",
 )
 HELP_WIDTH = 96
-TOP_K = 5  # LIME's figure shows its top five superpixels
 
 
-def max_relative_difference(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| over max |a|: rounding noise relative to the map's own scale."""
-    scale = float(np.abs(a).max()) if a.size else 0.0
-    diff = float(np.abs(a.astype(np.float64) - b).max()) if a.size else 0.0
-    return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
+def declared_rules() -> tuple[ArrayRule, ...]:
+    """The rules every registered stage declares for its sampled or iterated arrays (imported
+    only when comparing: ``hw5.py verify --help`` stays free of the model libraries)."""
+    from hw5lib.stages import verify_rules
+
+    return verify_rules()
 
 
-def differing_entries(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.count_nonzero(a != b))
-
-
-def _per_item(a: np.ndarray, b: np.ndarray, score: Callable[[np.ndarray, np.ndarray], float]):
-    """The lowest ``score`` over the items (first axis) of two arrays of equal shape."""
-    items = zip(a.reshape(len(a), -1), b.reshape(len(b), -1), strict=True)
-    return min((score(x, y) for x, y in items), default=1.0)
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman correlation; 1 for equal vectors, 0 where one is constant and they differ."""
-    from hw5lib.methods.metrics import (
-        rank_correlation_1d,  # metrics imports torch: not for verify --help
-    )
-
-    if np.array_equal(a, b):
-        return 1.0
-    rho = rank_correlation_1d(a, b)
-    return 0.0 if math.isnan(rho) else rho
-
-
-def min_spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return _per_item(a, b, _spearman)
-
-
-def min_top_overlap(a: np.ndarray, b: np.ndarray) -> float:
-    from hw5lib.methods.metrics import topk_overlap
-
-    return _per_item(a, b, lambda x, y: topk_overlap(x, y, min(TOP_K, x.size)))
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """One way to compare two arrays, and the limit within which they count as reproduced."""
-
-    what: str  # the measure, as the table prints it
-    limit: float
-    at_least: bool  # True: the measure must be >= limit (an agreement); else <= limit
-    measure: Callable[[np.ndarray, np.ndarray], float]
-    means: str  # for --help and README
-
-    def passes(self, value: float) -> bool:
-        return value >= self.limit if self.at_least else value <= self.limit
-
-    def strain(self, value: float) -> float:
-        """How near the limit a value is: 0 perfect, 1 at the limit, > 1 past it."""
-        if self.at_least:
-            room = 1.0 - self.limit
-            return (1.0 - value) / room if room > 0 else float(value < self.limit)
-        if self.limit > 0:
-            return value / self.limit
-        return math.inf if value > 0 else 0.0
-
-    def describe(self) -> str:
-        return f"{self.what} {'>=' if self.at_least else '<='} {self.limit:g}"
-
-
-# The tolerances; bench/RESULTS.md ("Reproducing on another machine") gives the measurements.
-EXACT = Tolerance(
-    "max rel. diff",
-    1e-4,  # 1 vs 2 threads: 1.1e-7 at most (the CAMs, saliency, grad x input)
-    False,
-    max_relative_difference,
-    "exact methods' float arrays (saliency, grad x input, IG, CAMs, feature maps, activations, "
-    "inputs): max |a-b| / max |a|, float32 rounding of another CPU",
-)
-EQUAL = Tolerance(
-    "entries differing",
-    0,
-    False,
-    differing_entries,
-    "integer and text arrays (targets, labels, confusion counts, superpixel ids) must be equal",
-)
-RANKED = Tolerance(
-    "min Spearman",
-    0.95,  # rounding grown over DeepDream's 60 steps: 0.990; another jitter seed: 0.57
-    True,
-    min_spearman,
-    "sampled or iterated maps (SmoothGrad, DeepDream's change to the image, filter ascent "
-    "images): the lowest per-image rank correlation",
-)
-LIME_TOP = Tolerance(
-    f"min top-{TOP_K} overlap",
-    0.8,
-    True,
-    min_top_overlap,
-    f"LIME weights: per image, at least {TOP_K - 1} of the {TOP_K} highest superpixels shared",
-)
-ITERATED_VALUES = Tolerance(
-    "max rel. diff",
-    0.02,
-    False,
-    max_relative_difference,
-    "numbers of sampled or iterated methods (LIME's R^2, filter ascent curves): max |a-b| / max |a|",
-)
-PNG = Tolerance(
-    "mean |pixel diff|",
-    1.0,
-    False,
-    lambda a, b: float(np.abs(a - b).mean()),
-    "PNGs (same size): mean absolute difference of the RGB bytes, 0-255; the max is shown",
-)
-TRUST = Tolerance(
-    "max |diff|",
-    0.02,
-    False,
-    lambda a, b: float(np.abs(a - b).max()) if a.size else 0.0,
-    "the trust table's numbers in manifest.json (AUCs, correlations, shares)",
-)
-TOLERANCES = (EXACT, EQUAL, RANKED, LIME_TOP, ITERATED_VALUES, PNG, TRUST)
-
-
-@dataclass(frozen=True)
-class ArrayRule:
-    """The tolerance of one array (glob) of one figure (glob); ``minus``: compare the array's
-    difference from this other array (DeepDream: what the dream changed, not the image)."""
-
-    figure: str
-    array: str
-    tolerance: Tolerance
-    minus: str | None = None
-
-
-# Arrays of sampled or iterated methods; every other float array is EXACT, others EQUAL.
-SAMPLED = (
-    ArrayRule("q3_lime", "weights", LIME_TOP),
-    ArrayRule("q3_lime", "score", ITERATED_VALUES),
-    ArrayRule("q4_smoothgrad", "attribution", RANKED),
-    ArrayRule("q4_smoothgrad", "map", RANKED),
-    ArrayRule("q4_deepdream", "dream", RANKED, minus="input"),
-    ArrayRule("q2_filters", "*_images", RANKED),
-    ArrayRule("q2_activations_*", "ascent_image", RANKED),
-    ArrayRule("q2_activations_*", "ascent_curve", ITERATED_VALUES),
-)
-
-
-def array_rule(figure: str, array: str, values: np.ndarray) -> ArrayRule:
-    for rule in SAMPLED:
+def array_rule(
+    figure: str, array: str, values: np.ndarray, rules: Sequence[ArrayRule] = ()
+) -> ArrayRule:
+    """The declared rule of ``figure``'s ``array``; else EXACT for floats, EQUAL for the rest."""
+    for rule in rules:
         if fnmatch(figure, rule.figure) and fnmatch(array, rule.array):
             return rule
     exact = np.issubdtype(values.dtype, np.floating)
@@ -256,7 +117,9 @@ def figure_files(figure: dict) -> list[str]:
     return [figure[key] for key in ("png", "npz") if figure.get(key)]
 
 
-def compare_npz(figure: str, a_path: Path, b_path: Path) -> tuple[list[Check], str]:
+def compare_npz(
+    figure: str, a_path: Path, b_path: Path, rules: Sequence[ArrayRule]
+) -> tuple[list[Check], str]:
     """Checks of every array of the submitted NPZ; a problem where they cannot be compared."""
     with np.load(a_path, allow_pickle=False) as za, np.load(b_path, allow_pickle=False) as zb:
         a, b = dict(za), dict(zb)
@@ -267,7 +130,7 @@ def compare_npz(figure: str, a_path: Path, b_path: Path) -> tuple[list[Check], s
         other = b[key]
         if values.shape != other.shape:
             return checks, f"{a_path.name}:{key} shape {values.shape} vs {other.shape}"
-        rule = array_rule(figure, key, values)
+        rule = array_rule(figure, key, values, rules)
         if rule.minus in a and rule.minus in b:
             values, other = values - a[rule.minus], other - b[rule.minus]
         value = rule.tolerance.measure(values, other)
@@ -285,14 +148,16 @@ def compare_png(a_path: Path, b_path: Path) -> tuple[list[Check], str]:
     return [Check(a_path.name, PNG, PNG.measure(a, b), f"max {max_diff}")], ""
 
 
-def compare_file(figure: str, a_path: Path, b_path: Path) -> tuple[list[Check], str]:
+def compare_file(
+    figure: str, a_path: Path, b_path: Path, rules: Sequence[ArrayRule]
+) -> tuple[list[Check], str]:
     if a_path.suffix == ".npz":
-        return compare_npz(figure, a_path, b_path)
+        return compare_npz(figure, a_path, b_path, rules)
     return compare_png(a_path, b_path)
 
 
 def compare_figure(
-    figure: dict, submitted: Path, rerun: Path, rerun_ids: set[str]
+    figure: dict, submitted: Path, rerun: Path, rerun_ids: set[str], rules: Sequence[ArrayRule]
 ) -> FigureVerdict:
     name = str(figure.get("id", "?"))
     if name not in rerun_ids:
@@ -307,7 +172,7 @@ def compare_figure(
     checks: list[Check] = []
     for f in files:
         try:
-            found, problem = compare_file(name, submitted / f, rerun / f)
+            found, problem = compare_file(name, submitted / f, rerun / f, rules)
         except (OSError, ValueError, zipfile.BadZipFile) as err:
             found, problem = [], f"cannot read {f}: {err}"
         checks += found
@@ -345,11 +210,15 @@ def compare_trust(a: dict, b: dict) -> FigureVerdict | None:
     return FigureVerdict(name, REPRODUCED if check.passed else DIFFERS, (check,))
 
 
-def verify(submitted: Path, rerun: Path) -> Verification:
-    """Every figure the submitted manifest lists, compared with the rerun's."""
+def verify(
+    submitted: Path, rerun: Path, rules: Sequence[ArrayRule] | None = None
+) -> Verification:
+    """Every figure the submitted manifest lists, compared with the rerun's; ``rules``: the
+    sampled and iterated arrays' tolerances (default: what the registered stages declare)."""
     sub, re_ = read_manifest(submitted), read_manifest(rerun)
+    rules = declared_rules() if rules is None else rules
     rerun_ids = {str(f.get("id")) for f in re_["figures"]}
-    verdicts = [compare_figure(f, submitted, rerun, rerun_ids) for f in sub["figures"]]
+    verdicts = [compare_figure(f, submitted, rerun, rerun_ids, rules) for f in sub["figures"]]
     trust = compare_trust(sub, re_)
     return Verification(tuple(verdicts + ([trust] if trust else [])))
 

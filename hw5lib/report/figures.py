@@ -22,12 +22,17 @@ DPI = 100
 PNG_METADATA = {"Software": None}  # no version string: the bytes depend on the data alone
 
 
-def save_png(fig: Figure, path: Path) -> bytes:
-    """Render ``fig`` to PNG, write it atomically and return the bytes (for the manifest hash)."""
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` rendered to PNG (and closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata=PNG_METADATA)
     plt.close(fig)
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: Path) -> bytes:
+    """Render ``fig`` to PNG, write it atomically and return the bytes (for the manifest hash)."""
+    data = png_bytes(fig)
     atomic_write_bytes(path, data)
     return data
 
@@ -94,7 +99,7 @@ def _grid(
     return fig, axes
 
 
-def _finish(fig: Figure, title: str) -> None:
+def finish(fig: Figure, title: str) -> None:
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
 
@@ -127,7 +132,7 @@ def image_map_pairs(
             ax_map.imshow(shown[i], cmap="bwr", vmin=-1, vmax=1)
         else:
             ax_map.imshow(shown[i], cmap="inferno", vmin=0, vmax=1)
-    _finish(fig, title)
+    finish(fig, title)
     return fig
 
 
@@ -151,7 +156,7 @@ def filter_grid(
             axes[r, c].set_title(
                 f"{name} filter {f}\n{end:.2f} (start {start:.2f}, real {best:.2f})", fontsize=7
             )
-    _finish(fig, title)
+    finish(fig, title)
     return fig
 
 
@@ -179,7 +184,7 @@ def activation_grid(
             )
             if r == 0:
                 axes[r, c + 1].set_title(f"filter {filters[c]}", fontsize=7)
-    _finish(fig, title)
+    finish(fig, title)
     return fig
 
 
@@ -222,7 +227,7 @@ def image_pairs(
             show_note(ax_exp, note, left[i].shape)
         else:
             show_image(ax_exp, right[i])
-    _finish(fig, title)
+    finish(fig, title)
     return fig
 
 
@@ -284,7 +289,7 @@ def cam_grid(
             else:
                 show_image(axes[r, c + 1], overlay(images[r], scaled[r, c]))
             axes[r, c + 1].set_title(col_titles[r][c], fontsize=7)
-    _finish(fig, title)
+    finish(fig, title)
     return fig
 
 
@@ -321,7 +326,7 @@ def before_after(
         show_image(axes[0, i], before[i])
         axes[0, i].set_title(titles[i], fontsize=7)
         show_image(axes[1, i], after[i])
-    _finish(fig, title)
+    finish(fig, title)
     return fig
 
 
@@ -361,56 +366,5 @@ def example_grid(images: np.ndarray, titles: Sequence[str], cols: int, title: st
         if not np.isnan(images[i]).any():
             show_image(axes[i // cols, i % cols], images[i])
         axes[i // cols, i % cols].set_title(titles[i], fontsize=6)
-    _finish(fig, title)
-    return fig
-
-
-def convergence_figure(
-    lime_samples: Sequence[int] | None,
-    lime_cap: int,
-    smooth_trace: Sequence[Sequence[float]] | None,
-    smooth_round: int,
-    ig_trace: Sequence[Sequence[float]] | None,
-    ig_gradients: Sequence[Sequence[int]] | None,
-    ascent: Sequence[tuple[np.ndarray, np.ndarray]],
-    title: str,
-) -> Figure:
-    """Four panels: LIME samples per image; SmoothGrad's predicted agreement and IG's
-    completeness error per round (over the gradients each image had spent, ``ig_gradients``,
-    same shape as ``ig_trace``), one line per image; filter ascent curves over steps.
-    Non-finite values are left out (a method that failed leaves its panel empty)."""
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), dpi=DPI)
-    ax = axes[0]
-    if lime_samples:
-        ax.bar(range(len(lime_samples)), lime_samples, color="tab:green")
-        ax.axhline(lime_cap, color="k", ls="--", lw=1, label=f"cap {lime_cap}")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set(title="LIME: samples drawn", xlabel="image", ylabel="samples")
-    ax = axes[1]
-    if smooth_trace and np.isfinite(smooth_trace).any():
-        rows = np.array(smooth_trace)  # (rounds, N); matplotlib breaks lines at NaN
-        samples = smooth_round * np.arange(1, len(rows) + 1)
-        ax.plot(samples, rows, marker="o", lw=1, ms=3)
-    ax.axhline(0.98, color="k", ls="--", lw=1)
-    ax.set(title="SmoothGrad: predicted agreement", xlabel="samples", ylabel="correlation")
-    ax = axes[2]
-    if ig_trace and np.isfinite(ig_trace).any():
-        rows = np.array(ig_trace, dtype=float)
-        rows[~np.isfinite(rows)] = np.nan  # an inf would stretch the log axis to overflow
-        steps = np.array(ig_gradients, dtype=float).reshape(rows.shape)
-        ax.plot(steps, np.clip(rows, 1e-6, None), marker="o", lw=1, ms=3)
-        ax.set_yscale("log")
-        ax.set_xscale("log", base=2)
-    ax.axhline(0.01, color="k", ls="--", lw=1)
-    ax.set(title="IG: completeness error", xlabel="gradients", ylabel="error")
-    ax = axes[3]
-    for steps, curve in ascent:  # one filter: its activation over its own final value
-        recorded = curve[np.isfinite(curve)]
-        if len(recorded) == 0:  # a filter whose ascent recorded no finite activation
-            continue
-        final = recorded[-1]
-        ax.plot(steps, curve / (final if abs(final) > 1e-12 else 1.0), lw=1)
-    ax.axhline(0.9, color="k", ls="--", lw=1)
-    ax.set(title="Filter ascent: activation / final", xlabel="step", ylabel="share")
-    _finish(fig, title)
+    finish(fig, title)
     return fig

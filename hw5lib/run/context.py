@@ -1,12 +1,14 @@
-"""What one report run knows: its config, the explained images, the stages' typed results and
-the files it wrote."""
+"""What one report run knows: the command's settings, the model and its faster copies, the
+explained images, the map methods its stages offer, the stages' typed results and what it
+wrote, cut and skipped. A stage gets its planned settings and deadline as arguments; the run's
+state here is shared by all of them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -16,20 +18,42 @@ from hw5lib.config import RunConfig
 from hw5lib.inputs.images import Skipped
 from hw5lib.inputs.input_check import InputCheck
 from hw5lib.inputs.preprocess import Preprocess
-from hw5lib.methods.filters import Canvas
 from hw5lib.model.loading import LoadedModel
 from hw5lib.model.probe import OutputHead
-from hw5lib.report import figures
+from hw5lib.report.notes import Notes
 from hw5lib.report.outputs import atomic_write_bytes, npz_bytes, sha256_bytes
-from hw5lib.run.budget import Deadline
+from hw5lib.run.budget import Deadline, Work
+from hw5lib.run.explained import Subject
+from hw5lib.run.protocol import StageResult
+from hw5lib.run.replay import Replay
 
-if TYPE_CHECKING:
-    from hw5lib.report.notes import Notes
-    from hw5lib.run.replay import Replay
-    from hw5lib.run.subject import Subject
-    from hw5lib.stages.record import Stage, StageResult
+R = TypeVar("R", bound=StageResult)
+T = TypeVar("T")
 
-R = TypeVar("R", bound="StageResult")
+# explain(model, x [N,C,H,W], target [N]) -> maps [N,H,W], what the trust table reruns.
+Explain = Callable[[nn.Module, Tensor, Tensor], Tensor]
+# (d logit[target] / d x [N,C,H,W], x) -> maps [N,H,W]: a map made from the input gradient alone.
+FromGradient = Callable[[Tensor, Tensor], Tensor]
+# What the budget planner uses to price a stage: share is the expected share of its cap an
+# adaptive method spends (measured in this run once it ran, else ``Share.expected``).
+Shares = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A map method the trust table scores: ``explain`` builds its explain(model, x, target)
+    with the planned settings, for the randomization check (None: no rerun, e.g. LIME)."""
+
+    name: str
+    explain: Callable[[Run, RunConfig, Deadline], Explain] | None = None
+    sampled: bool = False  # costly to rerun: the budget drops its randomization check first
+    # Where the map is a function of the input gradient (as ``explain`` computes it), the
+    # trust table computes that gradient once for all such methods.
+    from_gradient: Callable[[RunConfig], FromGradient | None] | None = None
+    # How the randomized model's map is made where that differs from the trained one's (the
+    # trust table's notes), and what that rerun costs the planner beyond one gradient.
+    rerun_note: str = ""
+    rerun_cost: Callable[[Run, RunConfig, Shares], Work] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,8 +68,26 @@ class Failure:
 
 
 @dataclass
+class Memo:
+    """Facts found once per run by whoever asks first (a layer choice, a tile, a count): the
+    planner prices with them before the stage that uses them runs."""
+
+    found: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def once(self, kind: str, key: str, find: Callable[[], T]) -> T:
+        if (kind, key) not in self.found:
+            self.found[kind, key] = find()
+        return self.found[kind, key]
+
+    def all(self, kind: str) -> dict[str, Any]:
+        """Everything found of ``kind``, by key, in the order found."""
+        return {k: v for (c, k), v in self.found.items() if c == kind}
+
+
+@dataclass
 class Run:
-    cfg: RunConfig
+    # set-up: what the command asked, the model, the images (subject.prepare)
+    cfg: RunConfig  # the command's settings; a stage reads its planned ones from its arguments
     loaded: LoadedModel
     model: nn.Module
     pre: Preprocess
@@ -54,30 +96,27 @@ class Run:
     device: torch.device
     infer: nn.Module | None = None  # a faster copy of the model for forward-only work
     grad: nn.Module | None = None  # BatchNorm folded: a faster copy for input gradients
-    cam_layer: str | None = None  # Grad-CAM's layer, found once (stages.cams.cam_layer_name)
-    canvases: dict[str, Canvas] = field(default_factory=dict)  # Q2's ascent canvas per layer,
-    # found once (stages.filters.layer_canvas): the plan prices it, the stage climbs on it
-    registry: Sequence[Stage] = ()  # the stages this run runs, in order
-    results: dict[str, StageResult] = field(default_factory=dict)  # by stage name, run order
+    input_check: InputCheck | None = None  # which input convention the model scores best with
+    fast_paths: dict[str, str] = field(default_factory=dict)  # speed trick -> on / off: why
+    input_size: dict = field(default_factory=dict)  # {"side", "source"}: how it was chosen
+    output: OutputHead = field(default_factory=OutputHead)  # logits, or the probability head
+    out_of_range: list[tuple[Path, int]] = field(default_factory=list)  # labels naming no class
+    skipped_images: list[Skipped] = field(default_factory=list)  # unreadable files passed over
+    notes: Notes | None = None  # --notes, parsed and checked against the planned figures
+    replay: Replay | None = None  # --replay: the decisions to make again
+    replay_cut: str | None = None  # why the replay was cut to fit --budget (None: it was not)
+    methods: tuple[Method, ...] = ()  # the map methods of the stages this model can run
+    memo: Memo = field(default_factory=Memo)
+    # what the run did: results by stage name in run order, files written, cuts, failures
+    results: dict[str, StageResult] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # stages this model cannot run
     cuts: list[str] = field(default_factory=list)  # what the budget cut, and why
-    failures: list[Failure] = field(default_factory=list)
-    deadline: Deadline = field(default_factory=lambda: Deadline(None))
-    labelled_images: int | None = None  # size of the labelled split, counted once
-    skipped_images: list[Skipped] = field(default_factory=list)  # unreadable files passed over
-    out_of_range: list[tuple[Path, int]] = field(default_factory=list)  # labels naming no class
-    interrupted: str | None = None  # the signal that stopped the run
-    notes: Notes | None = None  # --notes, parsed and checked against the planned figures
-    input_check: InputCheck | None = None  # which input convention the model scores best with
-    replay: Replay | None = None  # --replay: the decisions to make again
-    replay_cut: str | None = None  # why the replay was cut to fit --budget (None: it was not)
-    stage_config: dict[str, dict] = field(default_factory=dict)  # settings the budget cut, by stage
     cut_stages: list[str] = field(default_factory=list)  # stages the budget or deadline cut
-    fast_paths: dict[str, str] = field(default_factory=dict)  # speed trick -> on / off: why
-    input_size: dict = field(default_factory=dict)  # {"side", "source"}: how it was chosen
-    output: OutputHead = field(default_factory=OutputHead)  # logits, or the probability head
+    stage_config: dict[str, dict] = field(default_factory=dict)  # settings the budget cut, by stage
+    failures: list[Failure] = field(default_factory=list)
+    interrupted: str | None = None  # the signal that stopped the run
 
     @property
     def inference(self) -> nn.Module:
@@ -121,10 +160,6 @@ class Run:
 
     def write(self, name: str, data: bytes) -> None:
         atomic_write_bytes(self.cfg.out / name, data)
-        self.outputs[name] = sha256_bytes(data)
-
-    def write_png(self, name: str, fig: figures.Figure) -> None:
-        data = figures.save_png(fig, self.cfg.out / name)
         self.outputs[name] = sha256_bytes(data)
 
     def write_npz(self, name: str, **arrays: np.ndarray) -> None:

@@ -19,7 +19,6 @@ from typing import Any
 from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
 from hw5lib.inputs.preprocess import Preprocess
-from hw5lib.methods.filters import Redo
 from hw5lib.report.outputs import sha256_bytes
 
 # manifest.json's section of the decisions a replay reads (with "convergence"'s per-image counts)
@@ -38,44 +37,20 @@ NOT_REPLAYED = ("data", "out", "checkpoint", "notes", "command", "replay", "skip
 
 
 @dataclass(frozen=True)
-class LayerDecision:
-    """One Q2 layer as the run made it: its filters, and by filter index those redone because
-    still climbing and those whose redo was kept."""
-
-    layer: str
-    filters: tuple[int, ...]
-    redone: tuple[int, ...] = ()
-    kept: tuple[int, ...] = ()
-
-    def redo(self) -> Redo:
-        """The redone and kept filters by position, as ``filters.filter_ascent`` takes them."""
-        at = {f: i for i, f in enumerate(self.filters)}
-        return Redo(tuple(at[f] for f in self.redone), tuple(at[f] for f in self.kept))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "filters": list(self.filters),
-            "redone": list(self.redone),
-            "kept": list(self.kept),
-        }
-
-
-@dataclass(frozen=True)
 class Decisions:
     """manifest.json's "decisions": what a replay needs beyond the per-image counts."""
 
     stage_config: Mapping[str, Mapping[str, Any]]  # stage -> settings a budget cut changed
     skipped_stages: tuple[str, ...]  # cut altogether (budget or deadline)
-    filters: tuple[LayerDecision, ...] | None  # None: Q2 did not run
-    dream_steps: int | None  # ascent steps DeepDream took over all octaves; None: not run
+    # what each stage decided as it ran (StageResult.decisions, e.g. Q2's filters and redos),
+    # as JSON: the stage that reads it back (Replay.decision) parses it
+    made: Mapping[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "stage_config": {k: dict(v) for k, v in self.stage_config.items()},
             "skipped_stages": list(self.skipped_stages),
-            "filters": None if self.filters is None else [f.to_dict() for f in self.filters],
-            "dream_steps": self.dream_steps,
+            **self.made,
         }
 
 
@@ -96,6 +71,10 @@ class Replay:
     def config(self, stage: str, cfg: RunConfig) -> RunConfig:
         """``cfg`` with the settings the replayed run's cuts gave ``stage``."""
         return replace(cfg, **self.decisions.stage_config.get(stage, {}))
+
+    def decision(self, key: str) -> Any:
+        """A stage's own "decisions" entry as the replayed run recorded it (None: not made)."""
+        return self.decisions.made.get(key)
 
     def recorded(self, method: str, key: str) -> Any:
         """``method``'s ``key`` in its "convergence" record; None where it did not run."""
@@ -164,23 +143,8 @@ def decisions_of(section: dict) -> Decisions:
         if unknown:
             raise ValueError(f"{stage} sets {', '.join(unknown)}")
         config[stage] = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
-    layers = section["filters"]
-    return Decisions(
-        config,
-        tuple(section["skipped_stages"]),
-        None
-        if layers is None
-        else tuple(
-            LayerDecision(
-                str(f["layer"]),
-                tuple(map(int, f["filters"])),
-                tuple(map(int, f["redone"])),
-                tuple(map(int, f["kept"])),
-            )
-            for f in layers
-        ),
-        None if section["dream_steps"] is None else int(section["dream_steps"]),
-    )
+    made = {k: v for k, v in section.items() if k not in ("stage_config", "skipped_stages")}
+    return Decisions(config, tuple(section["skipped_stages"]), made)
 
 
 def check_same_subject(replay: Replay, checkpoint: str, images: Sequence[str]) -> None:

@@ -1,10 +1,12 @@
 """The report's stages in run order: one entry per report figure (family), each defined in its
-own file with its stage function, cost, cuts, options and trust-table methods.
+own file (named by its figure) with its stage function, cost, cuts, options, trust-table methods
+and verify rules; its result declares its manifest sections, convergence record and panel,
+stability and replayed decisions (protocol.py).
 
-Adding a method: its function in a method module, one stage file with a ``STAGE`` entry, one
-line below. The budget's cuts are gathered from the entries and applied by rank, cheapest to
-lose first: cross-checks before figures, fewer samples than the matched precision only after
-whole optional stages are gone.
+Adding a method, sampled or not: its function in the methods package, one stage file with a
+``STAGE`` entry, one line below, its tests. The budget's cuts are gathered from the entries and
+applied by rank, cheapest to lose first: cross-checks before figures, fewer samples than the
+matched precision only after whole optional stages are gone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from hw5lib.stages import (
     q4_smoothgrad,
     trust_table,
 )
-from hw5lib.stages.record import Method, Stage, StageResult
+from hw5lib.stages.stage import Stage
+from hw5lib.tolerances import ArrayRule
 
 STAGES: tuple[Stage, ...] = (
     q1_saliency.STAGE,
@@ -53,6 +56,11 @@ def cuts_of(stages: Sequence[Stage]) -> list[Cut]:
     return sorted((c for s in stages for c in s.cuts), key=lambda c: c.rank)
 
 
+def verify_rules(stages: Sequence[Stage] = STAGES) -> tuple[ArrayRule, ...]:
+    """Every entry's tolerances for its sampled or iterated arrays (``hw5.py verify``)."""
+    return tuple(rule for s in stages for rule in s.verify)
+
+
 CUTS = cuts_of(STAGES)
 
-__all__ = ["CUTS", "STAGES", "Method", "Stage", "StageResult", "cuts_of", "with_stage"]
+__all__ = ["CUTS", "STAGES", "cuts_of", "verify_rules", "with_stage"]

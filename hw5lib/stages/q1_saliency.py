@@ -4,41 +4,35 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from hw5lib.config import COURSE
+from hw5lib.config import COURSE, RunConfig
 from hw5lib.methods import attributions, course
-from hw5lib.run.budget import FIGURE_SECONDS, Work
-from hw5lib.run.context import Run
-from hw5lib.stages.record import (
-    Explain,
-    FromGradient,
-    Method,
-    Stage,
-    StageResult,
-    explained,
-    save_attribution,
-)
+from hw5lib.run.budget import FIGURE_SECONDS, Deadline, Work
+from hw5lib.run.context import Explain, FromGradient, Method, Run
+from hw5lib.run.protocol import StageResult
+from hw5lib.stages.record import explained, save_attribution
+from hw5lib.stages.stage import Stage
 
 NAME = "Q1 saliency"
 METHOD = "Saliency"
 
 
-def explain(run: Run) -> Explain:
+def explain(run: Run, cfg: RunConfig, deadline: Deadline) -> Explain:
     """The run's saliency as an [N,H,W] map (the course's: its max over channels)."""
-    size = run.cfg.batch_size
-    if run.cfg.conventions == COURSE:
+    size = cfg.batch_size
+    if cfg.conventions == COURSE:
         return lambda m, x, t: course.loss_saliency(m, x, t, batch_size=size).amax(dim=1)
     return lambda m, x, t: attributions.saliency(m, x, t, batch_size=size)
 
 
-def from_gradient(run: Run) -> FromGradient | None:
+def from_gradient(cfg: RunConfig) -> FromGradient | None:
     """``explain``'s map from the input gradient; None for the course's, of the loss."""
-    return None if run.cfg.conventions == COURSE else lambda grad, x: grad.abs().amax(dim=1)
+    return None if cfg.conventions == COURSE else lambda grad, x: grad.abs().amax(dim=1)
 
 
-def stage_saliency(run: Run, bar: tqdm) -> StageResult:
+def stage_saliency(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> StageResult:
     s = run.subject
-    if run.cfg.conventions == COURSE:
-        raw = course.loss_saliency(run.gradients, s.x, s.target, batch_size=run.cfg.batch_size)
+    if cfg.conventions == COURSE:
+        raw = course.loss_saliency(run.gradients, s.x, s.target, batch_size=cfg.batch_size)
         maps = raw.amax(dim=1)
         shown = run.pre.swap_channels(raw.cpu()).permute(0, 2, 3, 1)
         title = "Saliency maps: |d loss / d pixel| per channel (course)"
@@ -50,7 +44,7 @@ def stage_saliency(run: Run, bar: tqdm) -> StageResult:
         )
     else:
         raw, shown = None, None
-        maps = explain(run)(run.gradients, s.x, s.target)
+        maps = explain(run, cfg, deadline)(run.gradients, s.x, s.target)
         title = "Saliency maps: |d score / d pixel|"
         caption = (
             f"Vanilla gradient saliency (Simonyan et al., 2014) of the target class logit for "
@@ -66,7 +60,7 @@ def stage_saliency(run: Run, bar: tqdm) -> StageResult:
         maps,
         raw=raw,
         shown=shown,
-        params={"conventions": run.cfg.conventions},
+        params={"conventions": cfg.conventions},
     )
     return StageResult([record], {METHOD: maps.detach().cpu()})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,10 +15,13 @@ from hw5lib.errors import UserError
 from hw5lib.methods import course, filters
 from hw5lib.model.layers import default_filter_layers, resolve_layer, same_activation_model
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
-from hw5lib.run.context import Run
-from hw5lib.run.replay import LayerDecision
-from hw5lib.stages.record import FigureRecord, Share, Shares, Stage, StageResult, explained, number
+from hw5lib.report.convergence_plot import Panel
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.run.context import Run, Shares
+from hw5lib.run.protocol import FigureRecord, StageResult
+from hw5lib.stages.record import explained, number, write_png
+from hw5lib.stages.stage import Share, Stage
+from hw5lib.tolerances import ITERATED_VALUES, RANKED, ArrayRule
 
 NAME = "Q2 filters"
 SECTION = "Q2"
@@ -26,12 +30,74 @@ STREAM = 10  # random stream of the first layer's ascent; the k-th layer draws f
 # whole-image step (work that does not shrink with the view: the optimizer, Python, launching
 # each op), as measured on the demo model (bench/RESULTS.md).
 STEP_OVERHEAD = 0.1
+DECISION = "filters"  # manifest.json "decisions": each layer's filters and redos
+CANVAS = "ascent canvas"  # Run.memo: each layer's canvas, found once (layer_canvas)
+GUIDE_SHARE = 0.9  # the convergence panel's dashed line: 90% of the final activation
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """One Q2 layer as the run made it: its filters, and by filter index those redone because
+    still climbing and those whose redo was kept."""
+
+    layer: str
+    filters: tuple[int, ...]
+    redone: tuple[int, ...] = ()
+    kept: tuple[int, ...] = ()
+
+    def redo(self) -> filters.Redo:
+        """The redone and kept filters by position, as ``filters.filter_ascent`` takes them."""
+        at = {f: i for i, f in enumerate(self.filters)}
+        return filters.Redo(tuple(at[f] for f in self.redone), tuple(at[f] for f in self.kept))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LayerDecision:
+        return cls(
+            str(d["layer"]),
+            tuple(map(int, d["filters"])),
+            tuple(map(int, d["redone"])),
+            tuple(map(int, d["kept"])),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "filters": list(self.filters),
+            "redone": list(self.redone),
+            "kept": list(self.kept),
+        }
 
 
 @dataclass
 class FiltersResult(StageResult):
     curves: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per filter
     layers: list[LayerDecision] = field(default_factory=list)  # what a replay makes again
+
+    def decisions(self) -> dict[str, Any]:
+        return {DECISION: [d.to_dict() for d in self.layers]}
+
+    def convergence_panel(self) -> Panel:
+        """Each filter's activation over its final value, along its steps."""
+        lines = []
+        for steps, curve in self.curves:
+            recorded = curve[np.isfinite(curve)]
+            if len(recorded) == 0:  # a filter whose ascent recorded no finite activation
+                continue
+            final = recorded[-1]
+            lines.append((steps, curve / (final if abs(final) > 1e-12 else 1.0)))
+        return Panel(
+            "Filter ascent: activation / final",
+            "step",
+            "share",
+            GUIDE_SHARE,
+            kind="optimization",
+            lines=lines,
+            markers=False,
+            reference="400-step ascent",
+            note="The filter-ascent panel shows each filter's mean activation over its final "
+            "value; a filter still rising at the end of its schedule is redone from a new start "
+            "with one twice as long, and the higher result kept.",
+        )
 
 
 @dataclass
@@ -59,7 +125,13 @@ def filter_layer_names(run: Run, cfg: RunConfig) -> list[str]:
 
 
 def replayed_layers(run: Run) -> tuple[LayerDecision, ...] | None:
-    return run.replay.decisions.filters if run.replay else None
+    recorded = run.replay.decision(DECISION) if run.replay else None
+    if recorded is None:
+        return None
+    try:
+        return tuple(LayerDecision.from_dict(d) for d in recorded)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"--replay {run.replay.name}: malformed Q2 decisions ({err!r})") from None
 
 
 def planned_layers(run: Run) -> list[str]:
@@ -70,12 +142,14 @@ def planned_layers(run: Run) -> list[str]:
 def layer_canvas(run: Run, name: str) -> filters.Canvas:
     """The canvas the ascent on layer ``name`` climbs (``filters.ascent_canvas``), found once
     per run: the plan prices it before the stage climbs on it."""
-    if name not in run.canvases:
+
+    def find() -> filters.Canvas:
         model = same_activation_model(run.model, run.grad, name)
         layer = resolve_layer(model, name)[1]
         shape = (run.pre.channels, *run.pre.size)
-        run.canvases[name] = filters.ascent_canvas(model, layer, shape, run.to_input)
-    return run.canvases[name]
+        return filters.ascent_canvas(model, layer, shape, run.to_input)
+
+    return run.memo.once(CANVAS, name, find)
 
 
 def step_cost(canvas: filters.Canvas) -> float:
@@ -89,6 +163,7 @@ def activation_id(layer: str) -> str:
 
 def activation_record(
     run: Run,
+    cfg: RunConfig,
     name: str,
     layer: nn.Module,
     acts: Tensor,
@@ -98,7 +173,7 @@ def activation_record(
 ) -> FigureRecord:
     """The activation maps of one layer's chosen filters on the first explained images."""
     s = run.subject
-    rows = min(run.cfg.activation_images, len(s.paths))
+    rows = min(cfg.activation_images, len(s.paths))
     fid = activation_id(name)
     fig = figures.activation_grid(
         s.pixels[:rows],
@@ -107,7 +182,7 @@ def activation_record(
         s.titles(run.classes)[:rows],
         f"Activation maps of {name} filters {idx} on real images",
     )
-    run.write_png(f"{fid}.png", fig)
+    write_png(run, f"{fid}.png", fig)
     run.write_npz(
         f"{fid}.npz",
         input=s.x[:rows].cpu().numpy(),
@@ -131,8 +206,8 @@ def activation_record(
     )
 
 
-def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
-    cfg, s = run.cfg, run.subject
+def ascend_layer(run: Run, cfg: RunConfig, deadline: Deadline, spec: str, k: int) -> LayerAscent:
+    s = run.subject
     name, _ = resolve_layer(run.model, spec)
     # The BatchNorm-folded copy is faster and has the same activation at most layers.
     model = same_activation_model(run.model, run.grad, name)
@@ -161,7 +236,7 @@ def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
             canvas=layer_canvas(run, name),
             generator=run.generator(STREAM + k),
             redo_climbing=cfg.adaptive,
-            stop=run.deadline.passed,
+            stop=deadline.passed,
             replay=decided.redo() if decided else None,
         )
     )
@@ -174,7 +249,7 @@ def ascend_layer(run: Run, spec: str, k: int) -> LayerAscent:
     real = acts[:, idx].mean(dim=(2, 3)).amax(dim=0).cpu()
     gain = torch.stack([result.final.cpu(), result.activation[0].cpu(), real], dim=1)
     image = result.pixels.permute(0, 2, 3, 1).cpu().numpy()
-    record = activation_record(run, name, layer, acts, idx, image, result)
+    record = activation_record(run, cfg, name, layer, acts, idx, image, result)
     return LayerAscent(name, idx, image, gain.tolist(), record, result)
 
 
@@ -206,9 +281,8 @@ def course_ascent(
     )
 
 
-def ascent_text(run: Run, tried: int, kept: int) -> str:
+def ascent_text(run: Run, cfg: RunConfig, tried: int, kept: int) -> str:
     """How the figure's images were made, for its caption."""
-    cfg = run.cfg
     if cfg.conventions == COURSE:
         return (
             f"As the course's sample code (--conventions course): each image starts from the "
@@ -226,7 +300,7 @@ def ascent_text(run: Run, tried: int, kept: int) -> str:
 
 def tile_note(run: Run) -> str:
     """Which layers climbed a periodic tile, for the caption."""
-    tiled = {n: c for n, c in run.canvases.items() if c.tiled and n in planned_layers(run)}
+    tiled = {n: c for n, c in run.memo.all(CANVAS).items() if c.tiled and n in planned_layers(run)}
     if not tiled:
         return ""
     sides = ", ".join(f"{n} {c.period[0]}x{c.period[1]}" for n, c in tiled.items())
@@ -260,15 +334,14 @@ def redo_note(tried: int, kept: int, steps: int) -> str:
     )
 
 
-def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
-    cfg = run.cfg
+def stage_filters(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> FiltersResult:
     specs = filter_layer_names(run, cfg)
     layers: list[LayerAscent] = []
     for k, spec in enumerate(specs):
-        if k and run.deadline.passed():
+        if k and deadline.passed():
             run.cuts.append(f"{NAME}: layers {specs[k:]} not run, the budget was spent")
             break
-        layers.append(ascend_layer(run, spec, k))
+        layers.append(ascend_layer(run, cfg, deadline, spec, k))
         bar.update()
     names = [a.name for a in layers]
     fig = figures.filter_grid(
@@ -279,7 +352,7 @@ def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
         "Filter visualization by gradient ascent"
         + (" from the image (course)" if cfg.conventions == COURSE else ""),
     )
-    run.write_png("q2_filters.png", fig)
+    write_png(run, "q2_filters.png", fig)
     run.write_npz(
         "q2_filters.npz", **{f"{a.name.replace('.', '_')}_images": a.image for a in layers}
     )
@@ -291,7 +364,7 @@ def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
         "q2_filters",
         SECTION,
         "Filter visualization by gradient ascent",
-        f"{ascent_text(run, tried, kept)} {summary(layers)}.",
+        f"{ascent_text(run, cfg, tried, kept)} {summary(layers)}.",
         "q2_filters.png",
         "q2_filters.npz",
         {
@@ -301,7 +374,9 @@ def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
             "redone": tried,
             "redone_kept": kept,
             "conventions": cfg.conventions,
-            "tiles": {n: list(c.period) for n, c in run.canvases.items() if c.tiled and n in names},
+            "tiles": {
+                n: list(c.period) for n, c in run.memo.all(CANVAS).items() if c.tiled and n in names
+            },
         },
     )
     # The filters figure leads Q2, before the activation maps of the same filters.
@@ -339,7 +414,7 @@ STAGE = Stage(
     SECTION,
     stage_filters,
     filters_cost,
-    units=lambda run: len(filter_layer_names(run, run.cfg)),
+    units=lambda run, cfg: len(filter_layer_names(run, cfg)),
     cuts=(
         Cut(NAME, "two layers instead of four", {"filter_layer_count": 2}, rank=5),
         Cut(NAME, "one layer", {"filter_layer_count": 1}, rank=12),
@@ -358,4 +433,10 @@ STAGE = Stage(
     share=Share(expected=0.5),
     hooks=True,
     figures=lambda run: ("q2_filters", *map(activation_id, planned_layers(run))),
+    undecided={DECISION: None},
+    verify=(
+        ArrayRule("q2_filters", "*_images", RANKED),
+        ArrayRule("q2_activations_*", "ascent_image", RANKED),
+        ArrayRule("q2_activations_*", "ascent_curve", ITERATED_VALUES),
+    ),
 )

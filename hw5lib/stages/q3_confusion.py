@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,9 +17,11 @@ from hw5lib.inputs.datasets import LABELLED_SPLITS, has_class, open_dataset
 from hw5lib.inputs.images import load_inputs, load_usable
 from hw5lib.methods import attributions, metrics
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
-from hw5lib.run.context import Run
-from hw5lib.stages.record import FigureRecord, Shares, Stage, StageResult, number
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.run.context import Run, Shares
+from hw5lib.run.protocol import FigureRecord, StageResult
+from hw5lib.stages.record import number, write_png
+from hw5lib.stages.stage import Stage
 
 NAME = "Q3 confusion matrix"
 SECTION = "Q3"
@@ -29,6 +32,9 @@ CHUNK = 256  # images per load-and-classify step: bounds memory on a large split
 class ConfusionResult(StageResult):
     accuracy: dict | None = None  # overall, evaluated, subset, per_class (None: no labels)
     top_confusions: list[dict] = field(default_factory=list)
+
+    def manifest_entries(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "top_confusions": self.top_confusions}
 
 
 def stratified(labels: list[int], limit: int | None) -> list[int]:
@@ -45,7 +51,7 @@ def stratified(labels: list[int], limit: int | None) -> list[int]:
     return sorted(out)
 
 
-def classify(run: Run, paths: list[Path]) -> tuple[Tensor, list[int]]:
+def classify(run: Run, paths: list[Path], batch_size: int) -> tuple[Tensor, list[int]]:
     """Softmax probabilities [M,K] of the readable images, loaded a chunk at a time, and their
     positions in ``paths`` (an unreadable file is skipped, and noted in the run)."""
     probs, kept = [], []
@@ -56,7 +62,7 @@ def classify(run: Run, paths: list[Path]) -> tuple[Tensor, list[int]]:
             continue
         x = loaded.x.to(run.device)
         probs.append(
-            metrics.predict(run.inference, x, batch_size=run.cfg.batch_size, head=run.output.kind)[
+            metrics.predict(run.inference, x, batch_size=batch_size, head=run.output.kind)[
                 0
             ].cpu()
         )
@@ -96,7 +102,7 @@ def examples_record(run: Run, paths: list[Path], labels: Tensor, probs: Tensor) 
     fig = figures.example_grid(
         np.stack(tiles), titles, 6, "Most confident correct image and mistake per class"
     )
-    run.write_png("q3_examples.png", fig)
+    write_png(run, "q3_examples.png", fig)
     return FigureRecord(
         "q3_examples",
         SECTION,
@@ -110,8 +116,7 @@ def examples_record(run: Run, paths: list[Path], labels: Tensor, probs: Tensor) 
     )
 
 
-def stage_confusion(run: Run, bar: tqdm) -> ConfusionResult:
-    cfg = run.cfg
+def stage_confusion(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> ConfusionResult:
     if cfg.data is None:
         return ConfusionResult()
     split = open_dataset(cfg.data, LABELLED_SPLITS)
@@ -125,7 +130,7 @@ def stage_confusion(run: Run, bar: tqdm) -> ConfusionResult:
         return ConfusionResult()
     idx = stratified([lb for _, lb in pairs], cfg.eval_limit)
     planned = len(idx)
-    probs, kept = classify(run, [pairs[i][0] for i in idx])
+    probs, kept = classify(run, [pairs[i][0] for i in idx], cfg.batch_size)
     if not kept:
         return ConfusionResult()
     idx = [idx[k] for k in kept]
@@ -147,7 +152,7 @@ def stage_confusion(run: Run, bar: tqdm) -> ConfusionResult:
     fig = figures.confusion_figure(
         cm, run.classes, f"Confusion matrix ({subset}), accuracy {overall:.1%}"
     )
-    run.write_png("q3_confusion.png", fig)
+    write_png(run, "q3_confusion.png", fig)
     run.write_npz(
         "q3_confusion.npz",
         confusion=cm,
@@ -198,10 +203,14 @@ def eval_count(run: Run, cfg: RunConfig) -> int:
     """Images the confusion matrix will classify (the labelled split, or --eval-limit)."""
     if cfg.data is None:
         return 0
-    if run.labelled_images is None:
-        labels = open_dataset(cfg.data, LABELLED_SPLITS).labels
-        run.labelled_images = sum(has_class(lb, len(run.classes)) for lb in labels)
-    total = run.labelled_images
+    data = cfg.data
+    total = run.memo.once(
+        "labelled images",
+        str(data),
+        lambda: sum(
+            has_class(lb, len(run.classes)) for lb in open_dataset(data, LABELLED_SPLITS).labels
+        ),
+    )
     return total if cfg.eval_limit is None else min(total, cfg.eval_limit)
 
 
@@ -221,4 +230,5 @@ STAGE = Stage(
     ),
     options=("eval_limit", "batch_size"),
     figures=lambda run: ("q3_confusion", "q3_examples"),
+    absent={"accuracy": None, "top_confusions": []},
 )

@@ -13,21 +13,20 @@ from tqdm import tqdm
 from hw5lib.config import COURSE, RunConfig
 from hw5lib.methods import course, lime_adapter, lime_stopping
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
-from hw5lib.run.context import Run
+from hw5lib.report.convergence_plot import Panel
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.run.context import Method, Run, Shares
+from hw5lib.run.protocol import FigureRecord, Stability, StageResult
 from hw5lib.stages.record import (
-    FigureRecord,
-    Method,
-    Share,
-    Shares,
-    Stage,
-    StageResult,
     explained,
     mask_caption,
     number,
     unexplained,
     unexplained_caption,
+    write_png,
 )
+from hw5lib.stages.stage import Share, Stage
+from hw5lib.tolerances import ITERATED_VALUES, LIME_TOP, ArrayRule
 
 NAME = "Q3 LIME"
 METHOD = "LIME"
@@ -43,7 +42,36 @@ class LimeStageResult(StageResult):
     cap: int = 0
     course: bool = False  # stock lime as the course's sample code (--conventions course)
 
-    def convergence(self) -> dict:
+    def convergence(self) -> dict[str, dict]:
+        return {METHOD: self.record()} if self.results else {}
+
+    def convergence_panel(self) -> Panel | None:
+        if not self.results:
+            return None
+        return Panel(
+            "LIME: samples drawn",
+            "image",
+            "samples",
+            self.cap,
+            bars=[r.samples for r in self.results],
+            reference=f"{lime_stopping.MATCHED_SAMPLES}-sample LIME",
+        )
+
+    def stability(self) -> dict[str, Stability]:
+        """The predicted top-5 superpixel overlap with a rerun under another seed, from bootstrap
+        resamples of each run's own samples (``lime_adapter.resampled_agreement``)."""
+        results = self.results if self.complete else []
+        values = [r.stability for r in results if r.stability is not None]
+        return {
+            METHOD: Stability(
+                float(np.mean(values)) if values else None,
+                f"LIME, the top-{lime_stopping.TOP_K} superpixel overlap with a rerun under "
+                f"another seed, predicted by refitting lime on bootstrap resamples of its own "
+                f"samples ({len(values)} images)",
+            )
+        }
+
+    def record(self) -> dict:
         rule = (
             f"stock lime, {self.cap} independent samples (the course's)"
             if self.course
@@ -61,7 +89,12 @@ class LimeStageResult(StageResult):
 
 
 def lime_of(
-    run: Run, i: int, label: int, seed: int, samples: int | None = None
+    run: Run,
+    cfg: RunConfig,
+    deadline: Deadline,
+    i: int,
+    label: int,
+    samples: int | None = None,
 ) -> lime_adapter.LimeResult:
     """LIME for explained image ``i`` (gray images go to lime as RGB and back); with the trust
     checks on, also its predicted agreement with a rerun (no extra model forwards). A replay
@@ -74,22 +107,27 @@ def lime_of(
         to_input=run.to_input,
         channels=run.pre.channels,
         # a replayed 0 (the image failed before its first batch) fails again at the cap
-        samples=samples or run.cfg.lime_samples,
-        seed=seed,
-        adaptive=run.cfg.adaptive,
+        samples=samples or cfg.lime_samples,
+        seed=cfg.seed,
+        adaptive=cfg.adaptive,
         exact=samples is not None,
-        stop=run.deadline.passed,
-        stability_rounds=STABILITY_ROUNDS if run.cfg.trust else 0,
+        stop=deadline.passed,
+        stability_rounds=STABILITY_ROUNDS if cfg.trust else 0,
         head=run.output.kind,
     )
 
 
 def course_lime_of(
-    run: Run, i: int, explainer: lime_image.LimeImageExplainer, samples: int | None = None
+    run: Run,
+    cfg: RunConfig,
+    deadline: Deadline,
+    i: int,
+    explainer: lime_image.LimeImageExplainer,
+    samples: int | None = None,
 ) -> lime_adapter.LimeResult:
     """Stock lime on explained image ``i``'s model input, as the course's sample code."""
-    s, cfg = run.subject, run.cfg
-    if run.deadline.passed():
+    s = run.subject
+    if deadline.passed():
         raise lime_adapter.OutOfTime
     return course.lime_explain(
         explainer,
@@ -101,21 +139,23 @@ def course_lime_of(
     )
 
 
-def explain_images(run: Run, bar: tqdm) -> list[lime_adapter.LimeResult]:
+def explain_images(
+    run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm
+) -> list[lime_adapter.LimeResult]:
     """LIME for each explained image in turn, until done or out of time. The course's images
     share one random stream, drawn from in the order they are explained. A replay explains the
     images the replayed run did, each with its count of samples."""
     s = run.subject
-    shared = course.lime_explainer(run.cfg.seed) if run.cfg.conventions == COURSE else None
-    replayed = run.replayed(METHOD, "samples", run.cfg.lime_samples)
+    shared = course.lime_explainer(cfg.seed) if cfg.conventions == COURSE else None
+    replayed = run.replayed(METHOD, "samples", cfg.lime_samples)
     counts: list[int | None] = list(replayed) if replayed is not None else [None] * len(s.paths)
     results = []
     for i, samples in enumerate(counts):
         try:
             results.append(
-                lime_of(run, i, int(s.target[i]), run.cfg.seed, samples)
+                lime_of(run, cfg, deadline, i, int(s.target[i]), samples)
                 if shared is None
-                else course_lime_of(run, i, shared, samples)
+                else course_lime_of(run, cfg, deadline, i, shared, samples)
             )
         except lime_adapter.OutOfTime:
             run.cuts.append(
@@ -132,9 +172,8 @@ def explain_images(run: Run, bar: tqdm) -> list[lime_adapter.LimeResult]:
     return results
 
 
-def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
-    cfg = run.cfg
-    results = explain_images(run, bar)
+def stage_lime(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> LimeStageResult:
+    results = explain_images(run, cfg, deadline, bar)
     if not results:
         return LimeStageResult(cap=cfg.lime_samples)
     used = [r.samples for r in results]
@@ -154,7 +193,7 @@ def stage_lime(run: Run, bar: tqdm) -> LimeStageResult:
         + (" (course: stock lime on logits)" if cfg.conventions == COURSE else ""),
         notes=[r.failure for r in results],
     )
-    run.write_png("q3_lime.png", fig)
+    write_png(run, "q3_lime.png", fig)
     run.write_npz(
         "q3_lime.npz",
         input=s.x.cpu().numpy(),
@@ -250,7 +289,7 @@ STAGE = Stage(
     "Q3",
     stage_lime,
     lime_cost,
-    units=explained,
+    units=lambda run, cfg: explained(run),
     cuts=(
         Cut(NAME, "600 samples per image, no more", {"lime_samples": 600}, rank=6),
         Cut(
@@ -264,4 +303,8 @@ STAGE = Stage(
     methods=(Method(METHOD),),
     share=Share(expected=0.5),
     figures=lambda run: ("q3_lime",),
+    verify=(
+        ArrayRule("q3_lime", "weights", LIME_TOP),
+        ArrayRule("q3_lime", "score", ITERATED_VALUES),
+    ),
 )

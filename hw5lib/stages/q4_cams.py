@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -12,21 +13,18 @@ from hw5lib.config import RunConfig
 from hw5lib.methods import attributions, cam, metrics
 from hw5lib.model.layers import resolve_layer, same_activation_model
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
-from hw5lib.run.context import Run
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.run.context import Explain, Method, Run, Shares
+from hw5lib.run.protocol import FigureRecord, StageResult
 from hw5lib.run.subject import validate_cam_targets
 from hw5lib.stages.record import (
-    Explain,
-    FigureRecord,
-    Method,
-    Shares,
-    Stage,
-    StageResult,
     explained,
     mask_caption,
     unexplained,
     unexplained_caption,
+    write_png,
 )
+from hw5lib.stages.stage import Stage
 
 NAME = "Q4 Grad-CAM, LayerCAM"
 CAMS = {  # method -> (function, what it weighs: the paper)
@@ -38,6 +36,14 @@ CAMS = {  # method -> (function, what it weighs: the paper)
 }
 
 
+@dataclass
+class CamsResult(StageResult):
+    layer_rows: list[dict] = field(default_factory=list)  # pointing at each candidate layer
+
+    def trust_rows(self) -> list[dict]:
+        return self.layer_rows
+
+
 def cam_figure_id(method: str) -> str:
     return "q4_" + method.lower().replace("-", "_")  # Grad-CAM -> q4_grad_cam
 
@@ -45,19 +51,19 @@ def cam_figure_id(method: str) -> str:
 def cam_layer_name(run: Run) -> str:
     """--cam-layer, else the automatic choice; found once per run (the choice costs a probe
     forward pass, and several stages ask)."""
-    if run.cam_layer is None:
-        run.cam_layer = (
-            resolve_layer(run.model, run.cfg.cam_layer)[0]
-            if run.cfg.cam_layer
-            else cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size))
-        )
-    return run.cam_layer
+    return run.memo.once(
+        "CAM layer",
+        "",
+        lambda: resolve_layer(run.model, run.cfg.cam_layer)[0]
+        if run.cfg.cam_layer
+        else cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size)),
+    )
 
 
-def cam_target_columns(run: Run) -> tuple[Tensor, list[list[str]]]:
+def cam_target_columns(run: Run, cfg: RunConfig) -> tuple[Tensor, list[list[str]]]:
     """Targets [N,T] for the CAM figures: the prediction, every class, or a list of classes."""
     s, k = run.subject, len(run.classes)
-    spec = run.cfg.cam_targets
+    spec = cfg.cam_targets
     if spec == "pred":
         t = s.pred.view(-1, 1)
     elif spec == "label":
@@ -70,35 +76,35 @@ def cam_target_columns(run: Run) -> tuple[Tensor, list[list[str]]]:
     return t, names
 
 
-def explainer(method: str) -> Callable[[Run], Explain]:
+def explainer(method: str) -> Callable[[Run, RunConfig, Deadline], Explain]:
     """The trust table's explain() of one CAM method at the run's CAM layer."""
     fn = CAMS[method][0]
 
-    def build(run: Run) -> Explain:
+    def build(run: Run, cfg: RunConfig, deadline: Deadline) -> Explain:
         layer = cam_layer_name(run)
-        return lambda m, x, t: fn(m, x, t, layer, batch_size=run.cfg.batch_size)
+        return lambda m, x, t: fn(m, x, t, layer, batch_size=cfg.batch_size)
 
     return build
 
 
-def stage_cams(run: Run, bar: tqdm) -> StageResult:
+def stage_cams(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> StageResult:
     s = run.subject
     layer = cam_layer_name(run)
     model = same_activation_model(run.model, run.grad, layer)  # faster, same map
-    targets, names = cam_target_columns(run)
+    targets, names = cam_target_columns(run, cfg)
     n, t = targets.shape
     xs = s.x.repeat_interleave(t, dim=0)
     flat = targets.reshape(-1).to(run.device)
-    out = StageResult()
+    out = CamsResult()
     for method, (fn, paper) in CAMS.items():
         maps = (
-            fn(model, xs, flat, layer, batch_size=run.cfg.batch_size)
+            fn(model, xs, flat, layer, batch_size=cfg.batch_size)
             .cpu()
             .reshape(n, t, *s.x.shape[-2:])
         )
         bar.update()
         # The trust table scores the map of the explained target, as for the other methods.
-        out.maps[method] = fn(model, s.x, s.target, layer, batch_size=run.cfg.batch_size).cpu()
+        out.maps[method] = fn(model, s.x, s.target, layer, batch_size=cfg.batch_size).cpu()
         fid = cam_figure_id(method)
         reasons = attributions.why_unexplained(maps)
         fig = figures.cam_grid(
@@ -110,7 +116,7 @@ def stage_cams(run: Run, bar: tqdm) -> StageResult:
             notes=reasons,
         )
         missing = unexplained(run, reasons)
-        run.write_png(f"{fid}.png", fig)
+        write_png(run, f"{fid}.png", fig)
         run.write_npz(
             f"{fid}.npz", input=s.x.cpu().numpy(), target=targets.numpy(), attribution=maps.numpy()
         )
@@ -120,25 +126,27 @@ def stage_cams(run: Run, bar: tqdm) -> StageResult:
                 STAGE.section,
                 f"{method} at {layer}",
                 f"{method} ({paper}) at layer {layer}, upsampled bilinearly and overlaid on the "
-                f"image, for target(s) '{run.cfg.cam_targets}'."
+                f"image, for target(s) '{cfg.cam_targets}'."
                 + unexplained_caption(missing)
                 + mask_caption(run, out.maps[method].numpy()),
                 f"{fid}.png",
                 f"{fid}.npz",
-                {"layer": layer, "targets": run.cfg.cam_targets}
+                {"layer": layer, "targets": cfg.cam_targets}
                 | ({"unexplained": missing} if missing else {}),
             )
         )
+    if s.masks is not None and cfg.trust:
+        out.layer_rows = cam_layer_rows(run, cfg, torch.from_numpy(s.masks))
     return out
 
 
-def cam_layer_rows(run: Run, masks: Tensor) -> list[dict]:
+def cam_layer_rows(run: Run, cfg: RunConfig, masks: Tensor) -> list[dict]:
     """Grad-CAM pointing accuracy at each layer of the default block: the choice matters."""
     s = run.subject
     rows = []
     for name in cam.cam_layer_candidates(run.model, cam_layer_name(run)):
         model = same_activation_model(run.model, run.grad, name)
-        maps = cam.grad_cam(model, s.x, s.target, name, batch_size=run.cfg.batch_size).cpu()
+        maps = cam.grad_cam(model, s.x, s.target, name, batch_size=cfg.batch_size).cpu()
         rows.append(
             {
                 "method": f"Grad-CAM @ {name}",
@@ -157,8 +165,10 @@ def cam_columns(run: Run, cfg: RunConfig) -> int:
 
 
 def cams_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
+    layers = 4 if run.subject.masks is not None and cfg.trust else 0  # cam_layer_rows
     return Work(
-        backward=2 * explained(run) * (1 + cam_columns(run, cfg)), seconds=2 * FIGURE_SECONDS
+        backward=explained(run) * (2 * (1 + cam_columns(run, cfg)) + layers),
+        seconds=2 * FIGURE_SECONDS,
     )
 
 
@@ -167,7 +177,7 @@ STAGE = Stage(
     "Q4",
     stage_cams,
     cams_cost,
-    units=lambda run: len(CAMS),
+    units=lambda run, cfg: len(CAMS),
     cuts=(Cut(NAME, "Grad-CAM and LayerCAM not run", {"skip": True}, rank=16),),
     options=("cam_layer", "cam_targets", "batch_size"),
     methods=tuple(Method(m, explainer(m)) for m in CAMS),

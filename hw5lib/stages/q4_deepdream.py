@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tqdm import tqdm
 
@@ -11,19 +12,26 @@ from hw5lib.config import RunConfig
 from hw5lib.methods import dream, filters
 from hw5lib.model.layers import default_filter_layers, resolve_layer
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
-from hw5lib.run.context import Run
-from hw5lib.stages.record import FigureRecord, Shares, Stage, StageResult, explained, number
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.run.context import Run, Shares
+from hw5lib.run.protocol import FigureRecord, StageResult
+from hw5lib.stages.record import explained, number, write_png
+from hw5lib.stages.stage import Stage
+from hw5lib.tolerances import RANKED, ArrayRule
 
 NAME = "Q4 DeepDream"
 STREAM = 40  # its random stream (jitter)
 OCTAVES, OCTAVE_SCALE, STEPS = 3, 1.4, 20  # per octave; the cost prices the same schedule
 MAX_CHANGE = 0.3  # no pixel moves further than this from the original
+DECISION = "dream_steps"  # manifest.json "decisions": the steps a replay takes again
 
 
 @dataclass
 class DreamResult(StageResult):
     steps: int = 0  # ascent steps taken over all octaves (fewer than all: the deadline)
+
+    def decisions(self) -> dict[str, Any]:
+        return {DECISION: self.steps}
 
 
 @dataclass
@@ -47,13 +55,14 @@ class StepLimit:
         return False
 
 
-def stage_dream(run: Run, bar: tqdm) -> DreamResult:
+def stage_dream(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> DreamResult:
     s = run.subject
     candidates = default_filter_layers(run.model, input_shape=(run.pre.channels, *run.pre.size))
-    layer = run.cfg.dream_layer or candidates[len(candidates) // 2]
+    layer = cfg.dream_layer or candidates[len(candidates) // 2]
     name, module = resolve_layer(run.model, layer)
-    n = min(run.cfg.dream_images, len(s.paths))
-    limit = StepLimit(run.deadline.passed, run.replay.decisions.dream_steps if run.replay else None)
+    n = min(cfg.dream_images, len(s.paths))
+    replayed = run.replay.decision(DECISION) if run.replay else None
+    limit = StepLimit(deadline.passed, None if replayed is None else int(replayed))
     out = dream.deep_dream(
         run.model,
         s.x[:n],
@@ -79,7 +88,7 @@ def stage_dream(run: Run, bar: tqdm) -> DreamResult:
     fig = figures.before_after(
         s.pixels[:n], dreamt, s.titles(run.classes)[:n], f"DeepDream on {name}"
     )
-    run.write_png("q4_deepdream.png", fig)
+    write_png(run, "q4_deepdream.png", fig)
     run.write_npz("q4_deepdream.npz", input=s.x[:n].cpu().numpy(), dream=out.cpu().numpy())
     record = FigureRecord(
         "q4_deepdream",
@@ -112,6 +121,8 @@ STAGE = Stage(
         Cut(NAME, "DeepDream not run", {"skip": True}, rank=8),
     ),
     options=("dream_layer", "dream_images"),
+    undecided={DECISION: None},
+    verify=(ArrayRule("q4_deepdream", "dream", RANKED, minus="input"),),
     hooks=True,
     figures=lambda run: ("q4_deepdream",),
 )

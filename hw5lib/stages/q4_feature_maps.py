@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
+from hw5lib.config import RunConfig
 from hw5lib.methods import cam
 from hw5lib.model.layers import resolve_layer
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
 from hw5lib.run.context import Run
+from hw5lib.run.protocol import FigureRecord, StageResult
 from hw5lib.stages.q4_cams import cam_layer_name
-from hw5lib.stages.record import FigureRecord, Stage, StageResult
+from hw5lib.stages.record import write_png
+from hw5lib.stages.stage import Stage
 
 NAME = "Q4 feature maps"
 
 
-def stage_feature_grid(run: Run, bar: tqdm) -> StageResult:
+def stage_feature_grid(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> StageResult:
     s = run.subject
     layer = (
-        resolve_layer(run.model, run.cfg.feature_layer)[0]
-        if run.cfg.feature_layer
+        resolve_layer(run.model, cfg.feature_layer)[0]
+        if cfg.feature_layer
         else cam_layer_name(run)
     )
     acts = cam.feature_maps(run.model, s.x[:1], layer)[0].cpu().numpy()
@@ -27,7 +30,7 @@ def stage_feature_grid(run: Run, bar: tqdm) -> StageResult:
     fig = figures.feature_grid(
         acts, f"All {len(acts)} channels of {layer} for {s.paths[0].name} (ReLU'd)"
     )
-    run.write_png("q4_feature_maps.png", fig)
+    write_png(run, "q4_feature_maps.png", fig)
     run.write_npz("q4_feature_maps.npz", input=s.x[:1].cpu().numpy(), activation=acts)
     active = int((acts.reshape(len(acts), -1).max(1) > 0).sum())
     record = FigureRecord(

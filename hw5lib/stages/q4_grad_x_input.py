@@ -4,37 +4,32 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
+from hw5lib.config import RunConfig
 from hw5lib.methods import attributions
-from hw5lib.run.budget import FIGURE_SECONDS, Work
-from hw5lib.run.context import Run
-from hw5lib.stages.record import (
-    Explain,
-    FromGradient,
-    Method,
-    Stage,
-    StageResult,
-    explained,
-    save_attribution,
-)
+from hw5lib.run.budget import FIGURE_SECONDS, Deadline, Work
+from hw5lib.run.context import Explain, FromGradient, Method, Run
+from hw5lib.run.protocol import StageResult
+from hw5lib.stages.record import explained, save_attribution
+from hw5lib.stages.stage import Stage
 
 NAME = "Q4 Grad x Input"
 METHOD = "Gradient x Input"
 
 
-def explain(run: Run) -> Explain:
+def explain(run: Run, cfg: RunConfig, deadline: Deadline) -> Explain:
     return lambda m, x, t: attributions.channel_sum(
-        attributions.grad_x_input(m, x, t, batch_size=run.cfg.batch_size)
+        attributions.grad_x_input(m, x, t, batch_size=cfg.batch_size)
     )
 
 
-def from_gradient(run: Run) -> FromGradient:
+def from_gradient(cfg: RunConfig) -> FromGradient:
     """``explain``'s map from the input gradient."""
     return lambda grad, x: attributions.channel_sum(grad * x)
 
 
-def stage_grad_x_input(run: Run, bar: tqdm) -> StageResult:
+def stage_grad_x_input(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> StageResult:
     s = run.subject
-    raw = attributions.grad_x_input(run.gradients, s.x, s.target, batch_size=run.cfg.batch_size)
+    raw = attributions.grad_x_input(run.gradients, s.x, s.target, batch_size=cfg.batch_size)
     bar.update()
     maps = attributions.channel_sum(raw)
     record = save_attribution(

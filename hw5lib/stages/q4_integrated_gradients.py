@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -12,19 +13,12 @@ from tqdm import tqdm
 from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
 from hw5lib.methods import attributions, faithfulness
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
-from hw5lib.run.context import Run
-from hw5lib.stages.record import (
-    Explain,
-    Method,
-    Share,
-    Stage,
-    StageResult,
-    explained,
-    number,
-    samples_text,
-    save_attribution,
-)
+from hw5lib.report.convergence_plot import Panel
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.run.context import Explain, Method, Run, Shares
+from hw5lib.run.protocol import StageResult
+from hw5lib.stages.record import explained, number, samples_text, save_attribution
+from hw5lib.stages.stage import Share, Stage
 
 NAME = "Q4 Integrated Gradients"
 METHOD = "Integrated Gradients"
@@ -53,7 +47,10 @@ class IntegratedGradientsResult(StageResult):
     tolerance: float = TOLERANCE
     cap: int = 0
 
-    def convergence(self) -> dict:
+    def convergence(self) -> dict[str, dict]:
+        return {METHOD: self.record()}
+
+    def record(self) -> dict:
         until = f"the completeness error is <= {self.tolerance}; " if self.tolerance else ""
         return {
             "rule": f"{RULE.format(first=self.first)}, until {until}cap {self.cap} gradients",
@@ -68,6 +65,26 @@ class IntegratedGradientsResult(StageResult):
             "conditioning": [round(v, 3) for v in self.conditioning],
             "completeness_error": [[round(v, 5) for v in row] for row in self.trace],
         }
+
+
+    def convergence_panel(self) -> Panel:
+        """The completeness error over the gradients each image had spent, as recorded."""
+        trace = self.record()["completeness_error"]
+        lines = []
+        if trace and np.isfinite(trace).any():
+            rows = np.array(trace, dtype=float)
+            rows[~np.isfinite(rows)] = np.nan  # an inf would stretch the log axis to overflow
+            steps = np.array(self.counts, dtype=float).reshape(rows.shape)
+            lines = [(steps, np.clip(rows, 1e-6, None))]
+        return Panel(
+            "IG: completeness error",
+            "gradients",
+            "error",
+            TOLERANCE,
+            lines=lines,
+            log=True,
+            reference="300-step IG",
+        )
 
 
 def tolerance(cfg: RunConfig) -> float:
@@ -90,13 +107,18 @@ def baseline(run: Run, kind: str) -> Tensor:
 
 
 def integrated_gradients_of(
-    run: Run, model: nn.Module, x: Tensor, target: Tensor, cap: int | None = None
+    run: Run,
+    cfg: RunConfig,
+    deadline: Deadline,
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    cap: int | None = None,
 ) -> attributions.Converged:
     """IG with the run's baseline, refined until converged (at most ``cap``, default
     --ig-steps, gradients per image), or to the cap with --no-adaptive; in a replay of the
     explained images, the recorded splits, round by round (the rounds within the cap where the
     replay was cut)."""
-    cfg = run.cfg
     recorded = run.replay.recorded(METHOD, "splits") if run.replay else None
     # the stage's own maps: the trust table's randomized model decides its splits anew
     same = recorded is not None and len(recorded) == len(x) and model is run.gradients
@@ -109,26 +131,26 @@ def integrated_gradients_of(
         cells=FIRST_CELLS,
         tolerance=tolerance(cfg),
         batch_size=cfg.batch_size,
-        stop=run.deadline.passed,
+        stop=deadline.passed,
         splits_per_image=[[[float(a) for a in r] for r in s] for s in recorded] if same else None,
     )
 
 
-def explain(run: Run) -> Explain:
+def explain(run: Run, cfg: RunConfig, deadline: Deadline) -> Explain:
     """IG on the randomized model by the same rule, capped at the most gradients any trained
     map needed: the rank comparison needs no more precision than the trained maps have."""
     trained = run.find(IntegratedGradientsResult)
 
     def ig(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         cap = trained.final_steps if trained is not None else None
-        return attributions.channel_sum(integrated_gradients_of(run, model, x, target, cap).value)
+        return attributions.channel_sum(integrated_gradients_of(run, cfg, deadline, model, x, target, cap).value)
 
     return ig
 
 
-def stage_integrated_gradients(run: Run, bar: tqdm) -> IntegratedGradientsResult:
-    cfg, s = run.cfg, run.subject
-    result = integrated_gradients_of(run, run.gradients, s.x, s.target)
+def stage_integrated_gradients(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> IntegratedGradientsResult:
+    s = run.subject
+    result = integrated_gradients_of(run, cfg, deadline, run.gradients, s.x, s.target)
     raw, err = result.value, result.quality
     bar.update()
     maps = attributions.channel_sum(raw)
@@ -176,6 +198,12 @@ def until(cfg: RunConfig) -> str:
     return f"until the completeness error is at most {TOLERANCE:.0%} or {cfg.ig_steps} gradients"
 
 
+def rerun_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
+    """The randomized model's IG, capped at the most gradients a trained map needed."""
+    trained = run.find(IntegratedGradientsResult)
+    return Work(backward=explained(run) * (trained.final_steps if trained else cfg.ig_steps))
+
+
 STAGE = Stage(
     NAME,
     "Q4",
@@ -187,7 +215,15 @@ STAGE = Stage(
     ),
     cuts=(Cut(NAME, "at most 16 steps", {"ig_steps": 16}, rank=10),),
     options=("ig_steps", "ig_baseline", "adaptive", "batch_size"),
-    methods=(Method(METHOD, explain, sampled=True),),
+    methods=(
+        Method(
+            METHOD,
+            explain,
+            sampled=True,
+            rerun_note="Integrated Gradients with the most steps a trained map needed",
+            rerun_cost=rerun_cost,
+        ),
+    ),
     # measured: 9.6 of 32 gradients on the sample set, 10.3 on real photos (full-size HW3)
     share=Share(expected=0.4, at_cap=share_at_cap),
     figures=lambda run: ("q4_integrated_gradients",),

@@ -1,107 +1,25 @@
-"""What every stage shares: the registry entry's shape (Stage, Method, Share), the typed result a
-stage returns, and saving one per-pixel attribution as PNG + NPZ + figure record."""
+"""What stages share to write their figures: saving one per-pixel attribution as PNG + NPZ +
+figure record, a figure as PNG, and the captions' sentences on masks, unexplained images and
+sample counts."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from tqdm import tqdm
+from torch import Tensor
 
-from hw5lib.config import RunConfig
 from hw5lib.methods import attributions, metrics
 from hw5lib.report import figures
-from hw5lib.run.budget import Cut, Work
 from hw5lib.run.context import Run
-
-# explain(model, x [N,C,H,W], target [N]) -> maps [N,H,W], what the trust table reruns.
-Explain = Callable[[nn.Module, Tensor, Tensor], Tensor]
-# (d logit[target] / d x [N,C,H,W], x) -> maps [N,H,W]: a map made from the input gradient alone.
-FromGradient = Callable[[Tensor, Tensor], Tensor]
+from hw5lib.run.protocol import FigureRecord
 
 
-@dataclass(frozen=True)
-class FigureRecord:
-    """One figure as the manifest and the report see it."""
-
-    id: str
-    section: str  # Q1..Q4 or Appendix: where the report puts it
-    title: str
-    caption: str
-    png: str
-    npz: str | None
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "section": self.section,
-            "title": self.title,
-            "caption": self.caption,
-            "png": self.png,
-            "npz": self.npz,
-            "params": dict(self.params),
-        }
-
-
-@dataclass
-class StageResult:
-    """What a stage hands back: its figures and, for the trust table, each method's map of the
-    explained images. Adaptive stages add ``share``, the share of their cap they spent."""
-
-    figures: list[FigureRecord] = field(default_factory=list)
-    maps: dict[str, Tensor] = field(default_factory=dict)  # method -> [N,H,W]
-    share: float | None = None
-
-
-# What the budget planner uses to price a stage: share is the expected share of its cap an
-# adaptive method spends (measured in this run once it ran, else ``Share.expected``).
-Shares = Mapping[str, float]
-Cost = Callable[[Run, RunConfig, Shares], Work]
-
-
-@dataclass(frozen=True)
-class Share:
-    """An adaptive stage's spending: ``expected`` before the run measured it (the sample set's
-    mean in bench/RESULTS.md, rounded up) and ``at_cap`` when nothing converges."""
-
-    expected: float
-    at_cap: Callable[[RunConfig], float] = lambda cfg: 1.0
-
-
-@dataclass(frozen=True)
-class Method:
-    """A map method the trust table scores: ``explain`` builds its explain(model, x, target)
-    with the run's settings for the randomization check (None: no rerun, e.g. LIME)."""
-
-    name: str
-    explain: Callable[[Run], Explain] | None = None
-    sampled: bool = False  # costly to rerun: the budget drops its randomization check first
-    # Where the map is a function of the input gradient (as ``explain`` computes it), the
-    # trust table computes that gradient once for all such methods.
-    from_gradient: Callable[[Run], FromGradient | None] | None = None
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One registry entry: a report figure (family) and everything the runner needs of it."""
-
-    name: str  # as the progress bar, the cuts and the manifest name it
-    section: str  # the report section of its figures
-    run: Callable[[Run, tqdm], StageResult]
-    cost: Cost  # the work it will do under a config, for --budget
-    units: Callable[[Run], int] = lambda run: 1  # progress-bar steps
-    cuts: tuple[Cut, ...] = ()  # ways the budget planner can make it cheaper
-    options: tuple[str, ...] = ()  # the RunConfig fields it reads
-    methods: tuple[Method, ...] = ()  # its rows in the trust table
-    share: Share | None = None  # adaptive: how much of its cap it is expected to spend
-    hooks: bool = False  # reads inside the model (no TorchScript)
-    figures: Callable[[Run], tuple[str, ...]] = lambda run: ()  # the ids it plans to write
+def write_png(run: Run, name: str, fig: figures.Figure) -> None:
+    run.write(name, figures.png_bytes(fig))
 
 
 def explained(run: Run) -> int:
@@ -171,7 +89,7 @@ def save_attribution(
         if shown is None
         else figures.image_pairs(s.pixels, shown.cpu().numpy(), titles, title, notes=reasons)
     )
-    run.write_png(f"{fid}.png", fig)
+    write_png(run, f"{fid}.png", fig)
     run.write_npz(
         f"{fid}.npz",
         input=s.x.cpu().numpy().astype(np.float32),

@@ -4,31 +4,24 @@ localization against object masks, and seed stability, one row per method of the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from hw5lib.config import RunConfig
 from hw5lib.methods import attributions, faithfulness, metrics
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
-from hw5lib.run.context import Run
-from hw5lib.stages import q3_lime, q4_cams, q4_integrated_gradients, q4_smoothgrad
-from hw5lib.stages.q3_lime import LimeStageResult
-from hw5lib.stages.q4_smoothgrad import SmoothGradResult
-from hw5lib.stages.record import (
-    Explain,
-    FromGradient,
-    Method,
-    Shares,
-    Stage,
-    StageResult,
-    explained,
-)
+from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.run.context import Explain, FromGradient, Method, Run, Shares
+from hw5lib.run.protocol import StageResult
+from hw5lib.stages.record import explained
+from hw5lib.stages.stage import Stage
 
 NAME = "trust checks"
-EDGE = Method("Edge detector (control)", lambda run: lambda m, x, t: faithfulness.edge_map(x))
+EDGE = Method(
+    "Edge detector (control)", lambda run, cfg, deadline: lambda m, x, t: faithfulness.edge_map(x)
+)
 RANDOM = "Random map (baseline)"
 RANDOM_STREAM, RANDOMIZE_STREAM = 50, 60  # the random map's and the re-initialization's streams
 FLAG_ABOVE = 0.5  # |rank corr.| with the randomized model's map above which a method is flagged
@@ -51,22 +44,20 @@ class TrustResult(StageResult):
     mask_fraction: float | None = None
     randomized_layers: list[str] = field(default_factory=list)
     randomization_skipped: str | None = None
-    lime_stability_images: int = 0
     unscored: list[str] = field(default_factory=list)  # methods whose maps are not finite
     deletion_steps: int = 0
     randomize_top: int = 0
+    rerun_notes: list[str] = field(default_factory=list)  # how a method's rerun differs
+    stability_notes: list[str] = field(default_factory=list)  # how each stability was estimated
+
+    def manifest_entries(self) -> dict[str, Any]:
+        return {"trust": trust_manifest(self)}
 
 
-def scored_methods(run: Run) -> list[Method]:
-    """The registry's map methods this run can score, rerunnable ones (and the edge control)
-    first, then those without a rerun; the random map closes the table."""
-    usable = [
-        m
-        for s in run.registry
-        if s.name not in run.skipped and not (s.hooks and run.scripted)
-        for m in s.methods
-        if run.cfg.randomize_sampled or not m.sampled
-    ]
+def scored_methods(run: Run, cfg: RunConfig) -> list[Method]:
+    """The run's map methods, rerunnable ones (and the edge control) first, then those without
+    a rerun; the random map closes the table."""
+    usable = [m for m in run.methods if cfg.randomize_sampled or not m.sampled]
     return [m for m in usable if m.explain] + [EDGE] + [m for m in usable if not m.explain]
 
 
@@ -93,23 +84,25 @@ class SharedGradient:
         return from_shared
 
 
-def method_table(run: Run) -> dict[str, Explain]:
+def method_table(run: Run, cfg: RunConfig, deadline: Deadline) -> dict[str, Explain]:
     """Each rerunnable method as explain(model, x, target) -> [N,H,W], for the randomized model."""
-    shared = SharedGradient(run.cfg.batch_size)
+    shared = SharedGradient(cfg.batch_size)
     table = {}
-    for m in scored_methods(run):
-        fn = m.from_gradient(run) if m.from_gradient else None
+    for m in scored_methods(run, cfg):
+        fn = m.from_gradient(cfg) if m.from_gradient else None
         if fn is not None:
             table[m.name] = shared.explain(fn)
         elif m.explain:
-            table[m.name] = m.explain(run)
+            table[m.name] = m.explain(run, cfg, deadline)
     return table
 
 
-def faithfulness_rows(run: Run, maps: dict[str, Tensor], names: list[str]) -> list[dict]:
+def faithfulness_rows(
+    run: Run, cfg: RunConfig, maps: dict[str, Tensor], names: list[str]
+) -> list[dict]:
     """Deletion/insertion AUC of every named method in one pass: the curves' ends, the same
     images for every method, are scored once."""
-    s, cfg = run.subject, run.cfg
+    s = run.subject
     di = faithfulness.deletion_insertion_rows(
         run.inference,
         s.x,
@@ -127,12 +120,12 @@ def faithfulness_rows(run: Run, maps: dict[str, Tensor], names: list[str]) -> li
     ]
 
 
-def randomized_model(run: Run, out: TrustResult) -> nn.Module | None:
+def randomized_model(run: Run, cfg: RunConfig, out: TrustResult) -> nn.Module | None:
     """The copy with the top layers re-initialized, made once for every method's rerun (each
     would draw the same weights from the same stream); None where a layer cannot be."""
     try:
         return faithfulness.randomized_copy(
-            run.model, run.cfg.randomize_top, run.generator(RANDOMIZE_STREAM), clip=True
+            run.model, cfg.randomize_top, run.generator(RANDOMIZE_STREAM), clip=True
         )
     except TypeError as err:  # a layer type (or TorchScript) we cannot re-initialize
         out.randomization_skipped = str(err)
@@ -141,6 +134,7 @@ def randomized_model(run: Run, out: TrustResult) -> nn.Module | None:
 
 def check_row(
     run: Run,
+    cfg: RunConfig,
     row: dict,
     maps: Tensor,
     explain: Explain | None,
@@ -157,7 +151,7 @@ def check_row(
                 s.x,
                 s.target,
                 trained_maps=maps if name != EDGE.name else None,
-                n_top=run.cfg.randomize_top,
+                n_top=cfg.randomize_top,
                 threshold=FLAG_ABOVE,
                 randomized=random,
             )
@@ -174,10 +168,10 @@ def check_row(
         row["mass_inside"] = float(metrics.mass_inside(maps, masks).mean())
 
 
-def stage_trust(run: Run, bar: tqdm) -> TrustResult:
+def stage_trust(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> TrustResult:
     """Which map to believe: deletion/insertion AUC vs a random map, the model-randomization
     sanity check, localization against object masks, and stability across seeds."""
-    s, cfg = run.subject, run.cfg
+    s = run.subject
     out = TrustResult(deletion_steps=cfg.deletion_steps, randomize_top=cfg.randomize_top)
     if not cfg.trust:
         return out
@@ -186,54 +180,36 @@ def stage_trust(run: Run, bar: tqdm) -> TrustResult:
     maps[RANDOM] = faithfulness.random_maps(
         (len(s.paths), *s.x.shape[-2:]), run.generator(RANDOM_STREAM)
     )
-    names = [n for n in [*(m.name for m in scored_methods(run)), RANDOM] if n in maps]
+    methods = scored_methods(run, cfg)
+    names = [n for n in [*(m.name for m in methods), RANDOM] if n in maps]
     out.unscored = [n for n in names if not maps[n].isfinite().all()]  # NaN or inf: no ranks
     names = [n for n in names if n not in out.unscored]
-    if names and run.deadline.passed():
+    if names and deadline.passed():
         run.cuts.append(f"{NAME}: no row for {names[0]} and after, the budget was spent")
         names = []
-    rows = faithfulness_rows(run, maps, names) if names else []
+    rows = faithfulness_rows(run, cfg, maps, names) if names else []
     bar.update()
-    explains = method_table(run)
-    random = randomized_model(run, out) if any(n in explains for n in names) else None
+    explains = method_table(run, cfg, deadline)
+    random = randomized_model(run, cfg, out) if any(n in explains for n in names) else None
     for row in rows:
-        if run.deadline.passed():
+        if deadline.passed():
             run.cuts.append(f"{NAME}: no row for {row['method']} and after, the budget was spent")
             break
-        check_row(run, row, maps[row["method"]], explains.get(row["method"]), random, out)
+        check_row(run, cfg, row, maps[row["method"]], explains.get(row["method"]), random, out)
         out.rows.append(row)
         bar.update()
-    stability = {
-        q4_smoothgrad.METHOD: smoothgrad_stability(run),
-        q3_lime.METHOD: lime_stability(run, out),
-    }
+    stability = {k: v for r in run.results.values() for k, v in r.stability().items()}
     for row in out.rows:
-        row["stability"] = stability.get(row["method"])
+        row["stability"] = stability[row["method"]].value if row["method"] in stability else None
+    in_table = [row["method"] for row in out.rows]
+    out.stability_notes = [stability[n].how for n in in_table if n in stability]
+    out.rerun_notes = [m.rerun_note for m in methods if m.rerun_note]
     if s.masks is not None:
         masks = torch.from_numpy(s.masks)
-        out.rows += [] if run.scripted else q4_cams.cam_layer_rows(run, masks)
+        out.rows += [row for r in run.results.values() for row in r.trust_rows()]
         out.mask_fraction = float(metrics.mask_fraction(masks).mean())
     bar.update()
     return out
-
-
-def smoothgrad_stability(run: Run) -> float | None:
-    """Mean predicted correlation of the SmoothGrad map with one from other noise, from its own
-    two half-sums (``attributions.split_half_agreement``): no second run needed."""
-    result = run.find(SmoothGradResult)
-    if result is None or result.agreement is None:
-        return None
-    return float(result.agreement.mean() ** 2)
-
-
-def lime_stability(run: Run, out: TrustResult) -> float | None:
-    """Mean predicted top-5 superpixel overlap of LIME with a rerun under another seed, from
-    bootstrap resamples of each run's own samples (``lime_adapter.resampled_agreement``)."""
-    result = run.find(LimeStageResult)
-    results = result.results if result is not None and result.complete else []
-    values = [r.stability for r in results if r.stability is not None]
-    out.lime_stability_images = len(values)
-    return float(np.mean(values)) if values else None
 
 
 def trust_manifest(result: TrustResult | None) -> dict | None:
@@ -252,8 +228,8 @@ def trust_manifest(result: TrustResult | None) -> dict | None:
         f"2018); compare with the random map. Randomization: Spearman correlation between the map of "
         f"the trained model and of a copy whose top {result.randomize_top} parameterized layers "
         f"({', '.join(result.randomized_layers)}) were re-initialized (Adebayo et al., "
-        f"2018), SmoothGrad with each image's sample count in the trained run, Integrated "
-        f"Gradients with the most steps a trained map needed; 'flagged' when |corr| > {FLAG_ABOVE}, i.e. the map barely depends on the weights. "
+        f"2018){''.join(', ' + note for note in result.rerun_notes)}; 'flagged' when "
+        f"|corr| > {FLAG_ABOVE}, i.e. the map barely depends on the weights. "
     )
     if result.mask_fraction is not None:
         notes += (
@@ -268,12 +244,8 @@ def trust_manifest(result: TrustResult | None) -> dict | None:
         )
     if result.randomization_skipped is not None:
         notes += f"Randomization check skipped: {result.randomization_skipped}. "
-    notes += (
-        f"Stability: SmoothGrad, the correlation of maps from two noise seeds predicted from its "
-        f"two half-sums (Spearman-Brown); LIME, the top-5 superpixel overlap with a rerun under "
-        f"another seed, predicted by refitting lime on bootstrap resamples of its own samples "
-        f"({result.lime_stability_images} images)."
-    )
+    if result.stability_notes:
+        notes += f"Stability: {'; '.join(result.stability_notes)}."
     return {"columns": [heading for _, heading in COLUMNS], "rows": table, "notes": notes}
 
 
@@ -281,20 +253,18 @@ def trust_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
     if not cfg.trust:
         return Work()
     n = explained(run)
-    rows = sum(len(s.methods) for s in run.registry) + 2  # every map method and two controls
-    # The randomized model reruns SmoothGrad with the trained maps' sample counts
-    # (q4_smoothgrad.explain), IG until converged but capped at the most gradients a trained map
-    # needed (q4_integrated_gradients.explain): priced at that cap.
-    ig = run.find(q4_integrated_gradients.IntegratedGradientsResult)
-    ig_steps = ig.final_steps if ig is not None else cfg.ig_steps
-    sampled = n * (cfg.smooth_samples * shares[q4_smoothgrad.NAME] + ig_steps)
+    rows = len(run.methods) + 2  # every map method and two controls
     # Deletion/insertion: the 2 * (steps - 1) inner images of each row's curves, and the 3
     # images their ends share (the image, its zeroed and its blurred copy) once per image.
-    return Work(
+    work = Work(
         forward=n * (rows * 2 * (cfg.deletion_steps - 1) + 3),
-        backward=4 * n + (sampled if cfg.randomize_sampled else 0) + 4 * n,  # + CAM layers
+        backward=4 * n,  # the single-pass methods' reruns
         seconds=3 * FIGURE_SECONDS,
     )
+    if cfg.randomize_sampled:  # the sampled methods' reruns, as each prices its own
+        for m in run.methods:
+            work = work + (m.rerun_cost(run, cfg, shares) if m.rerun_cost else Work())
+    return work
 
 
 STAGE = Stage(
@@ -302,11 +272,11 @@ STAGE = Stage(
     "Q4",
     stage_trust,
     trust_cost,
-    units=lambda run: len(scored_methods(run)) + 3 if run.cfg.trust else 0,
+    units=lambda run, cfg: len(scored_methods(run, cfg)) + 3 if cfg.trust else 0,
     cuts=(
         Cut(
             NAME,
-            "randomization check run for the single-pass methods only (not SmoothGrad, IG)",
+            "randomization check run for the single-pass methods only, not the sampled ones",
             {"randomize_sampled": False},
             rank=1,
         ),
