@@ -544,7 +544,7 @@ def specs(root: Path) -> list[Spec]:
                 gpu=True,
             ),
             # PyPI's torchvision is the CUDA build: hw5 imports it beside the CPU torch.
-            "from hw5lib.tv import import_torchvision\n\ntorchvision = import_torchvision()\n",
+            "from hw5lib.model.tv import import_torchvision\n\ntorchvision = import_torchvision()\n",
             """
             # transforms.Resize((64, 64)), ToTensor(), Normalize(ImageNet mean, std)
             model = torchvision.models.resnet18(num_classes=11)

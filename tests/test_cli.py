@@ -404,8 +404,7 @@ def test_planned_figures_are_the_figures_the_report_writes(
     argv = ["report", str(small_sample.root), str(report_a.out), "--checkpoint",
             str(tiny_checkpoint), *FAST]  # fmt: skip
     run = prepare(cli.report_config(cli.parse_args(argv), argv))
-    run.registry = STAGES
-    assert set(planned_figures(run)) == {f["id"] for f in report_a.manifest()["figures"]}
+    assert set(planned_figures(run, STAGES)) == {f["id"] for f in report_a.manifest()["figures"]}
 
 
 def test_report_run_leaves_a_users_file_in_the_out_dir_untouched(report_a: Run) -> None:

@@ -336,7 +336,19 @@ def counts(trace: list[list[float]] | None) -> list[list[int]] | None:
     ids=["empty", "empty-curve", "nan", "zero-curve"],
 )
 def test_convergence_figure_draws_empty_and_nan_traces(lime, smooth, ig, ascent, tmp_path):
-    drawn(
-        lambda: figures.convergence_figure(lime, 1000, smooth, 10, ig, counts(ig), ascent, "t"),
-        tmp_path / "c.png",
-    )
+    from types import SimpleNamespace
+
+    from hw5lib.report.convergence_plot import convergence_figure
+    from hw5lib.stages.q2_filters import FiltersResult
+    from hw5lib.stages.q3_lime import LimeStageResult
+    from hw5lib.stages.q4_integrated_gradients import IntegratedGradientsResult
+    from hw5lib.stages.q4_smoothgrad import SmoothGradResult
+
+    results = [
+        LimeStageResult(results=[SimpleNamespace(samples=n) for n in lime or []], cap=1000),
+        SmoothGradResult(trace=smooth or []),
+        IntegratedGradientsResult(trace=ig or [], counts=counts(ig) or []),
+        FiltersResult(curves=ascent),
+    ]
+    panels = [p for r in results if (p := r.convergence_panel()) is not None]
+    drawn(lambda: convergence_figure(panels, "t"), tmp_path / "c.png")

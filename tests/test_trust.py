@@ -11,8 +11,9 @@ from tqdm import tqdm
 from hw5lib.config import RunConfig
 from hw5lib.inputs.sample import SampleInfo
 from hw5lib.methods import attributions, faithfulness
+from hw5lib.run.budget import Deadline
 from hw5lib.run.subject import prepare
-from hw5lib.stages import STAGES, q1_saliency, q4_cams, q4_grad_x_input
+from hw5lib.stages import STAGES, methods_of, q1_saliency, q4_cams, q4_grad_x_input
 from hw5lib.stages.q4_integrated_gradients import (
     FIRST_CELLS,
     TOLERANCE,
@@ -24,6 +25,10 @@ from hw5lib.stages.q4_smoothgrad import NOISE_STREAM, ROUND, SmoothGradResult, s
 from hw5lib.stages.trust_table import method_table, stage_trust
 
 
+def run_deadline() -> Deadline:
+    return Deadline(None)  # no budget: never passed
+
+
 def test_ig_randomization_row_is_capped_at_the_gradients_the_trained_maps_needed(
     small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -31,9 +36,9 @@ def test_ig_randomization_row_is_capped_at_the_gradients_the_trained_maps_needed
         data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, ig_steps=64, device="cpu"
     )
     run = prepare(cfg)
-    run.registry = STAGES
+    run.methods = methods_of(STAGES)
     with tqdm(disable=True) as bar:
-        result = stage_integrated_gradients(run, bar)
+        result = stage_integrated_gradients(run, cfg, run_deadline(), bar)
     run.results["Q4 Integrated Gradients"] = result
     # Rounds keep every gradient: the image that needed the most spent exactly that many.
     assert max(result.gradients) == result.final_steps == max(result.steps)
@@ -42,7 +47,7 @@ def test_ig_randomization_row_is_capped_at_the_gradients_the_trained_maps_needed
     result.final_steps = 7
     assert run.find(IntegratedGradientsResult) is result
     s = run.subject  # (the trust stage passes a randomized copy; any model shows the cap)
-    got = method_table(run)["Integrated Gradients"](run.model, s.x, s.target)
+    got = method_table(run, cfg, run_deadline())["Integrated Gradients"](run.model, s.x, s.target)
 
     def rule(cap: int) -> attributions.Converged:
         return attributions.integrated_gradients_until_converged(
@@ -62,9 +67,9 @@ def test_smoothgrad_randomization_row_uses_each_images_trained_sample_count(
 ) -> None:
     cfg = RunConfig(data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, device="cpu")
     run = prepare(cfg)
-    run.registry = STAGES
+    run.methods = methods_of(STAGES)
     with tqdm(disable=True) as bar:
-        result = stage_smoothgrad(run, bar)
+        result = stage_smoothgrad(run, cfg, run_deadline(), bar)
     run.results["Q4 SmoothGrad"] = result
     assert run.find(SmoothGradResult) is result
     s = run.subject
@@ -72,7 +77,7 @@ def test_smoothgrad_randomization_row_uses_each_images_trained_sample_count(
     # Counts other than the trained run's own, per image: what the rerun spends is theirs.
     counts = [2 * ROUND if i % 2 else ROUND for i in range(len(s.paths))]
     result.samples = counts
-    got = method_table(run)["SmoothGrad"](random, s.x, s.target)
+    got = method_table(run, cfg, run_deadline())["SmoothGrad"](random, s.x, s.target)
     for count in set(counts):  # each image as a fixed-count SmoothGrad with the trained noise
         fixed = attributions.smoothgrad_until_converged(
             attributions.saliency,
@@ -120,20 +125,20 @@ def test_saliency_and_grad_x_input_reruns_share_one_input_gradient(
 ) -> None:
     cfg = RunConfig(data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, device="cpu")
     run = prepare(cfg)
-    run.registry = STAGES
+    run.methods = methods_of(STAGES)
     s = run.subject
     model = _Counting(faithfulness.randomized_copy(run.model, 5, torch.Generator().manual_seed(2)))
-    table = method_table(run)
+    table = method_table(run, cfg, run_deadline())
     got = {m: table[m](model, s.x, s.target) for m in (q1_saliency.METHOD, q4_grad_x_input.METHOD)}
     assert model.images == len(s.x)  # one pass for both
     for module in (q1_saliency, q4_grad_x_input):  # each method's own explain, a pass each
-        alone = module.explain(run)(model, s.x, s.target)
+        alone = module.explain(run, cfg, run_deadline())(model, s.x, s.target)
         torch.testing.assert_close(got[module.METHOD], alone, rtol=0, atol=0)
     assert model.images == 3 * len(s.x)
     other = s.x.flip(0)  # other images: a new gradient, not the cached one
     torch.testing.assert_close(
         table[q1_saliency.METHOD](model, other, s.target),
-        q1_saliency.explain(run)(model, other, s.target),
+        q1_saliency.explain(run, cfg, run_deadline())(model, other, s.target),
         rtol=0,
         atol=0,
     )
@@ -144,12 +149,13 @@ def test_trust_rows_repeat_exactly_and_match_one_deletion_call_per_method(
 ) -> None:
     cfg = RunConfig(data=small_sample.root, out=tmp_path, checkpoint=tiny_checkpoint, device="cpu")
     run = prepare(cfg)
-    run.registry = STAGES
+    run.methods = methods_of(STAGES)
     s = run.subject
     with tqdm(disable=True) as bar:
         for stage in (q1_saliency.STAGE, q4_grad_x_input.STAGE, q4_cams.STAGE):
-            run.results[stage.name] = stage.run(run, bar)
-        first, second = stage_trust(run, bar), stage_trust(run, bar)
+            run.results[stage.name] = stage.run(run, cfg, run_deadline(), bar)
+        first = stage_trust(run, cfg, run_deadline(), bar)
+        second = stage_trust(run, cfg, run_deadline(), bar)
     assert first.rows == second.rows  # deterministic: the same numbers twice
     maps = run.maps()
     scored = [row for row in first.rows if row["method"] in maps]

@@ -45,8 +45,9 @@ from hw5lib.run.context import Failure, Run
 from hw5lib.run.manifest import figure_records, manifest, previous_outputs, remove_stale
 from hw5lib.run.replay import check_same_subject, read_replay
 from hw5lib.run.subject import prepare
-from hw5lib.stages import STAGES, Stage, cuts_of
+from hw5lib.stages import STAGES, cuts_of, methods_of
 from hw5lib.stages.appendix_convergence import ID as CONVERGENCE_ID
+from hw5lib.stages.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def _run_report(
     run.seconds["load"] = deadline.elapsed() - check
     run.seconds["input check"] = check
     run.skipped = [s.name for s in stages if run.scripted and s.hooks]
-    run.methods = tuple(m for s in stages if s.name not in run.skipped for m in s.methods)
+    run.methods = methods_of(stages, run.skipped)
     if cfg.notes is not None:  # a figure the notes misname fails now, before any stage runs
         run.notes = read_notes(cfg.notes)
         check_references(run.notes, planned_figures(run, stages))

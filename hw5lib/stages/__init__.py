@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hw5lib.run.budget import Cut
+from hw5lib.run.context import Method
 from hw5lib.stages import (
     q1_saliency,
     q2_filters,
@@ -56,6 +57,11 @@ def cuts_of(stages: Sequence[Stage]) -> list[Cut]:
     return sorted((c for s in stages for c in s.cuts), key=lambda c: c.rank)
 
 
+def methods_of(stages: Sequence[Stage], skipped: Sequence[str] = ()) -> tuple[Method, ...]:
+    """The map methods of the entries not ``skipped``: the trust table's rows."""
+    return tuple(m for s in stages if s.name not in skipped for m in s.methods)
+
+
 def verify_rules(stages: Sequence[Stage] = STAGES) -> tuple[ArrayRule, ...]:
     """Every entry's tolerances for its sampled or iterated arrays (``hw5.py verify``)."""
     return tuple(rule for s in stages for rule in s.verify)
@@ -63,4 +69,4 @@ def verify_rules(stages: Sequence[Stage] = STAGES) -> tuple[ArrayRule, ...]:
 
 CUTS = cuts_of(STAGES)
 
-__all__ = ["CUTS", "STAGES", "cuts_of", "verify_rules", "with_stage"]
+__all__ = ["CUTS", "STAGES", "cuts_of", "methods_of", "verify_rules", "with_stage"]
