@@ -219,8 +219,10 @@ class RunConfig:
     filter_layer_count: int = 4  # layers picked when filter_layers is empty (a budget cut)
     filter_steps: int = option(
         80,
-        "gradient-ascent steps (default 80; filters still climbing are redone from a new start "
-        "with twice as many; bench/RESULTS.md measures the result against 400 steps)",
+        "steps of cosine-scheduled ascent (default 80); filters whose activation still rose by "
+        "> 2.5%% over the last 20 steps are redone from a new start with twice the steps, the "
+        "higher of the two kept; a layer with a small receptive field climbs a periodic tile, "
+        "shown repeated to the full size (bench/RESULTS.md: against 400 steps)",
         type=int,
         positive=True,
     )
@@ -235,7 +237,13 @@ class RunConfig:
         choices=(OURS, COURSE),
     )
     lime_samples: int = option(
-        1000, "most LIME samples per image (default 1000)", type=int, positive=True
+        1000,
+        "most LIME samples per image (default 1000): foldover Hadamard masks (each with its "
+        "complement) in rounds of 100, at least 400, until as precise as stock lime's 1000 "
+        "independent samples (sandwich estimate) and the 5th weight stands >= 1 standard error "
+        "above the next three (bench/RESULTS.md: against stock lime's 1000)",
+        type=int,
+        positive=True,
     )
     adaptive: bool = option(
         True,
@@ -244,7 +252,12 @@ class RunConfig:
         negate=True,
     )
     smooth_samples: int = option(
-        50, "most SmoothGrad samples (default 50)", type=int, positive=True
+        50,
+        "most SmoothGrad samples (default 50): rounds of 10 noisy copies until the two "
+        "half-averages predict a correlation >= 0.98 with the exact expectation "
+        "(Spearman-Brown; bench/RESULTS.md: against 200 samples)",
+        type=int,
+        positive=True,
     )
     smooth_sigma: float = option(
         0.15,
@@ -253,7 +266,13 @@ class RunConfig:
         positive=True,
     )
     ig_steps: int = option(
-        32, "most Integrated Gradients steps (default 32)", type=int, positive=True
+        32,
+        "most Integrated Gradients gradients per image (default 32): 4 equal cells of the "
+        "path (5 gradients), then rounds halving the worse half of each image's cells by their "
+        "exact error (all gradients kept) until the completeness error is <= 1%% "
+        "(bench/RESULTS.md: against 300 steps)",
+        type=int,
+        positive=True,
     )
     ig_baseline: str = option(
         "black", "Integrated Gradients baseline (default black)", choices=("black", "blur")

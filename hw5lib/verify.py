@@ -210,9 +210,7 @@ def compare_trust(a: dict, b: dict) -> FigureVerdict | None:
     return FigureVerdict(name, REPRODUCED if check.passed else DIFFERS, (check,))
 
 
-def verify(
-    submitted: Path, rerun: Path, rules: Sequence[ArrayRule] | None = None
-) -> Verification:
+def verify(submitted: Path, rerun: Path, rules: Sequence[ArrayRule] | None = None) -> Verification:
     """Every figure the submitted manifest lists, compared with the rerun's; ``rules``: the
     sampled and iterated arrays' tolerances (default: what the registered stages declare)."""
     sub, re_ = read_manifest(submitted), read_manifest(rerun)

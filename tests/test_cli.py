@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from pypdf import PdfReader
 
-from hw5lib import cli
+from hw5lib import arguments, cli
 from hw5lib.inputs.sample import SampleInfo
 from hw5lib.model.fetch import cached_path
 
@@ -403,7 +403,7 @@ def test_planned_figures_are_the_figures_the_report_writes(
 
     argv = ["report", str(small_sample.root), str(report_a.out), "--checkpoint",
             str(tiny_checkpoint), *FAST]  # fmt: skip
-    run = prepare(cli.report_config(cli.parse_args(argv), argv))
+    run = prepare(arguments.report_config(arguments.parse_args(argv), argv))
     assert set(planned_figures(run, STAGES)) == {f["id"] for f in report_a.manifest()["figures"]}
 
 

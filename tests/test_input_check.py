@@ -17,7 +17,7 @@ import torch
 from pypdf import PdfReader
 from torch import Tensor, nn
 
-from hw5lib import cli
+from hw5lib import arguments, cli
 from hw5lib.inputs.datasets import ImageSet, open_dataset
 from hw5lib.inputs.input_check import (
     ADOPTED,
@@ -220,8 +220,8 @@ def test_random_model_never_adopts_and_says_the_evidence_is_thin(
 
 
 def test_no_input_check_switch_skips_it(trained: dict[str, Path], check_sample: SampleInfo) -> None:
-    cfg = cli.report_config(
-        cli.parse_args(
+    cfg = arguments.report_config(
+        arguments.parse_args(
             ["report", str(check_sample.root), "o", "--checkpoint", "c.pt", "--no-input-check"]
         )
     )

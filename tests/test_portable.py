@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from hw5lib import cli
+from hw5lib import arguments
 from hw5lib.inputs.sample import SampleInfo
 from hw5lib.report.portable import portable_command, relative_name
 from hw5lib.run.pipeline import run_report
@@ -42,7 +42,9 @@ def report(data: Path, checkpoint: Path, extra: Path, out: Path) -> Path:
     argv = ["report", str(data), "-o", str(out), f"--checkpoint={checkpoint}", "--images",
             str(extra), str(data / "testing" / "0001.jpg"), "--notes", str(data.parent / "NOTES.md"),
             "--per-class", "1", "--quiet"]  # fmt: skip
-    run_report(cli.report_config(cli.parse_args(argv), argv), progress=False, stages=STAGES)
+    run_report(
+        arguments.report_config(arguments.parse_args(argv), argv), progress=False, stages=STAGES
+    )
     return out
 
 

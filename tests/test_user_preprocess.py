@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from hw5lib import cli
+from hw5lib import arguments, cli
 from hw5lib.errors import UserError
 from hw5lib.inputs.datasets import open_dataset
 from hw5lib.inputs.images import as_chw, load_usable
@@ -73,7 +73,7 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(sample: SampleInfo, checkpoint: Path, out: Path, spec: str, *extra: str):
     argv = ["report", str(sample.root), str(out), "--checkpoint", str(checkpoint)]
-    return cli.report_config(cli.parse_args([*argv, "--preprocess", spec, *extra]))
+    return arguments.report_config(arguments.parse_args([*argv, "--preprocess", spec, *extra]))
 
 
 def test_the_model_input_is_exactly_what_the_function_returns(

@@ -19,15 +19,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hw5lib.config import RunConfig
 from hw5lib.model.hooks import eval_mode, frozen_params
-
-if TYPE_CHECKING:
-    from hw5lib.config import RunConfig
 
 Clock = Callable[[], float]
 
@@ -117,14 +115,14 @@ class Cut:
 
     def apply(self, cfg: RunConfig) -> RunConfig:
         """``cfg`` with the change; a limit never raises a setting already below it."""
-        fields = dict(self.change)
+        fields: dict[str, Any] = dict(self.change)
         if fields.pop("skip", False):
             fields["skip_stages"] = (*cfg.skip_stages, self.stage)
         for key, value in fields.items():
             now = getattr(cfg, key)
             if isinstance(value, int | float) and not isinstance(value, bool) and now is not None:
                 fields[key] = min(now, value)
-        return replace(cfg, **fields)  # type: ignore[arg-type]
+        return replace(cfg, **fields)
 
 
 @dataclass(frozen=True)

@@ -279,9 +279,7 @@ def record_settings(run: Run, stage: Stage, planned: RunConfig) -> None:
     again."""
     read = {*stage.options, *(k for c in stage.cuts for k in c.change if k != "skip")}
     changed = {
-        k: getattr(planned, k)
-        for k in sorted(read)
-        if getattr(planned, k) != getattr(run.cfg, k)
+        k: getattr(planned, k) for k in sorted(read) if getattr(planned, k) != getattr(run.cfg, k)
     }
     if changed:
         run.stage_config[stage.name] = changed

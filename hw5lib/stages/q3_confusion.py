@@ -62,9 +62,7 @@ def classify(run: Run, paths: list[Path], batch_size: int) -> tuple[Tensor, list
             continue
         x = loaded.x.to(run.device)
         probs.append(
-            metrics.predict(run.inference, x, batch_size=batch_size, head=run.output.kind)[
-                0
-            ].cpu()
+            metrics.predict(run.inference, x, batch_size=batch_size, head=run.output.kind)[0].cpu()
         )
         kept += [s.start + i for i in loaded.kept]
     return (torch.cat(probs) if probs else torch.zeros(0, len(run.classes))), kept

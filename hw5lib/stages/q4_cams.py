@@ -54,9 +54,11 @@ def cam_layer_name(run: Run) -> str:
     return run.memo.once(
         "CAM layer",
         "",
-        lambda: resolve_layer(run.model, run.cfg.cam_layer)[0]
-        if run.cfg.cam_layer
-        else cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size)),
+        lambda: (
+            resolve_layer(run.model, run.cfg.cam_layer)[0]
+            if run.cfg.cam_layer
+            else cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size))
+        ),
     )
 
 

@@ -21,9 +21,7 @@ NAME = "Q4 feature maps"
 def stage_feature_grid(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> StageResult:
     s = run.subject
     layer = (
-        resolve_layer(run.model, cfg.feature_layer)[0]
-        if cfg.feature_layer
-        else cam_layer_name(run)
+        resolve_layer(run.model, cfg.feature_layer)[0] if cfg.feature_layer else cam_layer_name(run)
     )
     acts = cam.feature_maps(run.model, s.x[:1], layer)[0].cpu().numpy()
     bar.update()

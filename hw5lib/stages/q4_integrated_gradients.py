@@ -66,7 +66,6 @@ class IntegratedGradientsResult(StageResult):
             "completeness_error": [[round(v, 5) for v in row] for row in self.trace],
         }
 
-
     def convergence_panel(self) -> Panel:
         """The completeness error over the gradients each image had spent, as recorded."""
         trace = self.record()["completeness_error"]
@@ -143,12 +142,16 @@ def explain(run: Run, cfg: RunConfig, deadline: Deadline) -> Explain:
 
     def ig(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         cap = trained.final_steps if trained is not None else None
-        return attributions.channel_sum(integrated_gradients_of(run, cfg, deadline, model, x, target, cap).value)
+        return attributions.channel_sum(
+            integrated_gradients_of(run, cfg, deadline, model, x, target, cap).value
+        )
 
     return ig
 
 
-def stage_integrated_gradients(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> IntegratedGradientsResult:
+def stage_integrated_gradients(
+    run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm
+) -> IntegratedGradientsResult:
     s = run.subject
     result = integrated_gradients_of(run, cfg, deadline, run.gradients, s.x, s.target)
     raw, err = result.value, result.quality

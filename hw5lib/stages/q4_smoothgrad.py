@@ -178,5 +178,8 @@ STAGE = Stage(
     ),
     share=Share(expected=0.6),
     figures=lambda run: ("q4_smoothgrad",),
-    verify=(ArrayRule("q4_smoothgrad", "attribution", RANKED), ArrayRule("q4_smoothgrad", "map", RANKED)),
+    verify=(
+        ArrayRule("q4_smoothgrad", "attribution", RANKED),
+        ArrayRule("q4_smoothgrad", "map", RANKED),
+    ),
 )
