@@ -33,7 +33,7 @@ HELP_WIDTH = 96
 def declared_rules() -> tuple[ArrayRule, ...]:
     """The rules every registered stage declares for its sampled or iterated arrays (imported
     only when comparing: ``hw5.py verify --help`` stays free of the model libraries)."""
-    from hw5lib.stages import verify_rules
+    from hw5lib.stages.registry import verify_rules
 
     return verify_rules()
 

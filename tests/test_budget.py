@@ -13,9 +13,11 @@ import torch
 
 from hw5lib.config import RunConfig
 from hw5lib.inputs.sample import SampleInfo
-from hw5lib.run.budget import RESERVE_SECONDS, Cut, Deadline, Rates, Work, plan
+from hw5lib.run.budget import plan
 from hw5lib.run.pipeline import run_report
-from hw5lib.stages import CUTS, STAGES, q4_integrated_gradients
+from hw5lib.stages import q4_integrated_gradients
+from hw5lib.stages.costs import RESERVE_SECONDS, Cut, Deadline, Rates, Work
+from hw5lib.stages.registry import CUTS, STAGES
 from tests.fake_clock import CLOCK
 from tests.zoo import SlowNet
 

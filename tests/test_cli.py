@@ -399,7 +399,7 @@ def test_planned_figures_are_the_figures_the_report_writes(
     """--notes checks figure names against the plan before any stage runs: it must hold."""
     from hw5lib.run.pipeline import planned_figures
     from hw5lib.run.subject import prepare
-    from hw5lib.stages import STAGES
+    from hw5lib.stages.registry import STAGES
 
     argv = ["report", str(small_sample.root), str(report_a.out), "--checkpoint",
             str(tiny_checkpoint), *FAST]  # fmt: skip

@@ -421,8 +421,8 @@ def test_the_plan_prices_each_layer_at_its_canvas_and_finds_each_canvas_once() -
     from types import SimpleNamespace
 
     from hw5lib.config import RunConfig
-    from hw5lib.run.context import Memo
     from hw5lib.stages import q2_filters as stage
+    from hw5lib.stages.context import Memo
 
     model = tiny_classifier()
     cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), filter_layers=("2", "14"))

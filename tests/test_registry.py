@@ -23,12 +23,12 @@ from hw5lib.inputs.sample import SampleInfo
 from hw5lib.methods import attributions, lime_adapter
 from hw5lib.report.convergence_plot import PANEL_WIDTH, Panel
 from hw5lib.report.figures import DPI
-from hw5lib.run.budget import FIGURE_SECONDS, Deadline, Work
-from hw5lib.run.context import Explain, Method, Run, Shares
 from hw5lib.run.pipeline import run_report
-from hw5lib.run.protocol import Stability, StageResult
-from hw5lib.stages import STAGES, verify_rules, with_stage
+from hw5lib.stages.context import Explain, Method, Run, Shares
+from hw5lib.stages.costs import FIGURE_SECONDS, Deadline, Work
+from hw5lib.stages.protocol import Stability, StageResult
 from hw5lib.stages.record import explained, save_attribution
+from hw5lib.stages.registry import STAGES, verify_rules, with_stage
 from hw5lib.stages.stage import Share, Stage
 from hw5lib.tolerances import RANKED, ArrayRule
 

@@ -11,9 +11,9 @@ from tqdm import tqdm
 from hw5lib.config import RunConfig
 from hw5lib.inputs.sample import SampleInfo
 from hw5lib.methods import attributions, faithfulness
-from hw5lib.run.budget import Deadline
 from hw5lib.run.subject import prepare
-from hw5lib.stages import STAGES, methods_of, q1_saliency, q4_cams, q4_grad_x_input
+from hw5lib.stages import q1_saliency, q4_cams, q4_grad_x_input
+from hw5lib.stages.costs import Deadline
 from hw5lib.stages.q4_integrated_gradients import (
     FIRST_CELLS,
     TOLERANCE,
@@ -22,6 +22,7 @@ from hw5lib.stages.q4_integrated_gradients import (
     stage_integrated_gradients,
 )
 from hw5lib.stages.q4_smoothgrad import NOISE_STREAM, ROUND, SmoothGradResult, stage_smoothgrad
+from hw5lib.stages.registry import STAGES, methods_of
 from hw5lib.stages.trust_table import method_table, stage_trust
 
 

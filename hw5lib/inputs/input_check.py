@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,7 +34,6 @@ from hw5lib.inputs.datasets import ImageSet
 from hw5lib.inputs.images import load_usable, pixel_variants
 from hw5lib.inputs.preprocess import READERS, Preprocess
 from hw5lib.methods.metrics import predict
-from hw5lib.run.budget import Clock
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +377,7 @@ def check_input(
     num_outputs: int,
     *,
     batch_size: int = 64,
-    clock: Clock = time.perf_counter,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> InputCheck:
     """Score the candidate conventions on the labelled sample, round by round, until the test
     decides; adopt (nothing recorded or given) or name (recorded or given) a convention only
@@ -533,7 +532,7 @@ def score_function(
     pre: Preprocess,
     source: str,
     batch_size: int,
-    clock: Clock,
+    clock: Callable[[], float],
     start: float,
 ) -> InputCheck:
     """--preprocess: the user's function reads, so nothing is adopted; its accuracy on the

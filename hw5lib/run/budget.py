@@ -18,59 +18,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from hw5lib.config import RunConfig
 from hw5lib.model.hooks import eval_mode, frozen_params
+from hw5lib.stages.costs import Clock, Cut, Rates, Work
 
-Clock = Callable[[], float]
-
-# Seconds of fixed work per figure stage: drawing and writing PNG/NPZ files.
-FIGURE_SECONDS = 1.5
-# Kept free at the end for manifest.json and report.pdf.
-RESERVE_SECONDS = 15.0
 # Plans are made for this share of the time left: the estimates come from one short speed
 # probe, and a report stage ran up to 13% slower than it predicted (bench/RESULTS.md).
 PLAN_MARGIN = 0.85
-
-
-@dataclass(frozen=True)
-class Rates:
-    """Measured images per second of the model on this machine."""
-
-    forward: float  # through the inference model, batched
-    backward: float  # forward + backward to the input, batched
-
-    def to_dict(self) -> dict[str, float]:
-        return {"forward_per_s": round(self.forward, 2), "backward_per_s": round(self.backward, 2)}
-
-    def best(self, other: Rates) -> Rates:
-        """The faster of two probes of each kind: a probe is only ever slowed by other work."""
-        return Rates(max(self.forward, other.forward), max(self.backward, other.backward))
-
-
-@dataclass(frozen=True)
-class Work:
-    """A stage's work: images forward, images forward+backward, and fixed seconds."""
-
-    forward: float = 0.0
-    backward: float = 0.0
-    seconds: float = 0.0
-
-    def __add__(self, other: Work) -> Work:
-        return Work(
-            self.forward + other.forward,
-            self.backward + other.backward,
-            self.seconds + other.seconds,
-        )
-
-    def at(self, rates: Rates) -> float:
-        """Estimated seconds at the measured ``rates``."""
-        return self.forward / rates.forward + self.backward / rates.backward + self.seconds
 
 
 def measure_rates(
@@ -101,28 +60,6 @@ def measure_rates(
             torch.autograd.grad(model(xi).sum(), xi)
 
     return Rates(forward=per_second(forward), backward=per_second(backward))
-
-
-@dataclass(frozen=True)
-class Cut:
-    """One way to make a stage cheaper: ``change`` sets RunConfig fields (``skip`` drops the
-    stage), ``what`` says in the manifest what the reader loses."""
-
-    stage: str
-    what: str
-    change: dict[str, object]
-    rank: int = 0  # order among all stages' cuts: lower is cheaper to lose, tried first
-
-    def apply(self, cfg: RunConfig) -> RunConfig:
-        """``cfg`` with the change; a limit never raises a setting already below it."""
-        fields: dict[str, Any] = dict(self.change)
-        if fields.pop("skip", False):
-            fields["skip_stages"] = (*cfg.skip_stages, self.stage)
-        for key, value in fields.items():
-            now = getattr(cfg, key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and now is not None:
-                fields[key] = min(now, value)
-        return replace(cfg, **fields)
 
 
 @dataclass(frozen=True)
@@ -167,45 +104,6 @@ def plan(
         cfg, seconds = cheaper, cheaper_seconds
         applied.append(cut)
     return Plan(cfg, applied, seconds)
-
-
-class Deadline:
-    """The run's clock and its hard stop; ``None`` budget never expires."""
-
-    def __init__(
-        self, budget: float | None, clock: Clock = time.perf_counter, start: float | None = None
-    ) -> None:
-        self.clock = clock
-        self.start = clock() if start is None else start  # e.g. when the process began
-        self.budget = budget
-
-    def elapsed(self) -> float:
-        return self.clock() - self.start
-
-    def left(self) -> float:
-        """Seconds until the hard stop (minus the reserve for the manifest and report)."""
-        if self.budget is None:
-            return float("inf")
-        return self.budget - RESERVE_SECONDS - self.elapsed()
-
-    def passed(self) -> bool:
-        return self.left() <= 0
-
-    def within(self, seconds: float) -> StageDeadline:
-        """This deadline, or ``seconds`` from now if that comes first: one stage that runs far
-        slower than its estimate (a busy machine) then leaves the later stages their time."""
-        return StageDeadline(self, self.clock() + seconds)
-
-
-class StageDeadline(Deadline):
-    """A run's deadline with an earlier stop for the stage under way."""
-
-    def __init__(self, run: Deadline, stop_at: float) -> None:
-        super().__init__(run.budget, run.clock, run.start)
-        self.stop_at = stop_at
-
-    def left(self) -> float:
-        return min(super().left(), self.stop_at - self.clock())
 
 
 # A stage may run this many times its worst-case estimate, and at least this many seconds more

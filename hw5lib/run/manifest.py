@@ -15,11 +15,11 @@ import torch
 from hw5lib import __version__
 from hw5lib.config import RunConfig
 from hw5lib.inputs.datasets import OUT_OF_RANGE_FATE, csv_images, open_dataset
+from hw5lib.inputs.replay import Decisions
 from hw5lib.report.portable import folder_name, model_spec_name, relative_name
-from hw5lib.run.context import Failure, Run
-from hw5lib.run.protocol import FigureRecord
-from hw5lib.run.replay import Decisions
 from hw5lib.stages.appendix_convergence import convergence_records, write_convergence
+from hw5lib.stages.context import Failure, Run
+from hw5lib.stages.protocol import FigureRecord
 from hw5lib.stages.stage import Stage
 
 # RunConfig fields that hold paths of this machine: the manifest records them on their own.

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
+from hw5lib.inputs.replay import check_same_subject, read_replay
 from hw5lib.model.hooks import torch_threads
 from hw5lib.report import pdf
 from hw5lib.report.notes import check_references, read_notes, unproduced
@@ -31,22 +32,13 @@ from hw5lib.report.outputs import (
     sha256_file,
 )
 from hw5lib.report.portable import relative_name
-from hw5lib.run.budget import (
-    PLAN_MARGIN,
-    Clock,
-    Deadline,
-    Plan,
-    Rates,
-    measure_rates,
-    plan,
-    stage_allowance,
-)
-from hw5lib.run.context import Failure, Run
+from hw5lib.run.budget import PLAN_MARGIN, Plan, measure_rates, plan, stage_allowance
 from hw5lib.run.manifest import figure_records, manifest, previous_outputs, remove_stale
-from hw5lib.run.replay import check_same_subject, read_replay
 from hw5lib.run.subject import prepare
-from hw5lib.stages import STAGES, cuts_of, methods_of
 from hw5lib.stages.appendix_convergence import ID as CONVERGENCE_ID
+from hw5lib.stages.context import Failure, Run
+from hw5lib.stages.costs import Clock, Deadline, Rates
+from hw5lib.stages.registry import STAGES, cuts_of, methods_of
 from hw5lib.stages.stage import Stage
 
 log = logging.getLogger(__name__)

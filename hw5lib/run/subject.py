@@ -26,6 +26,7 @@ from hw5lib.inputs.datasets import (
     out_of_range,
     within_classes,
 )
+from hw5lib.inputs.explained import Subject
 from hw5lib.inputs.images import Skipped, load_usable, skipped_warning
 from hw5lib.inputs.input_check import (
     ADOPTED,
@@ -48,9 +49,9 @@ from hw5lib.model.probe import (
     require_spatial,
     take_off_head,
 )
-from hw5lib.run.budget import Deadline
-from hw5lib.run.context import Run
-from hw5lib.run.explained import Subject
+from hw5lib.stages.context import Run
+from hw5lib.stages.costs import Deadline
+from hw5lib.stages.q4_cams import validate_cam_targets
 
 log = logging.getLogger(__name__)
 
@@ -290,21 +291,6 @@ def explained_targets(
     raise UserError(
         f"--targets must be label, pred or a class index below {num_classes}, not {spec!r}"
     )
-
-
-def validate_cam_targets(spec: str, num_classes: int) -> list[int]:
-    """``pred``, ``label``, ``all`` or class indices; returns the indices (empty for the words)."""
-    if spec in ("pred", "label", "all"):
-        return []
-    try:
-        wanted = [int(v) for v in spec.split(",")]
-    except ValueError:
-        raise UserError(
-            f"--cam-targets must be pred, label, all or class indices, not {spec!r}"
-        ) from None
-    if any(not 0 <= v < num_classes for v in wanted):
-        raise UserError(f"--cam-targets: class indices must be in 0..{num_classes - 1}")
-    return wanted
 
 
 def explained_inputs(

@@ -4,8 +4,8 @@ from the records and panels the stages' results declare."""
 from __future__ import annotations
 
 from hw5lib.report.convergence_plot import convergence_figure, in_figure_order
-from hw5lib.run.context import Run
-from hw5lib.run.protocol import FigureRecord
+from hw5lib.stages.context import Run
+from hw5lib.stages.protocol import FigureRecord
 from hw5lib.stages.record import write_png
 
 ID = "appendix_convergence"

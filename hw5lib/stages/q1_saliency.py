@@ -6,9 +6,9 @@ from tqdm import tqdm
 
 from hw5lib.config import COURSE, RunConfig
 from hw5lib.methods import attributions, course
-from hw5lib.run.budget import FIGURE_SECONDS, Deadline, Work
-from hw5lib.run.context import Explain, FromGradient, Method, Run
-from hw5lib.run.protocol import StageResult
+from hw5lib.stages.context import Explain, FromGradient, Method, Run
+from hw5lib.stages.costs import FIGURE_SECONDS, Deadline, Work
+from hw5lib.stages.protocol import StageResult
 from hw5lib.stages.record import explained, save_attribution
 from hw5lib.stages.stage import Stage
 

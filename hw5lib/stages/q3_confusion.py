@@ -17,9 +17,9 @@ from hw5lib.inputs.datasets import LABELLED_SPLITS, has_class, open_dataset
 from hw5lib.inputs.images import load_inputs, load_usable
 from hw5lib.methods import attributions, metrics
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
-from hw5lib.run.context import Run, Shares
-from hw5lib.run.protocol import FigureRecord, StageResult
+from hw5lib.stages.context import Run, Shares
+from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.stages.protocol import FigureRecord, StageResult
 from hw5lib.stages.record import number, write_png
 from hw5lib.stages.stage import Stage
 

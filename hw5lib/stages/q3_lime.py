@@ -14,9 +14,9 @@ from hw5lib.config import COURSE, RunConfig
 from hw5lib.methods import course, lime_adapter, lime_stopping
 from hw5lib.report import figures
 from hw5lib.report.convergence_plot import Panel
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
-from hw5lib.run.context import Method, Run, Shares
-from hw5lib.run.protocol import FigureRecord, Stability, StageResult
+from hw5lib.stages.context import Method, Run, Shares
+from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.stages.protocol import FigureRecord, Stability, StageResult
 from hw5lib.stages.record import (
     explained,
     mask_caption,

@@ -10,13 +10,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hw5lib.config import RunConfig
+from hw5lib.errors import UserError
 from hw5lib.methods import attributions, cam, metrics
 from hw5lib.model.layers import resolve_layer, same_activation_model
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
-from hw5lib.run.context import Explain, Method, Run, Shares
-from hw5lib.run.protocol import FigureRecord, StageResult
-from hw5lib.run.subject import validate_cam_targets
+from hw5lib.stages.context import Explain, Method, Run, Shares
+from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.stages.protocol import FigureRecord, StageResult
 from hw5lib.stages.record import (
     explained,
     mask_caption,
@@ -60,6 +60,21 @@ def cam_layer_name(run: Run) -> str:
             else cam.default_cam_layer(run.model, (run.pre.channels, *run.pre.size))
         ),
     )
+
+
+def validate_cam_targets(spec: str, num_classes: int) -> list[int]:
+    """``pred``, ``label``, ``all`` or class indices; returns the indices (empty for the words)."""
+    if spec in ("pred", "label", "all"):
+        return []
+    try:
+        wanted = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise UserError(
+            f"--cam-targets must be pred, label, all or class indices, not {spec!r}"
+        ) from None
+    if any(not 0 <= v < num_classes for v in wanted):
+        raise UserError(f"--cam-targets: class indices must be in 0..{num_classes - 1}")
+    return wanted
 
 
 def cam_target_columns(run: Run, cfg: RunConfig) -> tuple[Tensor, list[list[str]]]:

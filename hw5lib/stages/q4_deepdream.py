@@ -12,9 +12,9 @@ from hw5lib.config import RunConfig
 from hw5lib.methods import dream, filters
 from hw5lib.model.layers import default_filter_layers, resolve_layer
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
-from hw5lib.run.context import Run, Shares
-from hw5lib.run.protocol import FigureRecord, StageResult
+from hw5lib.stages.context import Run, Shares
+from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.stages.protocol import FigureRecord, StageResult
 from hw5lib.stages.record import explained, number, write_png
 from hw5lib.stages.stage import Stage
 from hw5lib.tolerances import RANKED, ArrayRule

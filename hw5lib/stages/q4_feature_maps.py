@@ -8,9 +8,9 @@ from hw5lib.config import RunConfig
 from hw5lib.methods import cam
 from hw5lib.model.layers import resolve_layer
 from hw5lib.report import figures
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
-from hw5lib.run.context import Run
-from hw5lib.run.protocol import FigureRecord, StageResult
+from hw5lib.stages.context import Run
+from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.stages.protocol import FigureRecord, StageResult
 from hw5lib.stages.q4_cams import cam_layer_name
 from hw5lib.stages.record import write_png
 from hw5lib.stages.stage import Stage

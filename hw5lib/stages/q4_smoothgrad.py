@@ -12,9 +12,9 @@ from tqdm import tqdm
 from hw5lib.config import RunConfig
 from hw5lib.methods import attributions
 from hw5lib.report.convergence_plot import Panel
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
-from hw5lib.run.context import Explain, Method, Run, Shares
-from hw5lib.run.protocol import Stability, StageResult
+from hw5lib.stages.context import Explain, Method, Run, Shares
+from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.stages.protocol import Stability, StageResult
 from hw5lib.stages.record import explained, number, samples_text, save_attribution
 from hw5lib.stages.stage import Share, Stage
 from hw5lib.tolerances import RANKED, ArrayRule

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from hw5lib.methods import attributions, metrics
 from hw5lib.report import figures
-from hw5lib.run.context import Run
-from hw5lib.run.protocol import FigureRecord
+from hw5lib.stages.context import Run
+from hw5lib.stages.protocol import FigureRecord
 
 
 def write_png(run: Run, name: str, fig: figures.Figure) -> None:

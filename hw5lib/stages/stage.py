@@ -10,9 +10,9 @@ from typing import Any
 from tqdm import tqdm
 
 from hw5lib.config import RunConfig
-from hw5lib.run.budget import Cut, Deadline, Work
-from hw5lib.run.context import Method, Run, Shares
-from hw5lib.run.protocol import StageResult
+from hw5lib.stages.context import Method, Run, Shares
+from hw5lib.stages.costs import Cut, Deadline, Work
+from hw5lib.stages.protocol import StageResult
 from hw5lib.tolerances import ArrayRule
 
 Cost = Callable[[Run, RunConfig, Shares], Work]

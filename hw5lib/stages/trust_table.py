@@ -12,9 +12,9 @@ from tqdm import tqdm
 
 from hw5lib.config import RunConfig
 from hw5lib.methods import attributions, faithfulness, metrics
-from hw5lib.run.budget import FIGURE_SECONDS, Cut, Deadline, Work
-from hw5lib.run.context import Explain, FromGradient, Method, Run, Shares
-from hw5lib.run.protocol import StageResult
+from hw5lib.stages.context import Explain, FromGradient, Method, Run, Shares
+from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.stages.protocol import StageResult
 from hw5lib.stages.record import explained
 from hw5lib.stages.stage import Stage
 

@@ -15,17 +15,17 @@ import torch
 from torch import Tensor, nn
 
 from hw5lib.config import RunConfig
+from hw5lib.inputs.explained import Subject
 from hw5lib.inputs.images import Skipped
 from hw5lib.inputs.input_check import InputCheck
 from hw5lib.inputs.preprocess import Preprocess
+from hw5lib.inputs.replay import Replay
 from hw5lib.model.loading import LoadedModel
 from hw5lib.model.probe import OutputHead
 from hw5lib.report.notes import Notes
 from hw5lib.report.outputs import atomic_write_bytes, npz_bytes, sha256_bytes
-from hw5lib.run.budget import Deadline, Work
-from hw5lib.run.explained import Subject
-from hw5lib.run.protocol import StageResult
-from hw5lib.run.replay import Replay
+from hw5lib.stages.costs import Deadline, Work
+from hw5lib.stages.protocol import StageResult
 
 R = TypeVar("R", bound=StageResult)
 T = TypeVar("T")
