@@ -18,30 +18,23 @@ from pypdf import PdfReader
 from torch import Tensor, nn
 
 from hw5lib import arguments, cli
+from hw5lib.inputs.conventions import IMAGENET_MEAN, IMAGENET_STD, Convention, candidates
 from hw5lib.inputs.datasets import ImageSet, open_dataset
-from hw5lib.inputs.input_check import (
-    ADOPTED,
+from hw5lib.inputs.input_check import check_input, decide
+from hw5lib.inputs.input_verdict import ADOPTED, FLAGS, InputCheck, scores_of
+from hw5lib.inputs.preprocess import Preprocess
+from hw5lib.inputs.sample import SampleInfo, generate_sample
+from hw5lib.inputs.sequential_test import (
     ALPHA,
     DROP_LEVEL,
-    FLAGS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MIN_IMAGES,
-    Convention,
-    InputCheck,
     Tally,
     binomial_two_sided,
-    candidates,
-    check_input,
-    decide,
     discordance_bound,
     mcnemar,
     nested_rounds,
-    scores_of,
     significant,
 )
-from hw5lib.inputs.preprocess import Preprocess
-from hw5lib.inputs.sample import SampleInfo, generate_sample
 from hw5lib.model.loading import load_classifier
 from hw5lib.model.train import TrainConfig, train
 from hw5lib.run.subject import check_convention

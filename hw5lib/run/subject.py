@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
+from hw5lib.inputs.conventions import Convention
 from hw5lib.inputs.datasets import (
     LABELLED_SPLITS,
     TRAIN_SPLITS,
@@ -28,15 +29,8 @@ from hw5lib.inputs.datasets import (
 )
 from hw5lib.inputs.explained import Subject
 from hw5lib.inputs.images import Skipped, load_usable, skipped_warning
-from hw5lib.inputs.input_check import (
-    ADOPTED,
-    REPLAYED,
-    Convention,
-    InputCheck,
-    check_input,
-    preprocess_source,
-    unchecked,
-)
+from hw5lib.inputs.input_check import check_input
+from hw5lib.inputs.input_verdict import ADOPTED, REPLAYED, InputCheck, preprocess_source, unchecked
 from hw5lib.inputs.preprocess import CLASS_PRESETS, FOOD11_CLASSES, Preprocess
 from hw5lib.inputs.user_preprocess import fit_display, import_reader, with_reader
 from hw5lib.methods import metrics

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from hw5lib.config import RunConfig
 from hw5lib.inputs.explained import Subject
 from hw5lib.inputs.images import Skipped
-from hw5lib.inputs.input_check import InputCheck
+from hw5lib.inputs.input_verdict import InputCheck
 from hw5lib.inputs.preprocess import Preprocess
 from hw5lib.inputs.replay import Replay
 from hw5lib.model.loading import LoadedModel
