@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hw5lib.methods import ascent_canvas
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -273,7 +275,7 @@ def our_figures(
                 shape=shape,
                 to_input=pre.normalize,
                 steps=FILTER_STEPS,
-                canvas=filters.ascent_canvas(m, layer, shape, pre.normalize),  # as the stage
+                canvas=ascent_canvas.ascent_canvas(m, layer, shape, pre.normalize),  # as the stage
                 generator=torch.Generator().manual_seed(0),
             )
             del acts
@@ -376,7 +378,7 @@ def quality(images: int, long_steps: int) -> dict[str, object]:
         acts = filters.layer_activations(m, layer, x)
         idx = filters.most_active_filters(acts, 4)
         shape = tuple(x.shape[1:])
-        tile = filters.ascent_canvas(m, layer, shape, pre.normalize)  # as the stage climbs
+        tile = ascent_canvas.ascent_canvas(m, layer, shape, pre.normalize)  # as the stage climbs
         # ours on the stage's canvas, final measured on the full-size image; the long
         # reference on the whole image, as before tiling
         ours, long = [

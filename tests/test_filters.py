@@ -10,22 +10,21 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from hw5lib.methods import ascent_score
 from hw5lib.methods import filters as filters_module
+from hw5lib.methods.ascent_canvas import Canvas, ascent_canvas, receptive_field
+from hw5lib.methods.ascent_score import redirected_relu
 from hw5lib.methods.filters import (
     CLIMB_WINDOW,
     CLIMBING,
     RECORD_EVERY,
     AscentResult,
-    Canvas,
-    ascent_canvas,
     filter_ascent,
     layer_activations,
     most_active_filters,
-    receptive_field,
-    redirected_relu,
-    spectrum_to_pixels,
     still_climbing,
 )
+from hw5lib.methods.fourier_image import spectrum_to_pixels
 from hw5lib.model.hooks import forward_until, hook_count
 from hw5lib.model.layers import gradient_copy
 from model import Classifier
@@ -364,18 +363,18 @@ def test_a_small_receptive_field_climbs_a_seamless_tile_measured_at_full_size() 
 def scorer_and_slicing(
     monkeypatch: pytest.MonkeyPatch, model: nn.Module, layer: nn.Module, shape: tuple
 ) -> tuple[object, list[int]]:
-    """``_scorer`` on ``model``'s ``layer`` for FILTERS, and a list that grows by one each time
+    """``filter_scorer`` on ``model``'s ``layer`` for FILTERS, and a list that grows by one each time
     it runs the model only to the conv's input (the sliced path)."""
     into: list[int] = []
-    real = filters_module.forward_into
+    real = ascent_score.forward_into
 
     def counted(*args: object) -> Tensor:
         into.append(1)
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(filters_module, "forward_into", counted)
+    monkeypatch.setattr(ascent_score, "forward_into", counted)
     probe = torch.rand(len(FILTERS), *shape, generator=gen(5))
-    score = filters_module._scorer(model, layer, torch.tensor(FILTERS), to_input, probe)
+    score = ascent_score.filter_scorer(model, layer, torch.tensor(FILTERS), to_input, probe)
     return score, into
 
 
@@ -409,7 +408,7 @@ def test_a_residual_sum_after_the_last_conv_keeps_the_whole_forward(
     model = seeded_(ResidualNet(width=8), 0).eval()
     model = gradient_copy(model, torch.rand(2, *SHAPE, generator=gen(1)))
     layer = model.stage[1].act
-    assert filters_module._head(model, layer, torch.rand(1, *SHAPE)) is not None
+    assert ascent_score.sliced_head(model, layer, torch.rand(1, *SHAPE)) is not None
     score, into = scorer_and_slicing(monkeypatch, model, layer, SHAPE)
     pixels = torch.rand(len(FILTERS), *SHAPE, generator=gen(6))
     calls = len(into)

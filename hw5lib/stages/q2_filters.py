@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from hw5lib.config import COURSE, RunConfig
 from hw5lib.errors import UserError
-from hw5lib.methods import course, filters
+from hw5lib.methods import ascent_canvas, course, filters
 from hw5lib.model.layers import default_filter_layers, resolve_layer, same_activation_model
 from hw5lib.report import figures
 from hw5lib.report.convergence_plot import Panel
@@ -139,20 +139,20 @@ def planned_layers(run: Run) -> list[str]:
     return [resolve_layer(run.model, spec)[0] for spec in filter_layer_names(run, run.cfg)]
 
 
-def layer_canvas(run: Run, name: str) -> filters.Canvas:
-    """The canvas the ascent on layer ``name`` climbs (``filters.ascent_canvas``), found once
+def layer_canvas(run: Run, name: str) -> ascent_canvas.Canvas:
+    """The canvas the ascent on layer ``name`` climbs (``ascent_canvas.ascent_canvas``), found once
     per run: the plan prices it before the stage climbs on it."""
 
-    def find() -> filters.Canvas:
+    def find() -> ascent_canvas.Canvas:
         model = same_activation_model(run.model, run.grad, name)
         layer = resolve_layer(model, name)[1]
         shape = (run.pre.channels, *run.pre.size)
-        return filters.ascent_canvas(model, layer, shape, run.to_input)
+        return ascent_canvas.ascent_canvas(model, layer, shape, run.to_input)
 
     return run.memo.once(CANVAS, name, find)
 
 
-def step_cost(canvas: filters.Canvas) -> float:
+def step_cost(canvas: ascent_canvas.Canvas) -> float:
     """One ascent step on ``canvas``, as a share of a step on the whole image."""
     return min(1.0, canvas.area + STEP_OVERHEAD) if canvas.tiled else 1.0
 
