@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hw5lib.methods import ascent_canvas
+from hw5lib.methods import ascent_canvas, integrated_gradients
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -366,8 +366,8 @@ def quality(images: int, long_steps: int) -> dict[str, object]:
     )
     sg_corr = pearson(sg.value, sg_ref)
     base = pre.normalize(torch.zeros_like(x))
-    ig_ref = attributions.integrated_gradients(model, x, target, baseline=base, steps=300)
-    ig = attributions.integrated_gradients_until_converged(model, x, target, baseline=base)
+    ig_ref = integrated_gradients.integrated_gradients(model, x, target, baseline=base, steps=300)
+    ig = integrated_gradients.integrated_gradients_until_converged(model, x, target, baseline=base)
     ig_corr = pearson(attributions.channel_sum(ig.value), attributions.channel_sum(ig_ref))
 
     reached, filter_steps, work, redone = [], [], 0, 0
@@ -477,7 +477,7 @@ def captum_side_by_side(
             method="gausslegendre",
             internal_batch_size=64,
         ),
-        lambda: attributions.integrated_gradients(grad, x, target, baseline=base, steps=32),
+        lambda: integrated_gradients.integrated_gradients(grad, x, target, baseline=base, steps=32),
     )
     out.append(
         ("Integrated Gradients (32)", ratio, float((ours - ref).abs().max() / ref.abs().max()))

@@ -11,22 +11,24 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 from torch import Tensor, nn
 
 from hw5lib.methods.attributions import (
-    cell_errors,
-    cell_nodes,
-    cell_weights,
-    cells_to_split,
-    completeness_error,
     grad_x_input,
     input_gradient,
-    integrated_gradients,
-    integrated_gradients_until_converged,
-    logits_of,
     saliency,
     smoothgrad,
     smoothgrad_until_converged,
     split_half_agreement,
 )
 from hw5lib.methods.faithfulness import gaussian_blur as blurred
+from hw5lib.methods.integrated_gradients import (
+    cell_errors,
+    cell_nodes,
+    cell_weights,
+    cells_to_split,
+    completeness_error,
+    integrated_gradients,
+    integrated_gradients_until_converged,
+    logits_of,
+)
 from hw5lib.model.hooks import hook_count
 from model import Classifier
 from tests.zoo import seeded_

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 
-from hw5lib.methods import attributions, lime_adapter
+from hw5lib.methods import attributions, integrated_gradients, lime_adapter
 from hw5lib.methods.lime_adapter import (
     COURSE_SLIC,
     MIN_SEGMENTS,
@@ -197,7 +197,7 @@ def test_a_nan_model_gives_placeholder_weights_and_says_why() -> None:
 def gradient_maps(model: nn.Module, x: Tensor, target: Tensor) -> Iterator[Tensor]:
     yield attributions.saliency(model, x, target)
     yield attributions.smoothgrad(attributions.saliency, model, x, target, samples=2)
-    yield attributions.integrated_gradients(model, x, target, baseline=x * 0, steps=2)
+    yield integrated_gradients.integrated_gradients(model, x, target, baseline=x * 0, steps=2)
 
 
 def test_gradient_methods_on_a_nan_model_return_maps_the_helper_flags() -> None:

@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from hw5lib.methods import faithfulness, metrics
+from hw5lib.methods import faithfulness, metrics, randomization
 from hw5lib.model.hooks import hook_count
 from model import Classifier
 
@@ -19,7 +19,7 @@ def _tiny_classifier(seed: int = 0) -> Classifier:
     """Tiny HW3 Classifier with generator-drawn weights and non-default BatchNorm state."""
     g = torch.Generator().manual_seed(seed)
     model = Classifier(widths=(4, 8, 8, 8, 8), hidden=(16, 16), input_size=32)
-    model = faithfulness.randomized_copy(model, len(faithfulness.parameterized_layers(model)), g)
+    model = randomization.randomized_copy(model, len(randomization.parameterized_layers(model)), g)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -221,9 +221,9 @@ def test_gaussian_blur_preserves_constant_image() -> None:
 def test_randomized_copy_changes_only_top_layers_and_leaves_original_untouched() -> None:
     model = _tiny_classifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    layers = [name for name, _ in faithfulness.parameterized_layers(model)]
+    layers = [name for name, _ in randomization.parameterized_layers(model)]
     assert layers[-4:] == ["cnn.17", "fc.0", "fc.2", "fc.4"]
-    copy = faithfulness.randomized_copy(model, 4, torch.Generator().manual_seed(9))
+    copy = randomization.randomized_copy(model, 4, torch.Generator().manual_seed(9))
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     randomized = {"cnn.17", "fc.0", "fc.2", "fc.4"}
@@ -239,9 +239,9 @@ def test_randomized_copy_changes_only_top_layers_and_leaves_original_untouched()
 
 def test_randomized_copy_is_reproducible_from_generator() -> None:
     model = _tiny_classifier()
-    a = faithfulness.randomized_copy(model, 3, torch.Generator().manual_seed(5)).state_dict()
-    b = faithfulness.randomized_copy(model, 3, torch.Generator().manual_seed(5)).state_dict()
-    c = faithfulness.randomized_copy(model, 3, torch.Generator().manual_seed(6)).state_dict()
+    a = randomization.randomized_copy(model, 3, torch.Generator().manual_seed(5)).state_dict()
+    b = randomization.randomized_copy(model, 3, torch.Generator().manual_seed(5)).state_dict()
+    c = randomization.randomized_copy(model, 3, torch.Generator().manual_seed(6)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["fc.4.weight"], c["fc.4.weight"])
 
@@ -250,7 +250,7 @@ def test_randomization_check_flags_model_blind_edge_map() -> None:
     model = _tiny_classifier()
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     target = torch.tensor([0, 1, 2, 3])
-    out = faithfulness.randomization_check(
+    out = randomization.randomization_check(
         faithfulness.edge_explain, model, x, target, generator=torch.Generator().manual_seed(8)
     )
     torch.testing.assert_close(out["correlation"], torch.ones(4))
@@ -261,12 +261,12 @@ def test_randomization_check_does_not_flag_input_gradient_saliency() -> None:
     model = _tiny_classifier()
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     target = torch.tensor([0, 1, 2, 3])
-    out = faithfulness.randomization_check(
+    out = randomization.randomization_check(
         _saliency, model, x, target, generator=torch.Generator().manual_seed(8)
     )
     assert not out["flagged"]
     assert out["mean_abs"] < 0.5
-    assert out["n_top"] == len(faithfulness.parameterized_layers(model))
+    assert out["n_top"] == len(randomization.parameterized_layers(model))
     assert hook_count(model) == 0
 
 
@@ -276,7 +276,7 @@ def test_rank_correlation_equals_scipy_spearman_per_image_even_with_ties() -> No
     b = a + 0.5 * torch.rand(3, 5, 6, generator=g)
     b[2] = torch.randint(0, 4, (5, 6), generator=g).float()  # many ties
     a[1] = torch.randint(0, 3, (5, 6), generator=g).float()
-    got = faithfulness.rank_correlation(a, b)
+    got = randomization.rank_correlation(a, b)
     expected = [stats.spearmanr(a[i].flatten(), b[i].flatten()).statistic for i in range(3)]
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float32))
 

@@ -15,7 +15,7 @@ from hw5lib.cli import BUNDLED_CHECKPOINT
 from hw5lib.inputs.datasets import load_mask, load_split
 from hw5lib.inputs.images import load_inputs
 from hw5lib.inputs.sample import generate_sample
-from hw5lib.methods import attributions, cam, faithfulness, metrics
+from hw5lib.methods import attributions, cam, faithfulness, metrics, randomization
 from hw5lib.model.loading import load_classifier
 
 
@@ -60,10 +60,10 @@ def test_grad_cam_points_at_the_object(validation) -> None:
 def test_sanity_check_flags_the_edge_detector_but_not_grad_cam(validation) -> None:
     model, x, labels, _ = validation
     gen = torch.Generator().manual_seed(0)
-    edge = faithfulness.randomization_check(
+    edge = randomization.randomization_check(
         faithfulness.edge_explain, model, x, labels, n_top=5, generator=gen
     )
-    gradcam = faithfulness.randomization_check(
+    gradcam = randomization.randomization_check(
         lambda m, xb, t: cam.grad_cam(m, xb, t, "cnn.18"), model, x, labels, n_top=5, generator=gen
     )
     assert edge["flagged"] and edge["mean"] > 0.99

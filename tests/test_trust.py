@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from hw5lib.config import RunConfig
 from hw5lib.inputs.sample import SampleInfo
-from hw5lib.methods import attributions, faithfulness
+from hw5lib.methods import attributions, faithfulness, integrated_gradients, randomization
 from hw5lib.run.subject import prepare
 from hw5lib.stages import q1_saliency, q4_cams, q4_grad_x_input
 from hw5lib.stages.costs import Deadline
@@ -51,7 +51,7 @@ def test_ig_randomization_row_is_capped_at_the_gradients_the_trained_maps_needed
     got = method_table(run, cfg, run_deadline())["Integrated Gradients"](run.model, s.x, s.target)
 
     def rule(cap: int) -> attributions.Converged:
-        return attributions.integrated_gradients_until_converged(
+        return integrated_gradients.integrated_gradients_until_converged(
             run.model, s.x, s.target, baseline=baseline(run, cfg.ig_baseline), max_steps=cap,
             cells=FIRST_CELLS, tolerance=TOLERANCE,
         )  # fmt: skip
@@ -74,7 +74,7 @@ def test_smoothgrad_randomization_row_uses_each_images_trained_sample_count(
     run.results["Q4 SmoothGrad"] = result
     assert run.find(SmoothGradResult) is result
     s = run.subject
-    random = faithfulness.randomized_copy(run.model, 5, torch.Generator().manual_seed(1))
+    random = randomization.randomized_copy(run.model, 5, torch.Generator().manual_seed(1))
     # Counts other than the trained run's own, per image: what the rerun spends is theirs.
     counts = [2 * ROUND if i % 2 else ROUND for i in range(len(s.paths))]
     result.samples = counts
@@ -128,7 +128,7 @@ def test_saliency_and_grad_x_input_reruns_share_one_input_gradient(
     run = prepare(cfg)
     run.methods = methods_of(STAGES)
     s = run.subject
-    model = _Counting(faithfulness.randomized_copy(run.model, 5, torch.Generator().manual_seed(2)))
+    model = _Counting(randomization.randomized_copy(run.model, 5, torch.Generator().manual_seed(2)))
     table = method_table(run, cfg, run_deadline())
     got = {m: table[m](model, s.x, s.target) for m in (q1_saliency.METHOD, q4_grad_x_input.METHOD)}
     assert model.images == len(s.x)  # one pass for both

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
-from hw5lib.methods import attributions, faithfulness
+from hw5lib.methods import attributions, faithfulness, integrated_gradients
 from hw5lib.report.convergence_plot import Panel
 from hw5lib.stages.context import Explain, Method, Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
@@ -121,7 +121,7 @@ def integrated_gradients_of(
     recorded = run.replay.recorded(METHOD, "splits") if run.replay else None
     # the stage's own maps: the trust table's randomized model decides its splits anew
     same = recorded is not None and len(recorded) == len(x) and model is run.gradients
-    return attributions.integrated_gradients_until_converged(
+    return integrated_gradients.integrated_gradients_until_converged(
         model,
         x,
         target,
@@ -183,7 +183,7 @@ def stage_integrated_gradients(
         share=float(result.used.float().mean()) / cfg.ig_steps,
         final_steps=int(result.final.max()),
         steps=result.final.tolist(),
-        first=attributions.first_cells(cfg.ig_steps, FIRST_CELLS),
+        first=integrated_gradients.first_cells(cfg.ig_steps, FIRST_CELLS),
         gradients=result.used.tolist(),
         trace=result.trace,
         counts=result.counts,

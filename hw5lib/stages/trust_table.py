@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from hw5lib.config import RunConfig
-from hw5lib.methods import attributions, faithfulness, metrics
+from hw5lib.methods import attributions, faithfulness, metrics, randomization
 from hw5lib.stages.context import Explain, FromGradient, Method, Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
 from hw5lib.stages.protocol import StageResult
@@ -124,7 +124,7 @@ def randomized_model(run: Run, cfg: RunConfig, out: TrustResult) -> nn.Module | 
     """The copy with the top layers re-initialized, made once for every method's rerun (each
     would draw the same weights from the same stream); None where a layer cannot be."""
     try:
-        return faithfulness.randomized_copy(
+        return randomization.randomized_copy(
             run.model, cfg.randomize_top, run.generator(RANDOMIZE_STREAM), clip=True
         )
     except TypeError as err:  # a layer type (or TorchScript) we cannot re-initialize
@@ -145,7 +145,7 @@ def check_row(
     s, name = run.subject, row["method"]
     if explain is not None and random is not None:
         try:
-            check = faithfulness.randomization_check(
+            check = randomization.randomization_check(
                 explain,
                 run.model,
                 s.x,
