@@ -13,7 +13,7 @@ from hw5lib.config import COURSE, RunConfig
 from hw5lib.errors import UserError
 from hw5lib.methods import course, filters
 from hw5lib.model.layers import default_filter_layers, resolve_layer, same_activation_model
-from hw5lib.report import figures
+from hw5lib.report import feature_figures
 from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
 from hw5lib.run.context import Run
 from hw5lib.run.replay import LayerDecision
@@ -100,7 +100,7 @@ def activation_record(
     s = run.subject
     rows = min(run.cfg.activation_images, len(s.paths))
     fid = activation_id(name)
-    fig = figures.activation_grid(
+    fig = feature_figures.activation_grid(
         s.pixels[:rows],
         acts[:rows, idx].relu().cpu().numpy(),
         idx,
@@ -271,7 +271,7 @@ def stage_filters(run: Run, bar: tqdm) -> FiltersResult:
         layers.append(ascend_layer(run, spec, k))
         bar.update()
     names = [a.name for a in layers]
-    fig = figures.filter_grid(
+    fig = feature_figures.filter_grid(
         names,
         [a.image for a in layers],
         [a.filters for a in layers],

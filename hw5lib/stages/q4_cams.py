@@ -11,7 +11,7 @@ from tqdm import tqdm
 from hw5lib.config import RunConfig
 from hw5lib.methods import attributions, cam, metrics
 from hw5lib.model.layers import resolve_layer, same_activation_model
-from hw5lib.report import figures
+from hw5lib.report import attribution_figures
 from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
 from hw5lib.run.context import Run
 from hw5lib.run.subject import validate_cam_targets
@@ -101,7 +101,7 @@ def stage_cams(run: Run, bar: tqdm) -> StageResult:
         out.maps[method] = fn(model, s.x, s.target, layer, batch_size=run.cfg.batch_size).cpu()
         fid = cam_figure_id(method)
         reasons = attributions.why_unexplained(maps)
-        fig = figures.cam_grid(
+        fig = attribution_figures.cam_grid(
             s.pixels,
             maps.numpy(),
             s.titles(run.classes),

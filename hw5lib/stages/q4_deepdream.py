@@ -10,7 +10,7 @@ from tqdm import tqdm
 from hw5lib.config import RunConfig
 from hw5lib.methods import dream, filters
 from hw5lib.model.layers import default_filter_layers, resolve_layer
-from hw5lib.report import figures
+from hw5lib.report import feature_figures
 from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
 from hw5lib.run.context import Run
 from hw5lib.stages.record import FigureRecord, Shares, Stage, StageResult, explained, number
@@ -76,7 +76,7 @@ def stage_dream(run: Run, bar: tqdm) -> DreamResult:
     before = filters.layer_activations(run.model, module, s.x[:n]).pow(2).mean().item()
     after = filters.layer_activations(run.model, module, out).pow(2).mean().item()
     dreamt = run.pre.denormalize(out).permute(0, 2, 3, 1).numpy()
-    fig = figures.before_after(
+    fig = feature_figures.before_after(
         s.pixels[:n], dreamt, s.titles(run.classes)[:n], f"DeepDream on {name}"
     )
     run.write_png("q4_deepdream.png", fig)

@@ -6,7 +6,7 @@ from tqdm import tqdm
 
 from hw5lib.methods import cam
 from hw5lib.model.layers import resolve_layer
-from hw5lib.report import figures
+from hw5lib.report import feature_figures
 from hw5lib.run.budget import FIGURE_SECONDS, Cut, Work
 from hw5lib.run.context import Run
 from hw5lib.stages.q4_cams import cam_layer_name
@@ -24,7 +24,7 @@ def stage_feature_grid(run: Run, bar: tqdm) -> StageResult:
     )
     acts = cam.feature_maps(run.model, s.x[:1], layer)[0].cpu().numpy()
     bar.update()
-    fig = figures.feature_grid(
+    fig = feature_figures.feature_grid(
         acts, f"All {len(acts)} channels of {layer} for {s.paths[0].name} (ReLU'd)"
     )
     run.write_png("q4_feature_maps.png", fig)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from hw5lib.config import RunConfig
 from hw5lib.methods import attributions, metrics
-from hw5lib.report import figures
+from hw5lib.report import attribution_figures
 from hw5lib.run.budget import Cut, Work
 from hw5lib.run.context import Run
 
@@ -167,9 +167,13 @@ def save_attribution(
     reasons = attributions.why_unexplained(arr)
     titles = s.titles(run.classes)
     fig = (
-        figures.image_map_pairs(s.pixels, arr, titles, title, signed=signed, notes=reasons)
+        attribution_figures.image_map_pairs(
+            s.pixels, arr, titles, title, signed=signed, notes=reasons
+        )
         if shown is None
-        else figures.image_pairs(s.pixels, shown.cpu().numpy(), titles, title, notes=reasons)
+        else attribution_figures.image_pairs(
+            s.pixels, shown.cpu().numpy(), titles, title, notes=reasons
+        )
     )
     run.write_png(f"{fid}.png", fig)
     run.write_npz(
