@@ -82,7 +82,7 @@ HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from hw5lib.outputs import output_folder
+    from hw5lib.report.outputs import output_folder
     with output_folder(Path(sys.argv[1])):
         print("held", flush=True)
         time.sleep(120)
