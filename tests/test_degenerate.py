@@ -32,7 +32,7 @@ from hw5lib.methods.lime_adapter import (
     segment_with_fallback,
 )
 from hw5lib.methods.lime_stopping import MIN_SAMPLES, SEPARATION_SETTLED, top_separation
-from hw5lib.report import figures
+from hw5lib.report import attribution_figures, confusion_figures, feature_figures, figures
 from model import Classifier
 
 SIDE = 128  # the pipeline's display size
@@ -253,15 +253,23 @@ def test_map_figures_draw_degenerate_maps(tmp_path: Path) -> None:
     maps, cols = DEGENERATE, [["x", "y"]] * N
     segments = np.zeros((N, H, H), int)  # one superpixel, weight 0, 2.5, NaN, 1
     makers = {
-        "pairs": lambda: figures.image_map_pairs(IMAGES, maps, TITLES, "t"),
-        "signed": lambda: figures.image_map_pairs(IMAGES, maps, TITLES, "t", signed=True),
-        "cam": lambda: figures.cam_grid(IMAGES, maps[:, None], TITLES, [["x"]] * N, "t"),
-        "cams": lambda: figures.cam_grid(IMAGES, np.stack([maps, -maps], 1), TITLES, cols, "t"),
-        "activations": lambda: figures.activation_grid(
+        "pairs": lambda: attribution_figures.image_map_pairs(IMAGES, maps, TITLES, "t"),
+        "signed": lambda: attribution_figures.image_map_pairs(
+            IMAGES, maps, TITLES, "t", signed=True
+        ),
+        "cam": lambda: attribution_figures.cam_grid(
+            IMAGES, maps[:, None], TITLES, [["x"]] * N, "t"
+        ),
+        "cams": lambda: attribution_figures.cam_grid(
+            IMAGES, np.stack([maps, -maps], 1), TITLES, cols, "t"
+        ),
+        "activations": lambda: feature_figures.activation_grid(
             IMAGES, np.stack([maps, -maps], 1), [0, 1], TITLES, "t"
         ),
-        "features": lambda: figures.feature_grid(maps, "t", per_row=2),
-        "lime": lambda: figures.lime_figure(IMAGES, segments, maps[:, 0, :1], TITLES, "t"),
+        "features": lambda: feature_figures.feature_grid(maps, "t", per_row=2),
+        "lime": lambda: attribution_figures.lime_figure(
+            IMAGES, segments, maps[:, 0, :1], TITLES, "t"
+        ),
     }
     for name, make in makers.items():
         drawn(make, tmp_path / f"{name}.png")
@@ -270,19 +278,20 @@ def test_map_figures_draw_degenerate_maps(tmp_path: Path) -> None:
 def test_shared_scale_figures_draw_all_nan_maps(tmp_path: Path) -> None:
     nan = np.full((2, 3, H, H), np.nan)  # [N,F,h,w]: no finite value to scale by
     drawn(
-        lambda: figures.activation_grid(IMAGES[:2], nan, [0, 1, 2], TITLES[:2], "t"),
+        lambda: feature_figures.activation_grid(IMAGES[:2], nan, [0, 1, 2], TITLES[:2], "t"),
         tmp_path / "a.png",
     )
-    drawn(lambda: figures.feature_grid(nan[0], "t", per_row=2), tmp_path / "f.png")
+    drawn(lambda: feature_figures.feature_grid(nan[0], "t", per_row=2), tmp_path / "f.png")
 
 
 def test_lime_figure_colours_fewer_superpixels_than_top_k(tmp_path: Path) -> None:
     segments = np.stack([grid_segments((H, H)) % 3] * 3)  # three superpixels
     weights = [np.array([1.0, -1.0, 0.5]), np.zeros(3), np.full(3, np.nan)]
     drawn(
-        lambda: figures.lime_figure(IMAGES[:3], segments, weights, TITLES, "t"), tmp_path / "l.png"
+        lambda: attribution_figures.lime_figure(IMAGES[:3], segments, weights, TITLES, "t"),
+        tmp_path / "l.png",
     )
-    overlay = figures.lime_overlay(IMAGES[0], segments[0], weights[0])
+    overlay = attribution_figures.lime_overlay(IMAGES[0], segments[0], weights[0])
     green, red = overlay[segments[0] != 1], overlay[segments[0] == 1]
     assert (green[:, 1] >= 0.45 * 0.9).all() and (red[:, 0] >= 0.45 * 0.95).all()
 
@@ -292,14 +301,16 @@ def test_a_note_replaces_the_map_panel(kind: str, tmp_path: Path) -> None:
     maps, titles = np.random.default_rng(1).uniform(0, 1, (N, H, H)), TITLES
     segments = np.stack([grid_segments((H, H))] * N)
     make = {
-        "maps": lambda notes: figures.image_map_pairs(IMAGES, maps, titles, "t", notes=notes),
-        "lime": lambda notes: figures.lime_figure(
+        "maps": lambda notes: attribution_figures.image_map_pairs(
+            IMAGES, maps, titles, "t", notes=notes
+        ),
+        "lime": lambda notes: attribution_figures.lime_figure(
             IMAGES, segments, [np.linspace(-1, 1, 100)] * N, titles, "t", notes=notes
         ),
-        "cam": lambda notes: figures.cam_grid(
+        "cam": lambda notes: attribution_figures.cam_grid(
             IMAGES, maps[:, None], titles, [["x"]] * N, "t", notes=notes
         ),
-        "cams": lambda notes: figures.cam_grid(
+        "cams": lambda notes: attribution_figures.cam_grid(
             IMAGES, np.stack([maps, maps], 1), titles, [["x", "y"]] * N, "t", notes=notes
         ),
     }[kind]
@@ -312,7 +323,10 @@ def test_a_note_replaces_the_map_panel(kind: str, tmp_path: Path) -> None:
 def test_confusion_figure_draws_empty_and_constant_matrices(tmp_path: Path) -> None:
     classes = ["a", "b", "c"]
     for i, cm in enumerate([np.zeros((3, 3), int), np.ones((3, 3), int), np.eye(3, dtype=int)]):
-        drawn(lambda cm=cm: figures.confusion_figure(cm, classes, "t"), tmp_path / f"{i}.png")
+        drawn(
+            lambda cm=cm: confusion_figures.confusion_figure(cm, classes, "t"),
+            tmp_path / f"{i}.png",
+        )
 
 
 def counts(trace: list[list[float]] | None) -> list[list[int]] | None:

@@ -12,18 +12,10 @@ from PIL import Image
 from pypdf import PdfReader
 
 from hw5lib.report.notes import parse_notes
-from hw5lib.report.pdf import (
-    CUTS_HEADING,
-    FIGURES_HEADING,
-    FULL_RECORD,
-    NOTES_HEADING,
-    QUESTIONS,
-    SECTION_HEADINGS,
-    TRUST_HEADING,
-    key_parameters,
-    write_report,
-)
+from hw5lib.report.pdf import CUTS_HEADING, NOTES_HEADING, write_report
 from hw5lib.report.pdf_layout import format_cell, latin1
+from hw5lib.report.pdf_tables import FIGURES_HEADING, FULL_RECORD, TRUST_HEADING, key_parameters
+from hw5lib.report.sections import QUESTIONS, SECTION_HEADINGS
 
 # (id, section, width px, height px): wide, square, very tall, and an appendix figure.
 # q4_gradcam has an alpha channel, as matplotlib's PNGs do (fpdf stores it as a soft mask).

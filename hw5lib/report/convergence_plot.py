@@ -8,14 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from hw5lib.report.figures import DPI, finish
+from hw5lib.report.figures import DPI
+from hw5lib.report.panels import finish
 
 # estimate: a quantity its samples converge to (LIME, SmoothGrad, IG); optimization: a climb
 # (filter ascent). The figure shows the estimates first.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw5lib.errors import UserError
-from hw5lib.report.pdf import QUESTIONS as SECTIONS
+from hw5lib.report.sections import QUESTIONS as SECTIONS
 
 _HEADING = re.compile(r"^##(?!#)\s*(\S*?)(?:[\s.:)-].*)?$")  # "## Q2. Filters" -> "Q2"
 _TITLE = re.compile(r"^#(?!#)")  # a document title above the first section: not text

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -19,10 +20,10 @@ import numpy as np
 
 from hw5lib.errors import UserError
 
-try:
+if sys.platform == "win32":  # no advisory locks on Windows: runs are not guarded
+    fcntl = None
+else:
     import fcntl
-except ImportError:  # Windows: no advisory locks; runs are not guarded
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from hw5lib.config import COURSE, RunConfig
 from hw5lib.errors import UserError
 from hw5lib.methods import ascent_canvas, course, filters
 from hw5lib.model.layers import default_filter_layers, resolve_layer, same_activation_model
-from hw5lib.report import figures
+from hw5lib.report import feature_figures
 from hw5lib.report.convergence_plot import Panel
 from hw5lib.stages.context import Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
@@ -175,7 +175,7 @@ def activation_record(
     s = run.subject
     rows = min(cfg.activation_images, len(s.paths))
     fid = activation_id(name)
-    fig = figures.activation_grid(
+    fig = feature_figures.activation_grid(
         s.pixels[:rows],
         acts[:rows, idx].relu().cpu().numpy(),
         idx,
@@ -344,7 +344,7 @@ def stage_filters(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> Fi
         layers.append(ascend_layer(run, cfg, deadline, spec, k))
         bar.update()
     names = [a.name for a in layers]
-    fig = figures.filter_grid(
+    fig = feature_figures.filter_grid(
         names,
         [a.image for a in layers],
         [a.filters for a in layers],

@@ -16,7 +16,7 @@ from hw5lib.config import RunConfig
 from hw5lib.inputs.datasets import LABELLED_SPLITS, has_class, open_dataset
 from hw5lib.inputs.images import load_inputs, load_usable
 from hw5lib.methods import attributions, metrics
-from hw5lib.report import figures
+from hw5lib.report import confusion_figures
 from hw5lib.stages.context import Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
 from hw5lib.stages.protocol import FigureRecord, StageResult
@@ -97,7 +97,7 @@ def examples_record(run: Run, paths: list[Path], labels: Tensor, probs: Tensor) 
     )
     it = iter(pix)
     tiles = [next(it) if t is None else t for t in tiles]
-    fig = figures.example_grid(
+    fig = confusion_figures.example_grid(
         np.stack(tiles), titles, 6, "Most confident correct image and mistake per class"
     )
     write_png(run, "q3_examples.png", fig)
@@ -147,7 +147,7 @@ def stage_confusion(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> 
         subset += f" less {planned - len(idx)} unreadable"
     empty = [run.classes[c] for c in np.flatnonzero(cm.sum(axis=1) == 0)]
     conf = metrics.top_confusions(cm, 5)
-    fig = figures.confusion_figure(
+    fig = confusion_figures.confusion_figure(
         cm, run.classes, f"Confusion matrix ({subset}), accuracy {overall:.1%}"
     )
     write_png(run, "q3_confusion.png", fig)

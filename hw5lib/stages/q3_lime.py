@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from hw5lib.config import COURSE, RunConfig
 from hw5lib.methods import course, lime_adapter, lime_stopping
-from hw5lib.report import figures
+from hw5lib.report import attribution_figures
 from hw5lib.report.convergence_plot import Panel
 from hw5lib.stages.context import Method, Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
@@ -184,7 +184,7 @@ def stage_lime(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> LimeS
     weights = np.zeros((n, width))
     for i, r in enumerate(results):
         weights[i, : len(r.weights)] = r.weights
-    fig = figures.lime_figure(
+    fig = attribution_figures.lime_figure(
         s.pixels,
         segs,
         [r.weights for r in results],

@@ -13,7 +13,7 @@ from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
 from hw5lib.methods import attributions, cam, metrics
 from hw5lib.model.layers import resolve_layer, same_activation_model
-from hw5lib.report import figures
+from hw5lib.report import attribution_figures
 from hw5lib.stages.context import Explain, Method, Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
 from hw5lib.stages.protocol import FigureRecord, StageResult
@@ -124,7 +124,7 @@ def stage_cams(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> Stage
         out.maps[method] = fn(model, s.x, s.target, layer, batch_size=cfg.batch_size).cpu()
         fid = cam_figure_id(method)
         reasons = attributions.why_unexplained(maps)
-        fig = figures.cam_grid(
+        fig = attribution_figures.cam_grid(
             s.pixels,
             maps.numpy(),
             s.titles(run.classes),

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from hw5lib.config import RunConfig
 from hw5lib.methods import dream, filters
 from hw5lib.model.layers import default_filter_layers, resolve_layer
-from hw5lib.report import figures
+from hw5lib.report import feature_figures
 from hw5lib.stages.context import Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
 from hw5lib.stages.protocol import FigureRecord, StageResult
@@ -85,7 +85,7 @@ def stage_dream(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> Drea
     before = filters.layer_activations(run.model, module, s.x[:n]).pow(2).mean().item()
     after = filters.layer_activations(run.model, module, out).pow(2).mean().item()
     dreamt = run.pre.denormalize(out).permute(0, 2, 3, 1).numpy()
-    fig = figures.before_after(
+    fig = feature_figures.before_after(
         s.pixels[:n], dreamt, s.titles(run.classes)[:n], f"DeepDream on {name}"
     )
     write_png(run, "q4_deepdream.png", fig)

@@ -7,7 +7,7 @@ from tqdm import tqdm
 from hw5lib.config import RunConfig
 from hw5lib.methods import cam
 from hw5lib.model.layers import resolve_layer
-from hw5lib.report import figures
+from hw5lib.report import feature_figures
 from hw5lib.stages.context import Run
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
 from hw5lib.stages.protocol import FigureRecord, StageResult
@@ -25,7 +25,7 @@ def stage_feature_grid(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) 
     )
     acts = cam.feature_maps(run.model, s.x[:1], layer)[0].cpu().numpy()
     bar.update()
-    fig = figures.feature_grid(
+    fig = feature_figures.feature_grid(
         acts, f"All {len(acts)} channels of {layer} for {s.paths[0].name} (ReLU'd)"
     )
     write_png(run, "q4_feature_maps.png", fig)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from hw5lib.methods import attributions, metrics
-from hw5lib.report import figures
+from hw5lib.report import attribution_figures, figures
 from hw5lib.stages.context import Run
 from hw5lib.stages.protocol import FigureRecord
 
@@ -85,9 +85,13 @@ def save_attribution(
     reasons = attributions.why_unexplained(arr)
     titles = s.titles(run.classes)
     fig = (
-        figures.image_map_pairs(s.pixels, arr, titles, title, signed=signed, notes=reasons)
+        attribution_figures.image_map_pairs(
+            s.pixels, arr, titles, title, signed=signed, notes=reasons
+        )
         if shown is None
-        else figures.image_pairs(s.pixels, shown.cpu().numpy(), titles, title, notes=reasons)
+        else attribution_figures.image_pairs(
+            s.pixels, shown.cpu().numpy(), titles, title, notes=reasons
+        )
     )
     write_png(run, f"{fid}.png", fig)
     run.write_npz(
