@@ -1,4 +1,5 @@
-"""Gradient attributions, batched: saliency, Gradient x Input, SmoothGrad, Integrated Gradients.
+"""Gradient attributions, batched: the input gradient, saliency, Gradient x Input, and SmoothGrad
+with its split-half stopping rule (Integrated Gradients: integrated_gradients.py).
 
 Every method scores the pre-softmax logit of ``target``; x is [N,C,H,W] in the model's input space.
 """
