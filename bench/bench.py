@@ -30,23 +30,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hw5lib import tolerances
 from hw5lib.methods import ascent_canvas, integrated_gradients
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.vgg import VGGClassifier  # noqa: E402
-from hw5lib.cli import BUNDLED_CHECKPOINT, BUNDLED_DATA, ensure_sample  # noqa: E402
+from hw5lib.arguments import BUNDLED_CHECKPOINT, BUNDLED_DATA, ensure_sample  # noqa: E402
 from hw5lib.config import RunConfig  # noqa: E402
 from hw5lib.inputs.datasets import open_dataset  # noqa: E402
 from hw5lib.inputs.images import load_inputs  # noqa: E402
-from hw5lib.inputs.preprocess import Preprocess  # noqa: E402
 from hw5lib.methods import (  # noqa: E402
     attributions,
     cam,
     filters,
     lime_adapter,
-    metrics,
 )
 from hw5lib.model.layers import (  # noqa: E402
     default_filter_layers,
@@ -56,6 +55,7 @@ from hw5lib.model.layers import (  # noqa: E402
     same_activation_model,
 )
 from hw5lib.model.loading import load_classifier  # noqa: E402
+from hw5lib.model.preprocess import Preprocess  # noqa: E402
 from hw5lib.stages.q3_lime import STABILITY_ROUNDS as LIME_STABILITY_ROUNDS  # noqa: E402
 from model import Classifier  # noqa: E402
 
@@ -340,16 +340,18 @@ def quality(images: int, long_steps: int) -> dict[str, object]:
             for seed in (0, 1)
         ]  # fmt: skip
         pairs = [(refs[0], refs[1]), (refs[0], refs[2]), (refs[1], refs[2])]
-        rows["seed_top5"].append(np.mean([metrics.topk_overlap(a, b, 5) for a, b in pairs]))
-        rows["seed_rank"].append(np.mean([metrics.rank_correlation_1d(a, b) for a, b in pairs]))
-        rows["ours_top5"].append(np.mean([metrics.topk_overlap(ours.weights, r, 5) for r in refs]))
+        rows["seed_top5"].append(np.mean([tolerances.topk_overlap(a, b, 5) for a, b in pairs]))
+        rows["seed_rank"].append(np.mean([tolerances.rank_correlation_1d(a, b) for a, b in pairs]))
+        rows["ours_top5"].append(
+            np.mean([tolerances.topk_overlap(ours.weights, r, 5) for r in refs])
+        )
         rows["ours_rank"].append(
-            np.mean([metrics.rank_correlation_1d(ours.weights, r) for r in refs])
+            np.mean([tolerances.rank_correlation_1d(ours.weights, r) for r in refs])
         )
         rows["samples"].append(ours.samples)
         # The trust table's LIME stability is predicted from one run's samples: check it
         # against a real rerun with another seed.
-        rows["rerun_top5"].append(metrics.topk_overlap(ours.weights, rerun.weights, 5))
+        rows["rerun_top5"].append(tolerances.topk_overlap(ours.weights, rerun.weights, 5))
         rows["predicted_top5"].append(float(ours.stability))  # type: ignore[arg-type]
     lime_q = {k: float(np.mean(v)) for k, v in rows.items()}
 

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 from bench.bench import seed_style_figures  # noqa: E402
 from bench.realfood import write_food  # noqa: E402
 from hw5lib.inputs.images import load_inputs  # noqa: E402
-from hw5lib.inputs.preprocess import Preprocess  # noqa: E402
 from hw5lib.model.layers import default_filter_layers  # noqa: E402
 from hw5lib.model.loading import load_classifier  # noqa: E402
+from hw5lib.model.preprocess import Preprocess  # noqa: E402
 
 PY = sys.executable
 FOUR = {  # seed figure -> the report stage that makes it

@@ -25,13 +25,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hw5lib.cli import BUNDLED_CHECKPOINT, BUNDLED_DATA, ensure_sample  # noqa: E402
+from hw5lib import tolerances  # noqa: E402
+from hw5lib.arguments import BUNDLED_CHECKPOINT, BUNDLED_DATA, ensure_sample  # noqa: E402
 from hw5lib.inputs.datasets import open_dataset  # noqa: E402
 from hw5lib.inputs.images import load_inputs  # noqa: E402
 from hw5lib.methods import (  # noqa: E402
     lime_adapter,
     lime_stopping,
-    metrics,
 )
 from hw5lib.model.loading import load_classifier  # noqa: E402
 
@@ -130,8 +130,8 @@ def main() -> None:
             data[0] = 1
             refs.append(lime_adapter.lime_weights(base, *fit(data), label))
         pairs = [(refs[0], refs[1]), (refs[0], refs[2]), (refs[1], refs[2])]
-        stock5.append(np.mean([metrics.topk_overlap(a, b, 5) for a, b in pairs]))
-        stockr.append(np.mean([metrics.rank_correlation_1d(a, b) for a, b in pairs]))
+        stock5.append(np.mean([tolerances.topk_overlap(a, b, 5) for a, b in pairs]))
+        stockr.append(np.mean([tolerances.rank_correlation_1d(a, b) for a, b in pairs]))
         for name in designs:
             for seed in seeds:
                 data, labels = fit(DESIGNS[name](np.random.RandomState(seed), COUNTS[-1], f))
@@ -142,10 +142,10 @@ def main() -> None:
                     w = lime_adapter.lime_weights(base, data[:n], labels[:n], label)
                     used.setdefault((name, key), []).append(n)
                     top5.setdefault((name, key), []).append(
-                        np.mean([metrics.topk_overlap(w, r, 5) for r in refs])
+                        np.mean([tolerances.topk_overlap(w, r, 5) for r in refs])
                     )
                     rank.setdefault((name, key), []).append(
-                        np.mean([metrics.rank_correlation_1d(w, r) for r in refs])
+                        np.mean([tolerances.rank_correlation_1d(w, r) for r in refs])
                     )
         print(f"image {i}: {f} superpixels, stock {stock5[-1]:.3f}/{stockr[-1]:.3f}", flush=True)
         print(f"\n{i + 1} images, superpixels {min(feats)}-{max(feats)}")

@@ -89,8 +89,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     args = ap.parse_args()
     food = write_food(args.dir / "food")
-    from hw5lib.inputs.preprocess import Preprocess
-    from hw5lib.model.train import TrainConfig, train
+    from hw5lib.model.preprocess import Preprocess
+    from hw5lib.run.train import TrainConfig, train
 
     cfg = TrainConfig(
         data=food,

@@ -123,8 +123,8 @@ def run_command(argv: list[str] | None, started: float) -> int:
             info = generate_sample(args.dir, seed=args.seed, mode=args.mode)
             print(f"wrote {len(info.items)} images of {len(info.classes)} classes to {args.dir}")
         elif args.command == "train":
-            from hw5lib.inputs.preprocess import Preprocess
-            from hw5lib.model.train import TrainConfig, train
+            from hw5lib.model.preprocess import Preprocess
+            from hw5lib.run.train import TrainConfig, train
 
             classes_file = args.data / "classes.txt"
             classes = (

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from hw5lib.inputs.preprocess import Preprocess
 from hw5lib.inputs.sample import SampleInfo, generate_sample
-from hw5lib.model.train import TrainConfig, train
+from hw5lib.model.preprocess import Preprocess
+from hw5lib.run.train import TrainConfig, train
 
 # 3 training, 2 validation and 1 testing image per class: 66 images of 11 classes.
 SMALL_SET = {"training": 3, "validation": 2, "testing": 1}

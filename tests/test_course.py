@@ -16,12 +16,12 @@ from pypdf import PdfReader
 from skimage.segmentation import slic
 from torch import nn
 
-from hw5lib.cli import parse_args
+from hw5lib.arguments import parse_args
 from hw5lib.config import COURSE, RunConfig
-from hw5lib.inputs.preprocess import Preprocess
 from hw5lib.methods import course
 from hw5lib.methods.filters import layer_activations, most_active_filters
 from hw5lib.model.loading import save_checkpoint
+from hw5lib.model.preprocess import Preprocess
 from hw5lib.run.pipeline import run_report
 from hw5lib.stages import q1_saliency, q2_filters, q3_lime
 from model import Classifier

@@ -22,7 +22,6 @@ from hw5lib.inputs.conventions import IMAGENET_MEAN, IMAGENET_STD, Convention, c
 from hw5lib.inputs.datasets import ImageSet, open_dataset
 from hw5lib.inputs.input_check import check_input, decide
 from hw5lib.inputs.input_verdict import ADOPTED, FLAGS, InputCheck, scores_of
-from hw5lib.inputs.preprocess import Preprocess
 from hw5lib.inputs.sample import SampleInfo, generate_sample
 from hw5lib.inputs.sequential_test import (
     ALPHA,
@@ -36,8 +35,9 @@ from hw5lib.inputs.sequential_test import (
     significant,
 )
 from hw5lib.model.loading import load_classifier
-from hw5lib.model.train import TrainConfig, train
+from hw5lib.model.preprocess import Preprocess
 from hw5lib.run.subject import check_convention
+from hw5lib.run.train import TrainConfig, train
 from model import Classifier
 from tests.fake_clock import FakeClock
 

@@ -23,7 +23,7 @@ from hw5lib.errors import BadImage, UserError
 from hw5lib.inputs import images
 from hw5lib.inputs.datasets import list_images
 from hw5lib.inputs.images import Skipped, load_inputs, load_usable, read_image, skipped_warning
-from hw5lib.inputs.preprocess import Preprocess
+from hw5lib.model.preprocess import Preprocess
 
 PRE = Preprocess(size=(24, 32))  # (H, W); no mean/std, so model inputs are pixels in [0,1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "grass", "coins", "rocket")  # bundled

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from hw5lib.cli import main
-from hw5lib.inputs.preprocess import Preprocess
 from hw5lib.inputs.sample import generate_sample
-from hw5lib.model.train import TrainConfig, train
+from hw5lib.model.preprocess import Preprocess
+from hw5lib.run.train import TrainConfig, train
 from tests.pickles import save_as
 from tests.zoo import AlexNetLike, ResidualNet, Seed001Classifier
 

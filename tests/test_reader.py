@@ -17,10 +17,10 @@ from torch import nn
 from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
 from hw5lib.inputs.images import load_inputs, load_usable, pixel_variants
-from hw5lib.inputs.preprocess import READERS, Preprocess
 from hw5lib.model.loading import LoadedModel
-from hw5lib.model.train import TrainConfig
+from hw5lib.model.preprocess import READERS, Preprocess
 from hw5lib.run.subject import resolve_preprocess
+from hw5lib.run.train import TrainConfig
 
 EXIF_ORIENTATION = 0x0112
 STATS = {"none": (None, None), "half": ((0.5,), (0.5,))}

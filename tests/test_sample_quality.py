@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hw5lib.cli import BUNDLED_CHECKPOINT
+from hw5lib.arguments import BUNDLED_CHECKPOINT
 from hw5lib.inputs.datasets import load_mask, load_split
 from hw5lib.inputs.images import load_inputs
 from hw5lib.inputs.sample import generate_sample

@@ -316,7 +316,7 @@ def test_grayscale_inputs_are_laid_out_as_a_students_own_tensors(
     raises, with no memory-format change anywhere. The loaded inputs must have the plain
     layout ToTensor gives, so their convs' outputs are contiguous."""
     from hw5lib.inputs.images import load_inputs
-    from hw5lib.inputs.preprocess import Preprocess
+    from hw5lib.model.preprocess import Preprocess
 
     paths = sorted((datasets[PHOTOS] / "validation").iterdir())[:2]
     x = load_inputs(paths, Preprocess(size=(48, 48), channels=1))

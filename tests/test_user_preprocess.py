@@ -19,9 +19,9 @@ from hw5lib import arguments, cli
 from hw5lib.errors import UserError
 from hw5lib.inputs.datasets import open_dataset
 from hw5lib.inputs.images import as_chw, load_usable
-from hw5lib.inputs.preprocess import Preprocess
 from hw5lib.inputs.sample import SampleInfo
 from hw5lib.inputs.user_preprocess import MINMAX, import_reader, with_reader
+from hw5lib.model.preprocess import Preprocess
 from hw5lib.run.subject import prepare
 
 # What a student's training script read with: cv2 (BGR), cubic up, blur, area down, own stats.

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from hw5lib.inputs.preprocess import READERS, Preprocess
+from hw5lib.model.preprocess import READERS, Preprocess
 
 ORDERS = ("bgr", "rgb")
 

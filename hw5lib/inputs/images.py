@@ -19,7 +19,7 @@ from torch import Tensor
 
 from hw5lib.errors import BadImage, UserError
 from hw5lib.inputs.datasets import csv_row_image
-from hw5lib.inputs.preprocess import Preprocess, UserReader
+from hw5lib.model.preprocess import Preprocess, UserReader
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,6 @@ from hw5lib.inputs.input_verdict import (
     scores_of,
     unchecked,
 )
-from hw5lib.inputs.preprocess import READERS, Preprocess
 from hw5lib.inputs.sequential_test import (
     ALPHA,
     MAX_FORWARDS,
@@ -56,6 +55,7 @@ from hw5lib.inputs.sequential_test import (
     still_live,
 )
 from hw5lib.methods.metrics import predict
+from hw5lib.model.preprocess import READERS, Preprocess
 
 log = logging.getLogger(__name__)
 

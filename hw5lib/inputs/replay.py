@@ -18,7 +18,7 @@ from typing import Any
 
 from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
-from hw5lib.inputs.preprocess import Preprocess
+from hw5lib.model.preprocess import Preprocess
 from hw5lib.report.outputs import sha256_bytes
 
 # manifest.json's section of the decisions a replay reads (with "convergence"'s per-image counts)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from hw5lib.errors import BadImage, UserError
 from hw5lib.inputs.images import read_image, user_input
-from hw5lib.inputs.preprocess import Preprocess, UserReader
+from hw5lib.model.preprocess import Preprocess, UserReader
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from lime import lime_base, lime_image
 from skimage.segmentation import slic
 from torch import Tensor, nn
 
+from hw5lib import tolerances
 from hw5lib.methods import metrics
 from hw5lib.methods.lime_stopping import (
     MIN_SAMPLES,
@@ -162,7 +163,7 @@ def resampled_agreement(
         rows = (2 * pick[:, None] + offsets).ravel()
         return lime_weights(base, data[rows], labels[rows], label)
 
-    return float(np.mean([metrics.topk_overlap(refit(), refit(), k) for _ in range(rounds)]))
+    return float(np.mean([tolerances.topk_overlap(refit(), refit(), k) for _ in range(rounds)]))
 
 
 class OutOfTime(Exception):

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats
 from torch import Tensor, nn
 
 from hw5lib.model.hooks import eval_mode
@@ -184,25 +183,3 @@ def mask_fraction(masks: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Stability of sampled methods (LIME, SmoothGrad): compare two runs with different seeds
 # ---------------------------------------------------------------------------------------------
-
-
-def topk_overlap(a: np.ndarray | Tensor, b: np.ndarray | Tensor, k: int) -> float:
-    """|top-k(a) ∩ top-k(b)| / k for two weight vectors (ties by lower index)."""
-    va, vb = _numpy(a).ravel(), _numpy(b).ravel()
-    if va.shape != vb.shape:
-        raise ValueError(f"vectors differ in length: {va.size} vs {vb.size}")
-    if not 1 <= k <= va.size:
-        raise ValueError(f"k must lie in [1, {va.size}], got {k}")
-    top_a = np.argsort(-va, kind="stable")[:k]
-    top_b = np.argsort(-vb, kind="stable")[:k]
-    return len(np.intersect1d(top_a, top_b)) / k
-
-
-def rank_correlation_1d(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
-    """Spearman correlation of two weight vectors (nan when one is constant)."""
-    va, vb = _numpy(a).ravel(), _numpy(b).ravel()
-    if va.shape != vb.shape:
-        raise ValueError(f"vectors differ in length: {va.size} vs {vb.size}")
-    if np.all(va == va[0]) or np.all(vb == vb[0]):
-        return math.nan
-    return float(stats.spearmanr(va, vb).statistic)

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from hw5lib.errors import UserError
-from hw5lib.inputs.preprocess import Preprocess
 from hw5lib.model.checkpoints import checkpoint_format, file_sha256, load_torchscript
 from hw5lib.model.containers import find_state_dict, module_in
+from hw5lib.model.preprocess import Preprocess
 from hw5lib.model.tv import import_torchvision
 from hw5lib.model.unpickling import Unpickled, first_line, full_unpickle, is_students, unpickle
 from hw5lib.report.outputs import atomic_write_bytes

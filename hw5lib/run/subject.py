@@ -31,11 +31,11 @@ from hw5lib.inputs.explained import Subject
 from hw5lib.inputs.images import Skipped, load_usable, skipped_warning
 from hw5lib.inputs.input_check import check_input
 from hw5lib.inputs.input_verdict import ADOPTED, REPLAYED, InputCheck, preprocess_source, unchecked
-from hw5lib.inputs.preprocess import CLASS_PRESETS, FOOD11_CLASSES, Preprocess
 from hw5lib.inputs.user_preprocess import fit_display, import_reader, with_reader
 from hw5lib.methods import metrics
 from hw5lib.model.layers import gradient_copy, inference_copy, resolve_layer
 from hw5lib.model.loading import LoadedModel, load_classifier
+from hw5lib.model.preprocess import CLASS_PRESETS, FOOD11_CLASSES, Preprocess
 from hw5lib.model.probe import (
     channels_last,
     infer_side,

@@ -18,10 +18,10 @@ from hw5lib.config import RunConfig
 from hw5lib.inputs.explained import Subject
 from hw5lib.inputs.images import Skipped
 from hw5lib.inputs.input_verdict import InputCheck
-from hw5lib.inputs.preprocess import Preprocess
 from hw5lib.inputs.replay import Replay
 from hw5lib.methods.faithfulness import Explain
 from hw5lib.model.loading import LoadedModel
+from hw5lib.model.preprocess import Preprocess
 from hw5lib.model.probe import OutputHead
 from hw5lib.report.notes import Notes
 from hw5lib.report.outputs import atomic_write_bytes, npz_bytes, sha256_bytes

@@ -13,9 +13,9 @@ from torch import Tensor, nn
 from hw5lib.errors import UserError
 from hw5lib.inputs.datasets import TRAIN_SPLITS, ImageSet, open_dataset
 from hw5lib.inputs.images import load_inputs
-from hw5lib.inputs.preprocess import Preprocess
 from hw5lib.model.hooks import eval_mode
 from hw5lib.model.loading import save_checkpoint
+from hw5lib.model.preprocess import Preprocess
 from model import Classifier
 
 log = logging.getLogger(__name__)
