@@ -56,7 +56,7 @@ from hw5lib.model.layers import (  # noqa: E402
 )
 from hw5lib.model.loading import load_classifier  # noqa: E402
 from hw5lib.model.preprocess import Preprocess  # noqa: E402
-from hw5lib.stages.q3_lime import STABILITY_ROUNDS as LIME_STABILITY_ROUNDS  # noqa: E402
+from hw5lib.stages.lime_images import STABILITY_ROUNDS as LIME_STABILITY_ROUNDS  # noqa: E402
 from model import Classifier  # noqa: E402
 
 LINES: list[str] = []

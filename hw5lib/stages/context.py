@@ -20,6 +20,7 @@ from hw5lib.inputs.images import Skipped
 from hw5lib.inputs.input_verdict import InputCheck
 from hw5lib.inputs.replay import Replay
 from hw5lib.methods.faithfulness import Explain
+from hw5lib.methods.shared_gradient import FromGradient
 from hw5lib.model.loading import LoadedModel
 from hw5lib.model.preprocess import Preprocess
 from hw5lib.model.probe import OutputHead
@@ -31,8 +32,6 @@ from hw5lib.stages.protocol import StageResult
 R = TypeVar("R", bound=StageResult)
 T = TypeVar("T")
 
-# (d logit[target] / d x [N,C,H,W], x) -> maps [N,H,W]: a map made from the input gradient alone.
-FromGradient = Callable[[Tensor, Tensor], Tensor]
 # What the budget planner uses to price a stage: share is the expected share of its cap an
 # adaptive method spends (measured in this run once it ran, else ``Share.expected``).
 Shares = dict[str, float]

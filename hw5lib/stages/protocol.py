@@ -81,5 +81,5 @@ class StageResult:
         return {}
 
     def trust_rows(self) -> list[dict]:
-        """Extra rows of the trust table (keys of ``trust_table.COLUMNS``)."""
+        """Extra rows of the trust table (keys of ``trust_record.COLUMNS``)."""
         return []

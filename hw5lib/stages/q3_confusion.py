@@ -14,18 +14,19 @@ from tqdm import tqdm
 
 from hw5lib.config import RunConfig
 from hw5lib.inputs.datasets import LABELLED_SPLITS, has_class, open_dataset
-from hw5lib.inputs.images import load_inputs, load_usable
-from hw5lib.methods import attributions, metrics
+from hw5lib.inputs.images import load_inputs
+from hw5lib.methods import metrics
+from hw5lib.methods.subsets import stratified
 from hw5lib.report import confusion_figures
 from hw5lib.stages.context import Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
+from hw5lib.stages.labelled_split import classify, eval_count
 from hw5lib.stages.protocol import FigureRecord, StageResult
 from hw5lib.stages.record import number, write_png
 from hw5lib.stages.stage import Stage
 
 NAME = "Q3 confusion matrix"
 SECTION = "Q3"
-CHUNK = 256  # images per load-and-classify step: bounds memory on a large split
 
 
 @dataclass
@@ -35,37 +36,6 @@ class ConfusionResult(StageResult):
 
     def manifest_entries(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "top_confusions": self.top_confusions}
-
-
-def stratified(labels: list[int], limit: int | None) -> list[int]:
-    """All indices, or ``limit`` of them spread evenly over each class (deterministic)."""
-    if limit is None or limit >= len(labels):
-        return list(range(len(labels)))
-    classes = sorted(set(labels))
-    per = max(1, limit // len(classes))
-    out = []
-    for c in classes:
-        idx = [i for i, lb in enumerate(labels) if lb == c]
-        picks = np.linspace(0, len(idx) - 1, min(per, len(idx))).round().astype(int)
-        out += [idx[i] for i in np.unique(picks)]
-    return sorted(out)
-
-
-def classify(run: Run, paths: list[Path], batch_size: int) -> tuple[Tensor, list[int]]:
-    """Softmax probabilities [M,K] of the readable images, loaded a chunk at a time, and their
-    positions in ``paths`` (an unreadable file is skipped, and noted in the run)."""
-    probs, kept = [], []
-    for s in attributions.chunks(len(paths), CHUNK):
-        loaded = load_usable(paths[s], run.pre)
-        run.skip_images(loaded.skipped)
-        if not loaded.paths:
-            continue
-        x = loaded.x.to(run.device)
-        probs.append(
-            metrics.predict(run.inference, x, batch_size=batch_size, head=run.output.kind)[0].cpu()
-        )
-        kept += [s.start + i for i in loaded.kept]
-    return (torch.cat(probs) if probs else torch.zeros(0, len(run.classes))), kept
 
 
 def examples_record(run: Run, paths: list[Path], labels: Tensor, probs: Tensor) -> FigureRecord:
@@ -195,21 +165,6 @@ def stage_confusion(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> 
             {"true": run.classes[t], "pred": run.classes[p], "count": n} for t, p, n in conf
         ],
     )
-
-
-def eval_count(run: Run, cfg: RunConfig) -> int:
-    """Images the confusion matrix will classify (the labelled split, or --eval-limit)."""
-    if cfg.data is None:
-        return 0
-    data = cfg.data
-    total = run.memo.once(
-        "labelled images",
-        str(data),
-        lambda: sum(
-            has_class(lb, len(run.classes)) for lb in open_dataset(data, LABELLED_SPLITS).labels
-        ),
-    )
-    return total if cfg.eval_limit is None else min(total, cfg.eval_limit)
 
 
 def confusion_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:

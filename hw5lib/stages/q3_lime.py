@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from lime import lime_image
 from tqdm import tqdm
 
 from hw5lib.config import COURSE, RunConfig
 from hw5lib.methods import course, lime_adapter, lime_stopping
 from hw5lib.report import attribution_figures
-from hw5lib.report.convergence_plot import Panel
 from hw5lib.stages.context import Method, Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
-from hw5lib.stages.protocol import FigureRecord, Stability, StageResult
+from hw5lib.stages.lime_images import explain_images
+from hw5lib.stages.lime_result import METHOD, LimeStageResult
+from hw5lib.stages.protocol import FigureRecord
 from hw5lib.stages.record import (
     explained,
     mask_caption,
@@ -29,151 +28,10 @@ from hw5lib.stages.stage import Share, Stage
 from hw5lib.tolerances import ITERATED_VALUES, LIME_TOP, ArrayRule
 
 NAME = "Q3 LIME"
-METHOD = "LIME"
-# Bootstrap refit pairs per image behind the trust table's LIME stability: ten pairs put the
-# mean over a report's images within a few hundredths of its value with more pairs.
-STABILITY_ROUNDS = 10
-
-
-@dataclass
-class LimeStageResult(StageResult):
-    results: list[lime_adapter.LimeResult] = field(default_factory=list)
-    complete: bool = False  # every explained image has its explanation
-    cap: int = 0
-    course: bool = False  # stock lime as the course's sample code (--conventions course)
-
-    def convergence(self) -> dict[str, dict]:
-        return {METHOD: self.record()} if self.results else {}
-
-    def convergence_panel(self) -> Panel | None:
-        if not self.results:
-            return None
-        return Panel(
-            "LIME: samples drawn",
-            "image",
-            "samples",
-            self.cap,
-            bars=[r.samples for r in self.results],
-            reference=f"{lime_stopping.MATCHED_SAMPLES}-sample LIME",
-        )
-
-    def stability(self) -> dict[str, Stability]:
-        """The predicted top-5 superpixel overlap with a rerun under another seed, from bootstrap
-        resamples of each run's own samples (``lime_adapter.resampled_agreement``)."""
-        results = self.results if self.complete else []
-        values = [r.stability for r in results if r.stability is not None]
-        return {
-            METHOD: Stability(
-                float(np.mean(values)) if values else None,
-                f"LIME, the top-{lime_stopping.TOP_K} superpixel overlap with a rerun under "
-                f"another seed, predicted by refitting lime on bootstrap resamples of its own "
-                f"samples ({len(values)} images)",
-            )
-        }
-
-    def record(self) -> dict:
-        rule = (
-            f"stock lime, {self.cap} independent samples (the course's)"
-            if self.course
-            else f"foldover Hadamard samples (masks and complements) in rounds of {lime_stopping.ROUND_SAMPLES}, at least "
-            f"{lime_stopping.MIN_SAMPLES}, until as precise as {lime_stopping.MATCHED_SAMPLES} "
-            f"independent ones and the top {lime_stopping.TOP_K} separated by "
-            f">= {lime_stopping.TOP_SEPARATION:g} standard error; cap {self.cap}"
-        )
-        return {
-            "rule": rule,
-            "samples": [r.samples for r in self.results],
-            "needed": [[round(t[1], 1) for t in r.trace] for r in self.results],
-            "separation": [[round(t[2], 2) for t in r.trace] for r in self.results],
-        }
-
-
-def lime_of(
-    run: Run,
-    cfg: RunConfig,
-    deadline: Deadline,
-    i: int,
-    label: int,
-    samples: int | None = None,
-) -> lime_adapter.LimeResult:
-    """LIME for explained image ``i`` (gray images go to lime as RGB and back); with the trust
-    checks on, also its predicted agreement with a rerun (no extra model forwards). A replay
-    gives ``samples``, drawn exactly."""
-    s = run.subject
-    return lime_adapter.explain(
-        run.inference,
-        lime_adapter.as_rgb(s.pixels[i]),
-        label,
-        to_input=run.to_input,
-        channels=run.pre.channels,
-        # a replayed 0 (the image failed before its first batch) fails again at the cap
-        samples=samples or cfg.lime_samples,
-        seed=cfg.seed,
-        adaptive=cfg.adaptive,
-        exact=samples is not None,
-        stop=deadline.passed,
-        stability_rounds=STABILITY_ROUNDS if cfg.trust else 0,
-        head=run.output.kind,
-    )
-
-
-def course_lime_of(
-    run: Run,
-    cfg: RunConfig,
-    deadline: Deadline,
-    i: int,
-    explainer: lime_image.LimeImageExplainer,
-    samples: int | None = None,
-) -> lime_adapter.LimeResult:
-    """Stock lime on explained image ``i``'s model input, as the course's sample code."""
-    s = run.subject
-    if deadline.passed():
-        raise lime_adapter.OutOfTime
-    return course.lime_explain(
-        explainer,
-        run.inference,
-        s.x[i],
-        int(s.target[i]),
-        samples=samples or cfg.lime_samples,
-        batch_size=cfg.batch_size,
-    )
-
-
-def explain_images(
-    run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm
-) -> list[lime_adapter.LimeResult]:
-    """LIME for each explained image in turn, until done or out of time. The course's images
-    share one random stream, drawn from in the order they are explained. A replay explains the
-    images the replayed run did, each with its count of samples."""
-    s = run.subject
-    shared = course.lime_explainer(cfg.seed) if cfg.conventions == COURSE else None
-    replayed = run.replayed(METHOD, "samples", cfg.lime_samples)
-    counts: list[int | None] = list(replayed) if replayed is not None else [None] * len(s.paths)
-    results = []
-    for i, samples in enumerate(counts):
-        try:
-            results.append(
-                lime_of(run, cfg, deadline, i, int(s.target[i]), samples)
-                if shared is None
-                else course_lime_of(run, cfg, deadline, i, shared, samples)
-            )
-        except lime_adapter.OutOfTime:
-            run.cuts.append(
-                f"{NAME}: {len(s.paths) - i} of {len(s.paths)} images not explained, "
-                "the budget was spent"
-            )
-            break
-        bar.update()
-    if len(counts) < len(s.paths) and len(results) == len(counts):
-        run.cuts.append(
-            f"{NAME}: {len(s.paths) - len(counts)} of {len(s.paths)} images not explained, as "
-            "in the replayed run"
-        )
-    return results
 
 
 def stage_lime(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> LimeStageResult:
-    results = explain_images(run, cfg, deadline, bar)
+    results = explain_images(run, cfg, deadline, bar, NAME)
     if not results:
         return LimeStageResult(cap=cfg.lime_samples)
     used = [r.samples for r in results]

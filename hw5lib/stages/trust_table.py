@@ -3,20 +3,19 @@ localization against object masks, and seed stability, one row per method of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from hw5lib.config import RunConfig
-from hw5lib.methods import attributions, faithfulness, metrics, randomization
-from hw5lib.stages.context import Explain, FromGradient, Method, Run, Shares
+from hw5lib.methods import faithfulness, metrics, randomization
+from hw5lib.methods.deletion_rows import auc_rows
+from hw5lib.methods.shared_gradient import SharedGradient
+from hw5lib.stages.context import Explain, Method, Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
-from hw5lib.stages.protocol import StageResult
 from hw5lib.stages.record import explained
 from hw5lib.stages.stage import Stage
+from hw5lib.stages.trust_record import FLAG_ABOVE, TrustResult
 
 NAME = "trust checks"
 EDGE = Method(
@@ -24,34 +23,6 @@ EDGE = Method(
 )
 RANDOM = "Random map (baseline)"
 RANDOM_STREAM, RANDOMIZE_STREAM = 50, 60  # the random map's and the re-initialization's streams
-FLAG_ABOVE = 0.5  # |rank corr.| with the randomized model's map above which a method is flagged
-
-COLUMNS = [  # (key of a row, its heading in the table)
-    ("method", "method"),
-    ("deletion", "deletion AUC (low=good)"),
-    ("insertion", "insertion AUC (high=good)"),
-    ("randomization", "randomization rank corr."),
-    ("flagged", "flagged"),
-    ("pointing", "pointing"),
-    ("mass_inside", "mass inside"),
-    ("stability", "stability"),
-]
-
-
-@dataclass
-class TrustResult(StageResult):
-    rows: list[dict] = field(default_factory=list)
-    mask_fraction: float | None = None
-    randomized_layers: list[str] = field(default_factory=list)
-    randomization_skipped: str | None = None
-    unscored: list[str] = field(default_factory=list)  # methods whose maps are not finite
-    deletion_steps: int = 0
-    randomize_top: int = 0
-    rerun_notes: list[str] = field(default_factory=list)  # how a method's rerun differs
-    stability_notes: list[str] = field(default_factory=list)  # how each stability was estimated
-
-    def manifest_entries(self) -> dict[str, Any]:
-        return {"trust": trust_manifest(self)}
 
 
 def scored_methods(run: Run, cfg: RunConfig) -> list[Method]:
@@ -59,29 +30,6 @@ def scored_methods(run: Run, cfg: RunConfig) -> list[Method]:
     a rerun; the random map closes the table."""
     usable = [m for m in run.methods if cfg.randomize_sampled or not m.sampled]
     return [m for m in usable if m.explain] + [EDGE] + [m for m in usable if not m.explain]
-
-
-@dataclass
-class SharedGradient:
-    """The input gradient of the last (model, x, target) asked for: saliency and Gradient x
-    Input on the randomized model share one backward pass."""
-
-    batch_size: int
-    key: tuple[nn.Module, Tensor, Tensor] | None = None
-    gradient: Tensor | None = None
-
-    def explain(self, fn: FromGradient) -> Explain:
-        def from_shared(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-            if self.key is None or any(
-                a is not b for a, b in zip(self.key, (model, x, target), strict=True)
-            ):
-                self.gradient = attributions.input_gradient(
-                    model, x, target, batch_size=self.batch_size
-                )
-                self.key = (model, x, target)
-            return fn(self.gradient, x)
-
-        return from_shared
 
 
 def method_table(run: Run, cfg: RunConfig, deadline: Deadline) -> dict[str, Explain]:
@@ -95,29 +43,6 @@ def method_table(run: Run, cfg: RunConfig, deadline: Deadline) -> dict[str, Expl
         elif m.explain:
             table[m.name] = m.explain(run, cfg, deadline)
     return table
-
-
-def faithfulness_rows(
-    run: Run, cfg: RunConfig, maps: dict[str, Tensor], names: list[str]
-) -> list[dict]:
-    """Deletion/insertion AUC of every named method in one pass: the curves' ends, the same
-    images for every method, are scored once."""
-    s = run.subject
-    di = faithfulness.deletion_insertion_rows(
-        run.inference,
-        s.x,
-        s.target,
-        torch.stack([maps[name] for name in names]).to(run.device),  # (R, N, H, W)
-        steps=cfg.deletion_steps,
-        baseline="zero",
-        insertion_baseline="blur",
-        batch_size=cfg.batch_size,
-        head=run.output.kind,
-    )
-    return [
-        {"method": name, "deletion": float(d.mean()), "insertion": float(i.mean())}
-        for name, d, i in zip(names, di["deletion"], di["insertion"], strict=True)
-    ]
 
 
 def randomized_model(run: Run, cfg: RunConfig, out: TrustResult) -> nn.Module | None:
@@ -187,7 +112,19 @@ def stage_trust(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> Trus
     if names and deadline.passed():
         run.cuts.append(f"{NAME}: no row for {names[0]} and after, the budget was spent")
         names = []
-    rows = faithfulness_rows(run, cfg, maps, names) if names else []
+    rows: list[dict] = []
+    if names:  # deletion/insertion AUC of every named method in one pass
+        rows = auc_rows(
+            run.inference,
+            s.x,
+            s.target,
+            maps,
+            names,
+            steps=cfg.deletion_steps,
+            batch_size=cfg.batch_size,
+            head=run.output.kind,
+            device=run.device,
+        )
     bar.update()
     explains = method_table(run, cfg, deadline)
     random = randomized_model(run, cfg, out) if any(n in explains for n in names) else None
@@ -210,43 +147,6 @@ def stage_trust(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> Trus
         out.mask_fraction = float(metrics.mask_fraction(masks).mean())
     bar.update()
     return out
-
-
-def trust_manifest(result: TrustResult | None) -> dict | None:
-    if result is None or not (result.rows or result.unscored):
-        return None
-    table = [
-        [
-            None if r.get(k) is None else (round(r[k], 4) if isinstance(r[k], float) else r[k])
-            for k, _ in COLUMNS
-        ]
-        for r in result.rows
-    ]
-    notes = (
-        f"Deletion/insertion: softmax probability of the target as the most important pixels are "
-        f"set to zero / revealed on a blurred copy, {result.deletion_steps} steps (Petsiuk et al., "
-        f"2018); compare with the random map. Randomization: Spearman correlation between the map of "
-        f"the trained model and of a copy whose top {result.randomize_top} parameterized layers "
-        f"({', '.join(result.randomized_layers)}) were re-initialized (Adebayo et al., "
-        f"2018){''.join(', ' + note for note in result.rerun_notes)}; 'flagged' when "
-        f"|corr| > {FLAG_ABOVE}, i.e. the map barely depends on the weights. "
-    )
-    if result.mask_fraction is not None:
-        notes += (
-            f"Pointing: share of images whose map maximum lies on the object; mass inside: share "
-            f"of positive attribution on the object, which covers {result.mask_fraction:.2f} of the "
-            f"image. "
-        )
-    if result.unscored:
-        notes += (
-            f"Not scored, as their maps are not finite (NaN or infinite values): "
-            f"{', '.join(result.unscored)}. "
-        )
-    if result.randomization_skipped is not None:
-        notes += f"Randomization check skipped: {result.randomization_skipped}. "
-    if result.stability_notes:
-        notes += f"Stability: {'; '.join(result.stability_notes)}."
-    return {"columns": [heading for _, heading in COLUMNS], "rows": table, "notes": notes}
 
 
 def trust_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
