@@ -422,6 +422,7 @@ def test_the_plan_prices_each_layer_at_its_canvas_and_finds_each_canvas_once() -
     from hw5lib.config import RunConfig
     from hw5lib.stages import q2_filters as stage
     from hw5lib.stages.context import Memo
+    from hw5lib.stages.filter_layers import CANVAS, STEP_OVERHEAD
 
     model = tiny_classifier()
     cfg = RunConfig(data=None, out=Path("o"), checkpoint=Path("c"), filter_layers=("2", "14"))
@@ -435,13 +436,13 @@ def test_the_plan_prices_each_layer_at_its_canvas_and_finds_each_canvas_once() -
         subject=SimpleNamespace(paths=[Path("a.png")]),
     )
     work = stage.filters_cost(run, cfg, {stage.NAME: 1 / 3})  # type: ignore[arg-type]
-    small, whole = run.memo.all(stage.CANVAS)["cnn.2"], run.memo.all(stage.CANVAS)["cnn.14"]
+    small, whole = run.memo.all(CANVAS)["cnn.2"], run.memo.all(CANVAS)["cnn.14"]
     assert small.tiled and not whole.tiled
     # cnn.2 on a view of (8 + 3)^2 of 32^2 pixels, plus the fixed share; cnn.14 whole.
-    per_step = (11 * 11 / SIDE**2 + stage.STEP_OVERHEAD) + 1.0
+    per_step = (11 * 11 / SIDE**2 + STEP_OVERHEAD) + 1.0
     per_layer = cfg.filters_per_layer
     assert work.backward == pytest.approx(0.5 * per_step * per_layer * cfg.filter_steps)
     found = dict(run.memo.found)
     stage.filters_cost(run, cfg, {stage.NAME: 1 / 3})  # type: ignore[arg-type]
     assert run.memo.found == found  # not measured again
-    assert run.memo.all(stage.CANVAS)["cnn.2"] is small
+    assert run.memo.all(CANVAS)["cnn.2"] is small

@@ -23,9 +23,9 @@ from hw5lib.inputs.sample import SampleInfo
 from hw5lib.methods import filters, lime_adapter, lime_stopping
 from hw5lib.report.outputs import sha256_file
 from hw5lib.run.pipeline import run_report
+from hw5lib.stages import ig_estimate, q3_lime, q4_deepdream, q4_integrated_gradients, q4_smoothgrad
 from hw5lib.stages import q1_saliency as saliency_stage
 from hw5lib.stages import q2_filters as filter_stage
-from hw5lib.stages import q3_lime, q4_deepdream, q4_integrated_gradients, q4_smoothgrad
 from tests.fake_clock import CLOCK
 from tests.zoo import SlowNet
 
@@ -77,7 +77,7 @@ def decide_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lime_adapter, "TOP_SEPARATION", -math.inf)
     monkeypatch.setattr(lime_stopping, "MATCHED_SAMPLES", 0)
     monkeypatch.setattr(q4_smoothgrad, "AGREEMENT", 0.0)
-    monkeypatch.setattr(q4_integrated_gradients, "TOLERANCE", math.inf)
+    monkeypatch.setattr(ig_estimate, "TOLERANCE", math.inf)
     monkeypatch.setattr(filters, "CLIMBING", math.inf)
 
 

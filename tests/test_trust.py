@@ -14,11 +14,9 @@ from hw5lib.methods import attributions, faithfulness, integrated_gradients, ran
 from hw5lib.run.subject import prepare
 from hw5lib.stages import q1_saliency, q4_cams, q4_grad_x_input
 from hw5lib.stages.costs import Deadline
+from hw5lib.stages.ig_estimate import FIRST_CELLS, TOLERANCE, baseline
 from hw5lib.stages.q4_integrated_gradients import (
-    FIRST_CELLS,
-    TOLERANCE,
     IntegratedGradientsResult,
-    baseline,
     stage_integrated_gradients,
 )
 from hw5lib.stages.q4_smoothgrad import NOISE_STREAM, ROUND, SmoothGradResult, stage_smoothgrad

@@ -30,6 +30,7 @@ from skimage.segmentation import slic
 from torch import Tensor, nn
 
 from hw5lib.methods.attributions import chunks
+from hw5lib.methods.filters import AscentResult
 from hw5lib.methods.lime_adapter import LimeResult, as_rgb, weights_vector
 from hw5lib.model.hooks import eval_mode, forward_until, frozen_params
 
@@ -174,3 +175,23 @@ def filter_ascent(
         with torch.no_grad():
             after = activation(x).mean(dim=(1, 2))
     return x.detach(), torch.stack([before, after])
+
+
+def ascent_result(
+    model: nn.Module,
+    layer: nn.Module,
+    filters: Sequence[int],
+    start: Tensor,
+    swap_channels: Callable[[Tensor], Tensor],
+) -> AscentResult:
+    """``filter_ascent`` from ``start`` [C,H,W] as an ``AscentResult``: each image min-max
+    scaled over its values for display (after ``swap_channels`` to display order), as the
+    sample code shows it."""
+    images, (before, after) = filter_ascent(model, layer, filters, start)
+    return AscentResult(
+        min_max(swap_channels(images.cpu())),
+        torch.stack([before, after]).cpu(),
+        torch.tensor([0, ASCENT_STEPS]),
+        torch.full((len(filters),), ASCENT_STEPS),
+        work=len(filters) * ASCENT_STEPS,
+    )

@@ -1,19 +1,20 @@
 """Q4: Integrated Gradients on an adaptive subdivision of the path, refined where its exact
-per-cell error is largest until the completeness error is small."""
+per-cell error is largest until the completeness error is small. How the run estimates it
+(baseline, stopping rule, a replay's splits) is ``ig_estimate``; this module records and draws
+it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from hw5lib.config import RunConfig
-from hw5lib.errors import UserError
-from hw5lib.methods import attributions, faithfulness, integrated_gradients
+from hw5lib.methods import attributions, integrated_gradients
 from hw5lib.report.convergence_plot import Panel
+from hw5lib.stages import ig_estimate
 from hw5lib.stages.context import Explain, Method, Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
 from hw5lib.stages.protocol import StageResult
@@ -21,11 +22,6 @@ from hw5lib.stages.record import explained, number, samples_text, save_attributi
 from hw5lib.stages.stage import Share, Stage
 
 NAME = "Q4 Integrated Gradients"
-METHOD = "Integrated Gradients"
-TOLERANCE = 0.01  # completeness error at which IG stops adding gradients
-# Equal cells of the first round (5 gradients). Measured on the full-size HW3 Classifier with
-# real photos: most images reach 1% in 5-13 gradients, none needed more than 22.
-FIRST_CELLS = 4
 RULE = (
     "trapezoid rule on inner cells, midpoint rule on the two end cells (the baseline and the "
     "image themselves are never sampled); {first} equal cells first, then each round halves "
@@ -38,17 +34,17 @@ RULE = (
 class IntegratedGradientsResult(StageResult):
     final_steps: int = 0  # the most gradients any image's estimate needed
     steps: list[int] = field(default_factory=list)  # gradients of each image's estimate
-    first: int = FIRST_CELLS  # the cells of the first round
+    first: int = ig_estimate.FIRST_CELLS  # the cells of the first round
     gradients: list[int] = field(default_factory=list)  # evaluated per image (= steps)
     trace: list[list[float]] = field(default_factory=list)  # completeness error per round
     counts: list[list[int]] = field(default_factory=list)  # gradients per round, per image
     splits: list[list[list[float]]] = field(default_factory=list)  # edges added per round
     conditioning: list[float] = field(default_factory=list)  # path variation / net change
-    tolerance: float = TOLERANCE
+    tolerance: float = ig_estimate.TOLERANCE
     cap: int = 0
 
     def convergence(self) -> dict[str, dict]:
-        return {METHOD: self.record()}
+        return {ig_estimate.METHOD: self.record()}
 
     def record(self) -> dict:
         until = f"the completeness error is <= {self.tolerance}; " if self.tolerance else ""
@@ -79,60 +75,16 @@ class IntegratedGradientsResult(StageResult):
             "IG: completeness error",
             "gradients",
             "error",
-            TOLERANCE,
+            ig_estimate.TOLERANCE,
             lines=lines,
             log=True,
             reference="300-step IG",
         )
 
 
-def tolerance(cfg: RunConfig) -> float:
-    """The completeness error IG stops at; 0 with --no-adaptive: every image refined to the cap."""
-    return TOLERANCE if cfg.adaptive else 0.0
-
-
 def share_at_cap(cfg: RunConfig) -> float:
     """Rounds keep every gradient: an image that never converges evaluates exactly the cap."""
     return 1.0
-
-
-def baseline(run: Run, kind: str) -> Tensor:
-    x = run.subject.x
-    if kind == "black":
-        return run.to_input(torch.zeros_like(x.cpu()))
-    if kind == "blur":
-        return faithfulness.gaussian_blur(x)
-    raise UserError(f"--ig-baseline must be 'black' or 'blur', not {kind!r}")
-
-
-def integrated_gradients_of(
-    run: Run,
-    cfg: RunConfig,
-    deadline: Deadline,
-    model: nn.Module,
-    x: Tensor,
-    target: Tensor,
-    cap: int | None = None,
-) -> attributions.Converged:
-    """IG with the run's baseline, refined until converged (at most ``cap``, default
-    --ig-steps, gradients per image), or to the cap with --no-adaptive; in a replay of the
-    explained images, the recorded splits, round by round (the rounds within the cap where the
-    replay was cut)."""
-    recorded = run.replay.recorded(METHOD, "splits") if run.replay else None
-    # the stage's own maps: the trust table's randomized model decides its splits anew
-    same = recorded is not None and len(recorded) == len(x) and model is run.gradients
-    return integrated_gradients.integrated_gradients_until_converged(
-        model,
-        x,
-        target,
-        baseline=baseline(run, cfg.ig_baseline),
-        max_steps=cfg.ig_steps if cap is None else cap,
-        cells=FIRST_CELLS,
-        tolerance=tolerance(cfg),
-        batch_size=cfg.batch_size,
-        stop=deadline.passed,
-        splits_per_image=[[[float(a) for a in r] for r in s] for s in recorded] if same else None,
-    )
 
 
 def explain(run: Run, cfg: RunConfig, deadline: Deadline) -> Explain:
@@ -143,7 +95,7 @@ def explain(run: Run, cfg: RunConfig, deadline: Deadline) -> Explain:
     def ig(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
         cap = trained.final_steps if trained is not None else None
         return attributions.channel_sum(
-            integrated_gradients_of(run, cfg, deadline, model, x, target, cap).value
+            ig_estimate.integrated_gradients_of(run, cfg, deadline, model, x, target, cap).value
         )
 
     return ig
@@ -153,7 +105,7 @@ def stage_integrated_gradients(
     run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm
 ) -> IntegratedGradientsResult:
     s = run.subject
-    result = integrated_gradients_of(run, cfg, deadline, run.gradients, s.x, s.target)
+    result = ig_estimate.integrated_gradients_of(run, cfg, deadline, run.gradients, s.x, s.target)
     raw, err = result.value, result.quality
     bar.update()
     maps = attributions.channel_sum(raw)
@@ -179,17 +131,17 @@ def stage_integrated_gradients(
     )
     return IntegratedGradientsResult(
         [record],
-        {METHOD: maps.detach().cpu()},
+        {ig_estimate.METHOD: maps.detach().cpu()},
         share=float(result.used.float().mean()) / cfg.ig_steps,
         final_steps=int(result.final.max()),
         steps=result.final.tolist(),
-        first=integrated_gradients.first_cells(cfg.ig_steps, FIRST_CELLS),
+        first=integrated_gradients.first_cells(cfg.ig_steps, ig_estimate.FIRST_CELLS),
         gradients=result.used.tolist(),
         trace=result.trace,
         counts=result.counts,
         splits=result.splits,
         conditioning=[] if result.conditioning is None else result.conditioning.tolist(),
-        tolerance=tolerance(cfg),
+        tolerance=ig_estimate.tolerance(cfg),
         cap=cfg.ig_steps,
     )
 
@@ -198,7 +150,10 @@ def until(cfg: RunConfig) -> str:
     """The caption's stopping rule."""
     if not cfg.adaptive:
         return f"to {cfg.ig_steps} gradients"
-    return f"until the completeness error is at most {TOLERANCE:.0%} or {cfg.ig_steps} gradients"
+    return (
+        f"until the completeness error is at most {ig_estimate.TOLERANCE:.0%} or "
+        f"{cfg.ig_steps} gradients"
+    )
 
 
 def rerun_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
@@ -220,7 +175,7 @@ STAGE = Stage(
     options=("ig_steps", "ig_baseline", "adaptive", "batch_size"),
     methods=(
         Method(
-            METHOD,
+            ig_estimate.METHOD,
             explain,
             sampled=True,
             rerun_note="Integrated Gradients with the most steps a trained map needed",
