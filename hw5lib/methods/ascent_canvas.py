@@ -91,14 +91,15 @@ def ascent_canvas(
     if found is None:
         return Canvas.whole(full)
     window, stride = found
-    period = tuple(
-        _round_up(max(rf, math.ceil(side / TILES)), s)
-        for rf, s, side in zip(window, stride, full, strict=True)
+    (wh, ww), (sh, sw) = window, stride
+    period = (
+        _round_up(max(wh, math.ceil(full[0] / TILES)), sh),
+        _round_up(max(ww, math.ceil(full[1] / TILES)), sw),
     )
-    view = tuple(_round_up(p + rf, s) for p, rf, s in zip(period, window, stride, strict=True))
-    if any(v >= side for v, side in zip(view, full, strict=True)):
+    view = (_round_up(period[0] + wh, sh), _round_up(period[1] + ww, sw))
+    if view[0] >= full[0] or view[1] >= full[1]:
         return Canvas.whole(full)
-    return Canvas(period, view, full)  # type: ignore[arg-type]
+    return Canvas(period, view, full)
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -29,7 +29,7 @@ class _RedirectedReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
-        (out,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        (out,) = ctx.saved_tensors  # type: ignore[attr-defined]  # torch's FunctionCtx stub omits it
         # masked_fill, not a product with the bool mask: that converts the mask to float on
         # every step (a third of a small model's step went there).
         blocked = out <= 0
@@ -117,22 +117,21 @@ def filter_scorer(
         act = forward_until(model, layer, to_input(pixels))  # (F, K, h, w)
         return act[rows, idx]  # (F, h, w)
 
-    def sliced(pixels: Tensor) -> Tensor:
-        conv = head.conv  # type: ignore[union-attr]
+    def sliced(head: SlicedHead, pixels: Tensor) -> Tensor:
+        conv = head.conv
         feed = forward_into(model, conv, to_input(pixels))  # (F, C_in, H', W')
         bias = None if conv.bias is None else conv.bias[idx]
         out = F.conv2d(feed, conv.weight[idx], bias, conv.stride, conv.padding, conv.dilation)
         out = out[rows, rows].unsqueeze(1)  # (F, 1, h, w): image k through filter idx[k]
-        for module in head.tail:  # type: ignore[union-attr]
+        for module in head.tail:
             out = module(out)
         return out.squeeze(1)
 
-    same = False
     with torch.no_grad():
         head = sliced_head(model, layer, to_input(probe))
         if head is not None:
-            want, got = full(probe), sliced(probe)
+            want, got = full(probe), sliced(head, probe)
             scale = want.abs().amax().clamp_min(1e-6)
-            same = want.shape == got.shape and bool(((want - got).abs() <= 1e-4 * scale).all())
-    use = sliced if same else full
-    return lambda pixels: use(pixels).mean(dim=(1, 2))
+            if want.shape == got.shape and bool(((want - got).abs() <= 1e-4 * scale).all()):
+                return lambda pixels: sliced(head, pixels).mean(dim=(1, 2))
+    return lambda pixels: full(pixels).mean(dim=(1, 2))

@@ -145,7 +145,7 @@ def smoothgrad_until_converged(
     n = len(x)
     if samples_per_image is not None:
         max_samples = int(samples_per_image.max())
-    halves: list[Tensor | None] = [None, None]
+    halves: tuple[Tensor, Tensor] | None = None  # the two half-sums, made at the first round
     used = torch.zeros(n, dtype=torch.long)
     quality = torch.zeros(n)
     active = torch.ones(n, dtype=torch.bool)
@@ -157,13 +157,14 @@ def smoothgrad_until_converged(
         noisy = noisy_copies(x[idx], noise[:, idx], sigma)
         maps = method(model, noisy, target[idx].repeat(k), batch_size=batch_size)
         maps = maps.reshape(k, len(idx), *maps.shape[1:]).cpu()
-        for h in (0, 1):
-            part = maps[h::2].sum(dim=0)
-            if halves[h] is None:
-                halves[h] = torch.zeros(n, *part.shape[1:], dtype=part.dtype)
-            halves[h][idx] += part  # type: ignore[index]
+        parts = (maps[0::2].sum(dim=0), maps[1::2].sum(dim=0))
+        if halves is None:
+            shape, dtype = (n, *parts[0].shape[1:]), parts[0].dtype
+            halves = (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
+        for half, part in zip(halves, parts, strict=True):
+            half[idx] += part
         used[idx] += k
-        quality[idx] = split_half_agreement(halves[0][idx], halves[1][idx])  # type: ignore[index]
+        quality[idx] = split_half_agreement(halves[0][idx], halves[1][idx])
         trace.append(quality.tolist())
         if samples_per_image is None:
             active &= ~((used >= min_samples) & (quality >= agreement))
@@ -171,7 +172,9 @@ def smoothgrad_until_converged(
             active &= used < samples_per_image
         if stop is not None and stop():  # out of time: one round is still a SmoothGrad map
             break
-    total = halves[0] + halves[1]  # type: ignore[operator]
+    if halves is None:
+        raise ValueError("SmoothGrad drew no samples (max_samples must be positive)")
+    total = halves[0] + halves[1]
     value = total / used.view(-1, *[1] * (total.dim() - 1))
     return Converged(value.to(x.device), used, quality, used, trace)
 

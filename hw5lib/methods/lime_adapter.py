@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sklearn.metrics
@@ -205,9 +206,9 @@ class AntitheticLimeExplainer(lime_image.LimeImageExplainer):
     """
 
     def __init__(
-        self, *args: object, adaptive: bool = True, exact: bool = False, **kwargs: object
+        self, *args: Any, adaptive: bool = True, exact: bool = False, **kwargs: Any
     ) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
         self.adaptive = adaptive
         # a replay: draw exactly the samples asked for, still tracing the stopping statistics
         self.exact = exact
@@ -312,7 +313,9 @@ def explain(
         )
     except Unexplainable as err:
         return unexplained(str(err))
-    data, outputs = explainer.samples  # type: ignore[misc]
+    if explainer.samples is None:  # explain_instance always draws them (data_labels)
+        raise RuntimeError("lime returned without drawing a sample")
+    data, outputs = explainer.samples
     if np.ptp(outputs[:, label]) == 0:  # lime's ridge would fit zeros and call it R^2 = 1
         return unexplained(NO_RESPONSE)
     weights = weights_vector(exp.local_exp[label], int(segments.max()) + 1)
