@@ -53,7 +53,7 @@ def segment_means(x: Tensor, segments: Tensor) -> Tensor:
     colour: LIME's way of hiding a superpixel, so that SHAP and LIME hide alike."""
     n, c, h, w = x.shape
     s = int(segments.max()) + 1
-    ids = (segments.reshape(n, 1, h * w) + s * torch.arange(n, device=x.device).view(n, 1, 1))
+    ids = segments.reshape(n, 1, h * w) + s * torch.arange(n, device=x.device).view(n, 1, 1)
     ids = ids.expand(n, c, h * w).long()  # (N, C, HW) a segment id unique across images
     flat = x.reshape(n, c, h * w).transpose(0, 1).reshape(c, n * h * w)  # (C, N*HW)
     key = ids[:, 0].reshape(-1)  # (N*HW,)
@@ -70,9 +70,7 @@ def coalition_images(x: Tensor, baseline: Tensor, segments: Tensor, on: Tensor) 
     return torch.where(show[:, None], x[None], baseline[None])
 
 
-def target_score(
-    model: nn.Module, target: int, head: str | None
-) -> Callable[[Tensor], Tensor]:
+def target_score(model: nn.Module, target: int, head: str | None) -> Callable[[Tensor], Tensor]:
     """images [B,C,H,W] -> [B] score of ``target``: its logit (``head`` None), else its
     probability under ``head`` (as deletion/insertion score it)."""
 
@@ -125,7 +123,9 @@ def explain_one(
     trace: list[tuple[int, float]] = []
     while len(pair_means) < cap:
         for _ in range(min(ROUND_PAIRS, cap - len(pair_means))):
-            pair = svs.attribute(ones, baselines=0.0, n_samples=2, perturbations_per_eval=batch_size)
+            pair = svs.attribute(
+                ones, baselines=0.0, n_samples=2, perturbations_per_eval=batch_size
+            )
             pair_means.append(pair[0].double())  # (S,)
         if len(pair_means) < MIN_PAIRS:
             continue
