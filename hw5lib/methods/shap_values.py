@@ -20,7 +20,7 @@ import torch
 from captum.attr import ShapleyValueSampling
 from torch import Tensor, nn
 
-from hw5lib.methods.lime_stopping import SEPARATION_SETTLED, TOP_SEPARATION, top_separation
+from hw5lib.methods.lime_stopping import TOP_SEPARATION, top_separation
 from hw5lib.methods.metrics import probabilities
 from hw5lib.model.hooks import eval_mode
 
@@ -44,8 +44,9 @@ class ShapResult:
     empty: Tensor  # [N] the score with every segment hidden, f(baseline)
     permutations: tuple[int, ...]  # per image: permutations drawn (pairs x 2)
     evaluations: tuple[int, ...]  # per image: model evaluations (images scored)
-    # per image, per round: (permutations so far, top-k separation in standard errors)
-    trace: tuple[tuple[tuple[int, float], ...], ...]
+    # per image, per round: (permutations so far, top-k separation in standard errors,
+    # relative_noise)
+    trace: tuple[tuple[tuple[int, float, float], ...], ...]
 
 
 def segment_means(x: Tensor, segments: Tensor) -> Tensor:
@@ -100,6 +101,22 @@ def antithetic_permutations(
     return permutations
 
 
+def evaluations(segment_count: int, permutations: int) -> int:
+    """Model evaluations for ``permutations`` (in pairs) of ``segment_count`` segments: each pair
+    scores 2S coalitions and captum's f(baseline) once; then f(x) and f(baseline) for the
+    caller's efficiency check. What the budget planner prices."""
+    return (2 * segment_count + 1) * (permutations // 2) + 2
+
+
+def relative_noise(pair_means: Tensor) -> float:
+    """Root-mean-square standard error of the values over their spread across segments, from
+    P pair means [P,S]: 0.1 means the noise is a tenth of what tells segments apart."""
+    p = pair_means.shape[0]
+    se = pair_means.var(0).mean().div(p).sqrt()
+    spread = pair_means.mean(0).std()
+    return float(se / spread) if spread > 0 else 0.0
+
+
 def explain_one(
     score: Callable[[Tensor], Tensor],
     segments: Tensor,
@@ -109,18 +126,20 @@ def explain_one(
     max_evaluations: int,
     permutations: int | None,
     adaptive: bool,
-) -> tuple[Tensor, int, int, tuple[tuple[int, float], ...]]:
+) -> tuple[Tensor, int, int, tuple[tuple[int, float, float], ...]]:
     """One image: ``score`` maps coalitions [B,S] to scores [B]. Returns the [S] values, the
-    permutations drawn, the model evaluations and the stopping rule's trace."""
+    permutations drawn, the model evaluations and the stopping rule's trace. Draws at least
+    ``MIN_PAIRS`` pairs whatever ``max_evaluations`` (the rule needs their spread)."""
     s = int(segments.max()) + 1
     generator = torch.Generator().manual_seed(seed)
     svs = ShapleyValueSampling(score)
     svs.permutation_generator = antithetic_permutations(generator, s)
     ones = torch.ones(1, s, device=segments.device)
-    per_pair = 2 * s + 1  # two permutations of s images, and captum's f(baseline) per call
+    per_pair = evaluations(s, 2) - evaluations(s, 0)
     cap = max(MIN_PAIRS, max_evaluations // per_pair) if permutations is None else permutations // 2
+    cap = max(cap, 1)
     pair_means: list[Tensor] = []
-    trace: list[tuple[int, float]] = []
+    trace: list[tuple[int, float, float]] = []
     while len(pair_means) < cap:
         for _ in range(min(ROUND_PAIRS, cap - len(pair_means))):
             pair = svs.attribute(
@@ -132,12 +151,12 @@ def explain_one(
         stacked = torch.stack(pair_means)  # (P, S)
         cov = torch.cov(stacked.T).reshape(s, s) / len(pair_means)
         separation = top_separation(stacked.mean(0).cpu().numpy(), cov.cpu().numpy())
-        trace.append((2 * len(pair_means), min(separation, SEPARATION_SETTLED)))
+        trace.append((2 * len(pair_means), separation, relative_noise(stacked)))
         if adaptive and permutations is None and separation >= TOP_SEPARATION:
             break
     values = torch.stack(pair_means).mean(0)
-    # and the two ends, f(x) and f(baseline), that the caller scores for the efficiency check
-    return values, 2 * len(pair_means), per_pair * len(pair_means) + 2, tuple(trace)
+    drawn = 2 * len(pair_means)
+    return values, drawn, evaluations(s, drawn), tuple(trace)
 
 
 def shapley_values(
@@ -158,9 +177,9 @@ def shapley_values(
     the probability). x, baseline [N,C,H,W] (the baseline is what a hidden segment shows:
     ``segment_means`` for LIME's hide), target [N], segments [N,H,W] ids 0..S_i-1.
 
-    Per image: antithetic permutation pairs from a stream seeded with ``seed``, in rounds, until
-    the top segments are settled (``adaptive``) or ``max_evaluations`` model evaluations are
-    spent; ``permutations`` (a replayed run's counts per image) draws exactly those. Forwards
+    Per image: antithetic permutation pairs from a stream seeded with ``seed``, in rounds of
+    ``ROUND_PAIRS`` from ``MIN_PAIRS``, until the top segments are settled (``adaptive``) or
+    ``max_evaluations`` model evaluations are spent; ``permutations`` (a replayed run's counts per image) draws exactly those. Forwards
     go ``batch_size`` coalition images at a time. Values sum to f(x) - f(baseline).
     """
     n, _, h, w = x.shape
