@@ -16,7 +16,7 @@ from torch import nn
 
 from hw5lib.errors import UserError
 from hw5lib.inputs.datasets import find_split, label_of, list_images, load_split
-from hw5lib.inputs.images import read_image
+from hw5lib.inputs.decoding import read_image
 from hw5lib.methods.attributions import input_gradient
 from hw5lib.methods.cam import grad_cam, layer_cam
 from hw5lib.model.checkpoints import read_checkpoint

@@ -25,7 +25,8 @@ from PIL import Image
 from torch import Tensor
 
 from hw5lib.errors import BadImage, UserError
-from hw5lib.inputs.images import read_image, user_input
+from hw5lib.inputs.decoding import read_image
+from hw5lib.inputs.images import user_input
 from hw5lib.model.preprocess import Preprocess, UserReader
 
 log = logging.getLogger(__name__)
