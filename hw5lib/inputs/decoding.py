@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from hw5lib.errors import BadImage
-from hw5lib.inputs.datasets import csv_row_image
+from hw5lib.inputs.image_csv import csv_row_image
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from hw5lib.inputs.datasets import (
     csv_images,
     has_class,
     label_of,
-    object_masks,
     open_dataset,
     out_of_range,
     within_classes,
@@ -31,6 +30,7 @@ from hw5lib.inputs.explained import Subject
 from hw5lib.inputs.images import Skipped, load_usable, skipped_warning
 from hw5lib.inputs.input_check import check_input
 from hw5lib.inputs.input_verdict import ADOPTED, REPLAYED, InputCheck, preprocess_source, unchecked
+from hw5lib.inputs.masks import object_masks
 from hw5lib.inputs.user_preprocess import fit_display, import_reader, with_reader
 from hw5lib.methods import metrics
 from hw5lib.model.layers import gradient_copy, inference_copy, resolve_layer
