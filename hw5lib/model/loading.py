@@ -1,6 +1,7 @@
 """The classifier a checkpoint holds: a state_dict (found in whatever container holds it) loaded
-into the HW3 ``Classifier`` or the user's ``--model`` class or factory, or a whole pickled model
-checked against the class it loaded as."""
+into the HW3 ``Classifier`` (classifier_args.py) or the user's ``--model`` class or factory
+(user_model.py), or a whole pickled model checked against the class it loaded as
+(pickled_checks.py); and the checkpoint hw5 itself saves."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ class Preprocess:
             return None if v is None else tuple(float(a) for a in v)
 
         return cls(
-            size=cast(tuple[int, int], tuple(int(a) for a in d.get("size", (128, 128)))),
+            size=cast(tuple[int, int], tuple(int(a) for a in d.get("size", (128, 128)))),  # (H, W)
             channels=int(d.get("channels", 3)),
             channel_order=str(d.get("channel_order", "bgr")),
             mean=tup(d.get("mean")),
