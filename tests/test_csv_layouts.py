@@ -16,7 +16,8 @@ from pypdf import PdfReader
 
 from hw5lib.cli import main
 from hw5lib.errors import BadImage, UserError
-from hw5lib.inputs.datasets import csv_row_image, label_of, open_dataset, read_csv_images
+from hw5lib.inputs.datasets import label_of, open_dataset
+from hw5lib.inputs.image_csv import csv_row_image, read_csv_images
 from tests.csv_models import TinyExpressionNet
 
 MODEL = Path(__file__).with_name("csv_models.py")

@@ -16,12 +16,13 @@ from torch import nn
 
 from hw5lib.errors import UserError
 from hw5lib.inputs.datasets import find_split, label_of, list_images, load_split
-from hw5lib.inputs.images import read_image
+from hw5lib.inputs.decoding import read_image
 from hw5lib.methods.attributions import input_gradient
 from hw5lib.methods.cam import grad_cam, layer_cam
 from hw5lib.model.checkpoints import read_checkpoint
+from hw5lib.model.classifier_args import infer_classifier_args
 from hw5lib.model.layers import gradient_copy, resolve_layer, same_activation_model
-from hw5lib.model.loading import infer_classifier_args, load_classifier, save_checkpoint
+from hw5lib.model.loading import load_classifier, save_checkpoint
 from hw5lib.model.preprocess import Preprocess
 from hw5lib.report.outputs import atomic_write_bytes, npz_bytes
 from model import Classifier

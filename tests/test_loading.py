@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from hw5lib.errors import BadImage, UserError
-from hw5lib.inputs import images
+from hw5lib.inputs import decoding, images
 from hw5lib.inputs.datasets import list_images
-from hw5lib.inputs.images import Skipped, load_inputs, load_usable, read_image, skipped_warning
+from hw5lib.inputs.decoding import read_image
+from hw5lib.inputs.images import Skipped, load_inputs, load_usable, skipped_warning
 from hw5lib.model.preprocess import Preprocess
 
 PRE = Preprocess(size=(24, 32))  # (H, W); no mean/std, so model inputs are pixels in [0,1]
@@ -353,7 +354,7 @@ def test_missing_file_is_skipped_as_missing(tmp_path):
 
 def test_mode_pil_cannot_convert_is_skipped_as_unsupported(tmp_path, monkeypatch):
     (tmp_path / "odd.png").write_bytes(b"stands for a file that decodes to mode La")
-    monkeypatch.setattr(images, "_decode", lambda path: Image.new("La", (4, 4)))
+    monkeypatch.setattr(decoding, "_decode", lambda path: Image.new("La", (4, 4)))
     loaded = load_usable([tmp_path / "odd.png"], PRE)
     assert loaded.skipped == (Skipped(tmp_path / "odd.png", "unsupported colour mode La"),)
 

@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.color import rgb2hsv
 
-from hw5lib.inputs.datasets import load_mask
+from hw5lib.inputs.masks import load_mask
 from hw5lib.inputs.sample import SampleInfo, generate_sample
 from hw5lib.inputs.sample_render import class_names
 

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from hw5lib.arguments import BUNDLED_CHECKPOINT
-from hw5lib.inputs.datasets import load_mask, load_split
+from hw5lib.inputs.datasets import load_split
 from hw5lib.inputs.images import load_inputs
+from hw5lib.inputs.masks import load_mask
 from hw5lib.inputs.sample import generate_sample
 from hw5lib.methods import attributions, cam, faithfulness, metrics, randomization
 from hw5lib.model.loading import load_classifier

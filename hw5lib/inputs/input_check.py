@@ -66,10 +66,10 @@ def labelled_sample(split: ImageSet | None, num_outputs: int) -> tuple[list[int]
     their labels."""
     if split is None:
         return [], []
-    usable = [i for i, lb in enumerate(split.labels) if lb is not None and lb < num_outputs]
+    usable = [(i, lb) for i, lb in enumerate(split.labels) if lb is not None and lb < num_outputs]
     n = min(len(usable), SAMPLE_IMAGES)
     picked = [usable[k * len(usable) // n] for k in range(n)]
-    return picked, [int(split.labels[i]) for i in picked]  # type: ignore[arg-type]
+    return [i for i, _ in picked], [int(lb) for _, lb in picked]
 
 
 def decode(
@@ -143,9 +143,9 @@ def check_input(
     start = clock()
     in_use = Convention.of(pre)
     indices, labels = labelled_sample(split, num_outputs)
-    if not indices:
+    if split is None or not indices:
         return unchecked(in_use, source, "no labelled images (a bare folder or --images only)")
-    paths = [split.paths[i] for i in indices]  # type: ignore[union-attr]
+    paths = [split.paths[i] for i in indices]
     if pre.function is not None:
         return score_function(model, paths, labels, pre, source, batch_size, clock, start)
     rounds = nested_rounds(len(indices))

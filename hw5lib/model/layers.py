@@ -8,6 +8,7 @@ import itertools
 import logging
 import re
 import warnings
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -107,7 +108,9 @@ def gradient_copy(
         kids = list(seq.named_children())
         for (conv_name, conv), (bn_name, bn) in itertools.pairwise(kids):
             if _foldable(conv, bn):
-                setattr(seq, conv_name, fuse_conv_bn_eval(conv, bn))  # type: ignore[arg-type]
+                # _foldable checked the exact types, which named_children cannot say
+                fused = fuse_conv_bn_eval(cast(nn.Conv2d, conv), cast(nn.BatchNorm2d, bn))
+                setattr(seq, conv_name, fused)
                 setattr(seq, bn_name, nn.Identity())
                 folded += [".".join(filter(None, (seq_name, n))) for n in (conv_name, bn_name)]
     if not folded:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -88,7 +88,7 @@ class Preprocess:
             return None if v is None else tuple(float(a) for a in v)
 
         return cls(
-            size=tuple(int(a) for a in d.get("size", (128, 128))),  # type: ignore[arg-type]
+            size=cast(tuple[int, int], tuple(int(a) for a in d.get("size", (128, 128)))),  # (H, W)
             channels=int(d.get("channels", 3)),
             channel_order=str(d.get("channel_order", "bgr")),
             mean=tup(d.get("mean")),

@@ -160,7 +160,8 @@ def spatial_outputs(
 
     def record(name: str, _m: nn.Module, out: object) -> None:
         if isinstance(out, Tensor) and out.dim() == 4 and name not in seen:
-            seen[name] = tuple(out.shape[1:])  # type: ignore[assignment]
+            _, c, h, w = out.shape
+            seen[name] = (c, h, w)
 
     with _watch(model, record):
         try:

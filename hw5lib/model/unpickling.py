@@ -337,8 +337,7 @@ def _pickle_module(unpickler: type[pickle.Unpickler]) -> types.ModuleType:
         return unpickler(file, **kwargs).load()
 
     module = types.ModuleType("hw5_pickle")  # torch.load reads its __name__ (to spot dill)
-    module.Unpickler = unpickler  # type: ignore[attr-defined]
-    module.load = load  # type: ignore[attr-defined]
+    vars(module).update(Unpickler=unpickler, load=load)
     return module
 
 
