@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hw5lib.methods import metrics
 from hw5lib.model.hooks import eval_mode, forward_until, frozen_params, record_layer
-from hw5lib.model.layers import as_module
+from hw5lib.model.layers import as_module, same_activation_model
 from hw5lib.model.probe import is_activation
 
 logger = logging.getLogger(__name__)
@@ -218,3 +219,29 @@ def default_cam_layer(model: nn.Module, input_shape: tuple[int, int, int] = (3, 
     choice = relus[-1] if relus else spatial[-1]
     logger.info("CAM layer chosen automatically: %s", choice)
     return choice
+
+
+def layer_localization(
+    model: nn.Module,
+    folded: nn.Module | None,
+    x: Tensor,
+    target: Tensor,
+    masks: Tensor,
+    layer: str,
+    batch_size: int = 64,
+) -> list[dict]:
+    """Grad-CAM's pointing accuracy and mass inside the object masks at each layer of
+    ``layer``'s block (``cam_layer_candidates``): the trust table's rows on the layer choice.
+    ``folded``: the BatchNorm-folded copy, used where its activation is the model's."""
+    rows = []
+    for name in cam_layer_candidates(model, layer):
+        at = same_activation_model(model, folded, name)
+        maps = grad_cam(at, x, target, name, batch_size=batch_size).cpu()
+        rows.append(
+            {
+                "method": f"Grad-CAM @ {name}",
+                "pointing": float(metrics.pointing_game(maps, masks).float().mean()),
+                "mass_inside": float(metrics.mass_inside(maps, masks).mean()),
+            }
+        )
+    return rows

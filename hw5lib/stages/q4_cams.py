@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from hw5lib.config import RunConfig
 from hw5lib.errors import UserError
-from hw5lib.methods import attributions, cam, metrics
+from hw5lib.methods import attributions, cam
 from hw5lib.model.layers import resolve_layer, same_activation_model
 from hw5lib.report import attribution_figures
 from hw5lib.stages.context import Explain, Method, Run, Shares
@@ -153,25 +153,16 @@ def stage_cams(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> Stage
             )
         )
     if s.masks is not None and cfg.trust:
-        out.layer_rows = cam_layer_rows(run, cfg, torch.from_numpy(s.masks))
-    return out
-
-
-def cam_layer_rows(run: Run, cfg: RunConfig, masks: Tensor) -> list[dict]:
-    """Grad-CAM pointing accuracy at each layer of the default block: the choice matters."""
-    s = run.subject
-    rows = []
-    for name in cam.cam_layer_candidates(run.model, cam_layer_name(run)):
-        model = same_activation_model(run.model, run.grad, name)
-        maps = cam.grad_cam(model, s.x, s.target, name, batch_size=cfg.batch_size).cpu()
-        rows.append(
-            {
-                "method": f"Grad-CAM @ {name}",
-                "pointing": float(metrics.pointing_game(maps, masks).float().mean()),
-                "mass_inside": float(metrics.mass_inside(maps, masks).mean()),
-            }
+        out.layer_rows = cam.layer_localization(
+            run.model,
+            run.grad,
+            s.x,
+            s.target,
+            torch.from_numpy(s.masks),
+            cam_layer_name(run),
+            cfg.batch_size,
         )
-    return rows
+    return out
 
 
 def cam_columns(run: Run, cfg: RunConfig) -> int:
@@ -182,7 +173,7 @@ def cam_columns(run: Run, cfg: RunConfig) -> int:
 
 
 def cams_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
-    layers = 4 if run.subject.masks is not None and cfg.trust else 0  # cam_layer_rows
+    layers = 4 if run.subject.masks is not None and cfg.trust else 0  # cam.layer_localization
     return Work(
         backward=explained(run) * (2 * (1 + cam_columns(run, cfg)) + layers),
         seconds=2 * FIGURE_SECONDS,
