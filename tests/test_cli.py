@@ -483,7 +483,7 @@ def test_url_serving_a_web_page_is_an_error_and_is_not_cached_as_a_checkpoint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url = served[0].replace("model.pt", "page.html")
-    monkeypatch.setattr(cli, "CHECKPOINT_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(arguments, "CHECKPOINT_CACHE", tmp_path / "cache")
     monkeypatch.delenv("HW5_CHECKPOINT", raising=False)
     code = cli.main(["report", str(two_images), str(tmp_path / "out"), "--checkpoint-url", url,
                      *LIGHT])  # fmt: skip
