@@ -20,11 +20,10 @@ from hw5lib.inputs.sample import SampleInfo
 from hw5lib.methods.randomization import rank_correlation
 from hw5lib.report.notes import check_references, parse_notes
 from hw5lib.run.manifest import parameters
-from hw5lib.run.pipeline import planned_figures, run_report
+from hw5lib.run.pipeline import run_report
 from hw5lib.stages import q4_smoothgrad
 from hw5lib.stages import q4_smoothgrad_sigma as sweep
 from hw5lib.stages.costs import Work
-from hw5lib.stages.registry import STAGES
 
 FAST = dict(lime_samples=40, filter_steps=5, smooth_samples=20, ig_steps=4, per_class=1)
 SIGMAS = (2.0, 0.15, 1.0, 2.0)  # out of order, one twice; 0.15 is the main figure's sigma
@@ -115,18 +114,24 @@ def test_a_sigma_row_does_not_depend_on_the_others_swept(swept, tmp_path: Path) 
 
 
 def test_off_by_default_no_figure_no_cost_no_manifest_entry(swept) -> None:
-    cfg = replace(swept[0], smooth_sigmas=())
-    stub = SimpleNamespace(cfg=cfg, skipped=[])
-    assert sweep.STAGE.cost(stub, cfg, {sweep.NAME: 1.0}) == Work()
-    assert sweep.STAGE.units(stub, cfg) == 0
-    assert "q4_smoothgrad_sigma" not in planned_figures(stub, STAGES)
+    """Without --smooth-sigmas the entry plans no figure (so --notes may not name it), prices
+    nothing, shows no progress and leaves the manifest's parameters as before the option."""
+    cfg, n = replace(swept[0], smooth_sigmas=()), len(swept[1]["dataset"]["images"])
+    off = SimpleNamespace(cfg=cfg)
+    on = SimpleNamespace(
+        cfg=replace(cfg, smooth_sigmas=SIGMAS), subject=SimpleNamespace(paths=[0] * n)
+    )
+    assert sweep.STAGE.cost(off, cfg, {sweep.NAME: 1.0}) == Work()
+    assert sweep.STAGE.units(off, cfg) == 0 and sweep.STAGE.figures(off) == ()
     assert "smooth_sigmas" not in parameters(cfg)  # earlier manifests stay byte-identical
+    notes = parse_notes(NOTES, "N.md")
     with pytest.raises(UserError, match="no figure named q4_smoothgrad_sigma"):
-        check_references(parse_notes(NOTES, "N.md"), planned_figures(stub, STAGES))
-    on = replace(cfg, smooth_sigmas=SIGMAS)
-    planned = planned_figures(SimpleNamespace(cfg=on, skipped=[]), STAGES)
-    check_references(parse_notes(NOTES, "N.md"), planned)
-    assert sweep.STAGE.cost(stub, on, {sweep.NAME: 1.0}).backward > 0
+        check_references(notes, ["q4_smoothgrad", *sweep.STAGE.figures(off)])
+    check_references(notes, ["q4_smoothgrad", *sweep.STAGE.figures(on)])
+    assert sweep.STAGE.units(on, on.cfg) == 3 + 1  # three sigmas, then the scores
+    # two sigmas of its own (the main one is q4_smoothgrad's): their gradients at the share
+    assert sweep.STAGE.cost(on, on.cfg, {sweep.NAME: 0.5}).backward == 2 * n * 20 * 0.5
+    assert "q4_smoothgrad_sigma" in [f["id"] for f in swept[1]["figures"]]
 
 
 def test_preset_hw5_2020_sweeps_and_the_flag_wins() -> None:

@@ -150,7 +150,7 @@ def stage_sweep(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> Swee
     write_png(run, f"{ID}.png", fig)
     run.write_npz(
         f"{ID}.npz",
-        sigmas=np.array(sigmas, dtype=np.float32),
+        sigmas=np.array(sigmas, dtype=np.float64),  # as given: 0.15 stays 0.15
         maps=stacked.astype(np.float32),
         samples=np.array(used, dtype=np.int64),
         target=s.target.cpu().numpy(),
