@@ -25,6 +25,7 @@ from hw5lib.tolerances import RANKED, ArrayRule
 
 NAME = "Q4 SmoothGrad sigma sweep"
 ID = "q4_smoothgrad_sigma"
+TITLE = "SmoothGrad by noise std sigma"
 # A sigma's own noise stream: this base plus the sigma in thousandths, so a sigma's row does not
 # depend on which others are swept, and no stage's stream (all below 1000) is ever drawn again.
 STREAMS = 100_000
@@ -146,7 +147,7 @@ def stage_sweep(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> Swee
     labels = [
         f"sigma {sg:g}   Spearman {number(r, '.3f')}" for sg, r in zip(sigmas, rhos, strict=True)
     ]
-    fig = sweep_rows(s.pixels, stacked, s.titles(run.classes), labels, "SmoothGrad sigma")
+    fig = sweep_rows(s.pixels, stacked, s.titles(run.classes), labels, f"{TITLE} (x value range)")
     write_png(run, f"{ID}.png", fig)
     run.write_npz(
         f"{ID}.npz",
@@ -159,9 +160,7 @@ def stage_sweep(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> Swee
     params = {"sigmas": sigmas, "main_sigma": cfg.smooth_sigma, "cap": cfg.smooth_samples}
     params |= {"samples": used, "tracks_above": TRACKS, **scores}
     text = caption(cfg, sigmas, used, scores)
-    out.figures = [
-        FigureRecord(ID, "Q4", "SmoothGrad sigma", text, *(f"{ID}.png", f"{ID}.npz"), params)
-    ]
+    out.figures = [FigureRecord(ID, "Q4", TITLE, text, *(f"{ID}.png", f"{ID}.npz"), params)]
     spent = [n for counts in out.own.values() for n in counts]
     out.share = float(np.mean(spent)) / cfg.smooth_samples if spent else None
     return out
@@ -190,7 +189,7 @@ STAGE = Stage(
     # an extra figure of a setting: lost before any figure of the assignment's questions
     cuts=(Cut(NAME, "SmoothGrad sigma sweep not run", {"skip": True}, rank=2),),
     options=(*q4_smoothgrad.STAGE.options, "smooth_sigmas", "deletion_steps"),
-    share=Share(expected=0.8),
+    share=Share(expected=0.8),  # 0.76 of the cap on the sample set (bench/RESULTS.md)
     figures=lambda run: (ID,) if run.cfg.smooth_sigmas else (),
     verify=(ArrayRule(ID, "maps", RANKED),),
 )
