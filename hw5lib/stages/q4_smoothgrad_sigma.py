@@ -12,9 +12,10 @@ from tqdm import tqdm
 
 from hw5lib.config import RunConfig
 from hw5lib.methods import metrics
+from hw5lib.methods.deletion_rows import auc_rows
 from hw5lib.methods.randomization import rank_correlation
 from hw5lib.report.sweep_figure import sweep_rows
-from hw5lib.stages import q4_smoothgrad, trust_table
+from hw5lib.stages import q4_smoothgrad
 from hw5lib.stages.context import Run, Shares
 from hw5lib.stages.costs import FIGURE_SECONDS, Cut, Deadline, Work
 from hw5lib.stages.protocol import FigureRecord, StageResult
@@ -84,9 +85,12 @@ def maps_at(
 def deletion_aucs(run: Run, cfg: RunConfig, sigmas: list[float], rows: list[Tensor]) -> list:
     """Mean deletion AUC per sigma, scored as the trust table scores a method (NaN for a sigma
     whose maps are not finite)."""
-    named = {f"{sg:g}": m for sg, m in zip(sigmas, rows, strict=True)}
+    s, named = run.subject, {f"{sg:g}": m for sg, m in zip(sigmas, rows, strict=True)}
     finite = [k for k, m in named.items() if m.isfinite().all()]
-    scored = trust_table.faithfulness_rows(run, cfg, named, finite) if finite else []
+    if not finite:
+        return [float("nan")] * len(rows)
+    how = dict(steps=cfg.deletion_steps, batch_size=cfg.batch_size, head=run.output.kind)
+    scored = auc_rows(run.inference, s.x, s.target, named, finite, **how, device=run.device)
     auc = {row["method"]: row["deletion"] for row in scored}
     return [auc.get(k, float("nan")) for k in named]
 
