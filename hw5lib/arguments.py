@@ -181,6 +181,8 @@ PRESETS: dict[str, dict] = {
         "filter_layers": ("cnn.15",),
         "filters": (0,),
         "conventions": COURSE,
+        # the main figure's sigma, then the seed report's sweep (1-4 x the value range, 0.75)
+        "smooth_sigmas": (0.15, 0.75, 1.0, 2.0, 3.0, 4.0),
     },
     "expression": {"classes": "fer2013", "channels": 1},  # the side: the CSV's own
     "catdog": {

@@ -2,8 +2,7 @@
 
 A field made with ``option(...)`` carries its flag, help text and argparse group as metadata:
 ``cli`` builds the parser from these fields and the RunConfig from the parsed values, so an
-option is one line here and nowhere else.
-"""
+option is one line here and nowhere else."""
 
 from __future__ import annotations
 
@@ -20,8 +19,7 @@ METHODS = "method settings"
 RUN = ""  # the report command's own options, listed first
 GROUPS = (RUN, PREPROCESSING, WHAT, METHODS)
 
-# --conventions: this tool's definitions of saliency, LIME and filter visualization, or the
-# course sample code's (course.py)
+# --conventions: this tool's saliency, LIME and filter ascent, or the course code's (course.py)
 OURS, COURSE = "ours", "course"
 
 
@@ -32,19 +30,15 @@ def comma_list(cast: Callable[[str], Any], what: str) -> Callable[[str], tuple]:
         try:
             return tuple(cast(v) for v in text.split(","))
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated {what}, got {text!r}"
-            ) from None
+            why = f"expected comma-separated {what}, got {text!r}"
+            raise argparse.ArgumentTypeError(why) from None
 
     return parse
 
 
 floats = comma_list(float, "numbers")
 ints = comma_list(int, "integers")
-
-
-def names(text: str) -> tuple[str, ...]:
-    return tuple(text.split(","))
+names = comma_list(str, "names")
 
 
 @dataclass(frozen=True)
@@ -264,6 +258,12 @@ class RunConfig:
         "SmoothGrad noise std as a fraction of each image's range (default 0.15)",
         type=float,
         positive=True,
+    )
+    smooth_sigmas: tuple[float, ...] = option(
+        (),
+        "also SmoothGrad at each of these noise stds (fractions of the value range), one row "
+        "each in figure q4_smoothgrad_sigma (default none; --preset hw5-2020: 0.15,0.75,1,2,3,4)",
+        type=floats,
     )
     ig_steps: int = option(
         32,

@@ -52,6 +52,8 @@ def parameters(cfg: RunConfig) -> dict:
         params.pop("threads")
     if cfg.checkpoint_key is None:  # the one state_dict that fits: as before the option
         params.pop("checkpoint_key")
+    if not cfg.smooth_sigmas:  # no sigma sweep: as before the option
+        params.pop("smooth_sigmas")
     return params
 
 

@@ -84,11 +84,15 @@ def smoothgrad_of(
     x: Tensor,
     target: Tensor,
     counts: list[int] | None = None,
+    *,
+    stream: int = NOISE_STREAM,
+    method: str = METHOD,
 ) -> attributions.Converged:
     """SmoothGrad of saliency with the run's settings: until converged (at most
     --smooth-samples), or exactly that many with --no-adaptive; in a replay of the explained
-    images, each image's recorded count; with ``counts``, exactly those per image."""
-    replayed = run.replayed(METHOD, "samples", cfg.smooth_samples)
+    images, each image's recorded count; with ``counts``, exactly those per image. ``stream``
+    and ``method``: another noise stream, and the name its replayed counts are recorded under."""
+    replayed = run.replayed(method, "samples", cfg.smooth_samples)
     # the stage's own maps: the trust table's randomized model passes the trained counts
     same = replayed is not None and len(replayed) == len(x) and model is run.gradients
     counts = replayed if same else counts
@@ -102,7 +106,7 @@ def smoothgrad_of(
         round_samples=ROUND,
         agreement=AGREEMENT,
         sigma=cfg.smooth_sigma,
-        generator=run.generator(NOISE_STREAM),
+        generator=run.generator(stream),
         batch_size=cfg.batch_size,
         stop=deadline.passed,
         samples_per_image=torch.tensor(counts) if counts is not None else None,

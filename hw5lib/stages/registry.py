@@ -24,6 +24,7 @@ from hw5lib.stages import (
     q4_grad_x_input,
     q4_integrated_gradients,
     q4_smoothgrad,
+    q4_smoothgrad_sigma,
     trust_table,
 )
 from hw5lib.stages.context import Method
@@ -36,6 +37,7 @@ STAGES: tuple[Stage, ...] = (
     q2_filters.STAGE,
     q3_lime.STAGE,
     q4_smoothgrad.STAGE,
+    q4_smoothgrad_sigma.STAGE,
     q4_grad_x_input.STAGE,
     q4_integrated_gradients.STAGE,
     q3_confusion.STAGE,
