@@ -191,7 +191,7 @@ STAGE = Stage(
     sweep_cost,
     units=lambda run, cfg: len(swept(cfg)) + 1 if cfg.smooth_sigmas else 0,
     # an extra figure of a setting: lost before any figure of the assignment's questions
-    cuts=(Cut(NAME, "SmoothGrad sigma sweep not run", {"skip": True}, rank=2),),
+    cuts=(Cut(NAME, "SmoothGrad sigma sweep not run", {"skip": True}, rank=0.5),),  # an extra
     options=(*q4_smoothgrad.STAGE.options, "smooth_sigmas", "deletion_steps"),
     share=Share(expected=0.8),  # 0.76 of the cap on the sample set (bench/RESULTS.md)
     figures=lambda run: (ID,) if run.cfg.smooth_sigmas else (),
