@@ -33,6 +33,7 @@ from hw5lib.methods.lime_adapter import (
 )
 from hw5lib.methods.lime_stopping import MIN_SAMPLES, SEPARATION_SETTLED, top_separation
 from hw5lib.report import attribution_figures, confusion_figures, feature_figures, figures
+from hw5lib.report.outputs import atomic_write_bytes
 from model import Classifier
 
 SIDE = 128  # the pipeline's display size
@@ -244,7 +245,8 @@ def drawn(make: Callable[[], Figure], path: Path) -> bytes:
     """The PNG of ``make()``, failing on any warning while it is built or rendered."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        data = figures.save_png(make(), path)
+        data = figures.png_bytes(make())
+    atomic_write_bytes(path, data)  # as Run.write writes a figure
     assert path.read_bytes() == data and data.startswith(b"\x89PNG")
     return data
 

@@ -5,13 +5,11 @@ convergence_plot, on panels.py's primitives; no gradients are computed in any of
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from hw5lib.report import panels  # noqa: F401 (selects the Agg backend before any drawing)
-from hw5lib.report.outputs import atomic_write_bytes
 
 DPI = 100
 PNG_METADATA = {"Software": None}  # no version string: the bytes depend on the data alone
@@ -23,10 +21,3 @@ def png_bytes(fig: Figure) -> bytes:
     fig.savefig(buf, format="png", dpi=DPI, metadata=PNG_METADATA)
     plt.close(fig)
     return buf.getvalue()
-
-
-def save_png(fig: Figure, path: Path) -> bytes:
-    """Render ``fig`` to PNG, write it atomically and return the bytes (for the manifest hash)."""
-    data = png_bytes(fig)
-    atomic_write_bytes(path, data)
-    return data
