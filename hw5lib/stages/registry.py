@@ -23,6 +23,7 @@ from hw5lib.stages import (
     q4_feature_maps,
     q4_grad_x_input,
     q4_integrated_gradients,
+    q4_shap,
     q4_smoothgrad,
     trust_table,
 )
@@ -38,6 +39,7 @@ STAGES: tuple[Stage, ...] = (
     q4_smoothgrad.STAGE,
     q4_grad_x_input.STAGE,
     q4_integrated_gradients.STAGE,
+    q4_shap.STAGE,
     q3_confusion.STAGE,
     q4_cams.STAGE,
     q4_feature_maps.STAGE,
