@@ -128,14 +128,14 @@ def test_a_sampled_method_registered_in_one_entry_reaches_every_part_of_the_run(
     assert figure["section"] == "Q4" and f"{TOY_ID}.npz" in man["outputs"]
     assert "Toy" in report_text(cfg.out)
     # convergence: its record in the manifest, its rule and reference in the appendix caption,
-    # its panel in the figure (five panels: LIME, SmoothGrad, IG, the toy, filter ascent)
+    # its panel in the figure (six panels: LIME, SmoothGrad, IG, SHAP, the toy, filter ascent)
     n = len(man["dataset"]["images"])
     counts = [ROUND * (1 + i % LEVELS) for i in range(n)]
     assert man["convergence"][TOY]["samples"] == counts
     appendix = next(f for f in man["figures"] if f["id"] == "appendix_convergence")
     assert "toy rule" in appendix["caption"] and "toy ref" in appendix["caption"]
     with Image.open(cfg.out / appendix["png"]) as png:
-        assert png.width == round(5 * PANEL_WIDTH * DPI)
+        assert png.width == round(6 * PANEL_WIDTH * DPI)
     # trust table: its row, rerun on the randomized model, its stability and notes
     columns, rows = man["trust"]["columns"], {r[0]: r for r in man["trust"]["rows"]}
     assert rows[TOY][columns.index("randomization rank corr.")] is not None

@@ -19,19 +19,11 @@ from hw5lib.stages.protocol import FigureRecord
 from hw5lib.stages.record import (
     explained,
     mask_caption,
-    number,
     unexplained,
     unexplained_caption,
     write_png,
 )
-from hw5lib.stages.shap_result import (
-    METHOD,
-    ShapStageResult,
-    efficiency_gap,
-    positive_share,
-    rule_text,
-    span,
-)
+from hw5lib.stages.shap_result import METHOD, ShapStageResult, caption
 from hw5lib.stages.stage import Share, Stage
 from hw5lib.tolerances import RANKED, ArrayRule
 
@@ -57,6 +49,11 @@ def permutation_cap(cfg: RunConfig, segments: int) -> int:
     """The most permutations ``shap_values`` draws for an image of ``segments`` superpixels."""
     per_pair = shap_values.evaluations(segments, 2) - shap_values.evaluations(segments, 0)
     return 2 * max(shap_values.MIN_PAIRS, cfg.shap_evaluations // per_pair)
+
+
+def at_cap(cfg: RunConfig, segments: int) -> int:
+    """Model evaluations of an image of ``segments`` superpixels that never converges."""
+    return shap_values.evaluations(segments, permutation_cap(cfg, segments))
 
 
 def stage_shap(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> ShapStageResult:
@@ -95,12 +92,11 @@ def stage_shap(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> ShapS
     values = np.zeros((n, width), dtype=np.float32)
     for i, r in enumerate(results):
         values[i, : counts[i]] = r.values[0, : counts[i]].numpy()
-    maps = torch.cat([r.maps for r in results]).cpu()
-    full = np.array([float(r.full[0]) for r in results], dtype=np.float32)
-    empty = np.array([float(r.empty[0]) for r in results], dtype=np.float32)
-    perms = [r.permutations[0] for r in results]
-    evals = [r.evaluations[0] for r in results]
-    arr = maps.numpy().astype(np.float32)
+    maps = torch.cat([r.maps for r in results]).cpu().float()
+    full = torch.cat([r.full for r in results]).float().numpy()
+    empty = torch.cat([r.empty for r in results]).float().numpy()
+    perms, evals = [r.permutations[0] for r in results], [r.evaluations[0] for r in results]
+    arr = maps.numpy()
     shown = s.first(n)
     reasons = attributions.why_unexplained(arr)
     title = "SHAP: superpixels for (red) and against (blue) the class"
@@ -138,27 +134,13 @@ def stage_shap(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> ShapS
     )
     return ShapStageResult(
         [record],
-        {METHOD: maps.float()} if complete else {},  # the trust table compares the same images
-        share=float(np.mean(evals)) / cfg.shap_evaluations,
+        {METHOD: maps} if complete else {},  # the trust table compares the same images
+        share=float(np.mean([e / at_cap(cfg, c) for e, c in zip(evals, counts, strict=False)])),
         permutations=perms,
         evaluations=evals,
         separation=[[t[1] for t in r.trace[0]] for r in results],
         cap=cfg.shap_evaluations,
         adaptive=cfg.adaptive,
-    )
-
-
-def caption(values, full, empty, perms: list[int], evals: list[int], cfg: RunConfig) -> str:
-    pos = positive_share(values)
-    return (
-        f"SHAP (Lundberg & Lee, 2017): Shapley values of LIME's SLIC superpixels for the target "
-        f"class's logit, a hidden superpixel showing its mean colour, estimated by Captum's "
-        f"ShapleyValueSampling with {rule_text(cfg.shap_evaluations, cfg.adaptive)} (seed "
-        f"{cfg.seed}): {span(perms)} permutations, {span(evals)} model evaluations per image (mean {np.mean(evals):.0f}). Red superpixels raise the score, blue "
-        f"lower it. Efficiency check, max over images of |sum of values - (f(x) - f(all "
-        f"hidden))| / |f(x) - f(all hidden)|: {efficiency_gap(values, full, empty):.1e}. "
-        f"Positive values carry {number(pos)} of the absolute mass, negative "
-        f"{number(1 - pos)}."
     )
 
 
@@ -171,8 +153,7 @@ def shap_cost(run: Run, cfg: RunConfig, shares: Shares) -> Work:
     forward = 0.0
     for n in counts:
         floor = shap_values.evaluations(n, 2 * shap_values.MIN_PAIRS)
-        at_cap = shap_values.evaluations(n, permutation_cap(cfg, n))
-        forward += max(floor, at_cap * shares[NAME])
+        forward += max(floor, at_cap(cfg, n) * shares[NAME])
     return Work(forward=forward, seconds=0.1 * explained(run) + FIGURE_SECONDS)
 
 

@@ -1,6 +1,6 @@
 """What the Q4 SHAP stage (``q4_shap``) hands back: its per-image permutation counts and
 evaluations, and from them the convergence record (read back by a replay) and panel, and the
-caption's numbers (efficiency gap, positive share). It defines no stage."""
+caption with its numbers (efficiency gap, positive share). It defines no stage."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hw5lib.config import RunConfig
 from hw5lib.methods.lime_stopping import TOP_K, TOP_RIVALS, TOP_SEPARATION
 from hw5lib.methods.shap_values import MIN_PAIRS, ROUND_PAIRS
 from hw5lib.report.convergence_plot import Panel
 from hw5lib.stages.protocol import StageResult
+from hw5lib.stages.record import number
 
 METHOD = "SHAP"  # its row in the trust table and its entry in manifest.json's "convergence"
 
@@ -45,6 +47,20 @@ def positive_share(values: np.ndarray) -> float:
 def span(counts: list[int]) -> str:
     lo, hi = min(counts), max(counts)
     return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def caption(values, full, empty, perms: list[int], evals: list[int], cfg: RunConfig) -> str:
+    pos = positive_share(values)
+    return (
+        f"SHAP (Lundberg & Lee, 2017): Shapley values of LIME's SLIC superpixels for the target "
+        f"class's logit, a hidden superpixel showing its mean colour, estimated by Captum's "
+        f"ShapleyValueSampling with {rule_text(cfg.shap_evaluations, cfg.adaptive)} (seed "
+        f"{cfg.seed}): {span(perms)} permutations, {span(evals)} model evaluations per image "
+        f"(mean {np.mean(evals):.0f}). Red superpixels raise the score, blue lower it. Efficiency check, max over images of |sum of values - (f(x) - f(all "
+        f"hidden))| / |f(x) - f(all hidden)|: {efficiency_gap(values, full, empty):.1e}. "
+        f"Positive values carry {number(pos)} of the absolute mass, negative "
+        f"{number(1 - pos)}."
+    )
 
 
 @dataclass
