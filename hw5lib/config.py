@@ -39,8 +39,7 @@ def comma_list(cast: Callable[[str], Any], what: str) -> Callable[[str], tuple]:
     return parse
 
 
-floats = comma_list(float, "numbers")
-ints = comma_list(int, "integers")
+floats, ints = comma_list(float, "numbers"), comma_list(int, "integers")
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -277,14 +276,7 @@ class RunConfig:
     ig_baseline: str = option(
         "black", "Integrated Gradients baseline (default black)", choices=("black", "blur")
     )
-    shap_evaluations: int = option(
-        1000,
-        "most SHAP model evaluations per image (default 1000): antithetic permutation pairs of "
-        "LIME's superpixels in rounds of 2, at least 4 pairs (whatever the cap), until the top 5 "
-        "values stand >= 1 standard error above the next three (bench/RESULTS.md: SHAP)",
-        type=int,
-        positive=True,
-    )
+    shap_evaluations: int = option(1000, "most SHAP model evaluations per image (default 1000): antithetic permutation pairs of LIME's superpixels in rounds of 2, at least 4 pairs whatever the cap, until the top 5 values stand >= 1 standard error above the next three (bench/RESULTS.md: SHAP)", type=int, positive=True)  # fmt: skip
     cam_layer: str | None = option(
         None,
         "layer for Grad-CAM/LayerCAM (default: the last conv block's ReLU, cnn.18 for the HW3 "
