@@ -43,7 +43,7 @@ LIGHT = [*FAST, "--no-trust", "--filter-layers", "2"]
 # Every figure of the report; q2_activations_<layer> comes once per Q2 layer.
 FIGURES = {
     "q1_saliency", "q2_filters", "q3_lime", "q3_confusion", "q3_examples", "q4_smoothgrad",
-    "q4_grad_x_input", "q4_integrated_gradients", "q4_grad_cam", "q4_layercam",
+    "q4_grad_x_input", "q4_integrated_gradients", "q4_shap", "q4_grad_cam", "q4_layercam",
     "q4_feature_maps", "q4_deepdream", "appendix_convergence",
 }  # fmt: skip
 ACTIVATIONS = re.compile(r"q2_activations_\w+")

@@ -27,7 +27,7 @@ FAST = ["--lime-samples", "30", "--filter-steps", "3", "--smooth-samples", "2", 
         "--per-class", "0", "--filters-per-layer", "2", "--no-trust", "--quiet"]  # fmt: skip
 FIGURES = {
     "q1_saliency", "q2_filters", "q3_lime", "q3_confusion", "q3_examples", "q4_smoothgrad",
-    "q4_grad_x_input", "q4_integrated_gradients", "q4_grad_cam", "q4_layercam",
+    "q4_grad_x_input", "q4_integrated_gradients", "q4_shap", "q4_grad_cam", "q4_layercam",
     "q4_feature_maps", "q4_deepdream", "appendix_convergence",
 }  # fmt: skip
 

@@ -62,7 +62,7 @@ class Cut:
     stage: str
     what: str
     change: dict[str, object]
-    rank: int = 0  # order among all stages' cuts: lower is cheaper to lose, tried first
+    rank: float = 0  # order among all stages' cuts: lower is cheaper to lose, tried first
 
     def apply(self, cfg: RunConfig) -> RunConfig:
         """``cfg`` with the change; a limit never raises a setting already below it."""

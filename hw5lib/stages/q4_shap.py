@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from hw5lib.config import RunConfig
@@ -30,6 +31,20 @@ from hw5lib.tolerances import RANKED, ArrayRule
 NAME = "Q4 SHAP"
 FID = "q4_shap"
 SEGMENTS = lime_adapter.SLIC_ARGS["n_segments"]  # superpixels per image, before LIME made them
+
+
+class UntilDeadline(nn.Module):
+    """The model, raising ``OutOfTime`` before a batch once ``deadline`` has passed: SHAP stops
+    between model batches, as LIME does (an image's permutations are hundreds of images)."""
+
+    def __init__(self, model: nn.Module, deadline: Deadline) -> None:
+        super().__init__()
+        self.model, self.deadline = model, deadline
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.deadline.passed():
+            raise lime_adapter.OutOfTime
+        return self.model(x)
 
 
 def superpixels(run: Run) -> list[np.ndarray]:
@@ -63,16 +78,13 @@ def stage_shap(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> ShapS
     replayed = run.replayed(METHOD, "permutations", permutation_cap(cfg, min(counts)))
     todo = len(replayed) if replayed is not None else len(s.paths)
     results: list[shap_values.ShapResult] = []
+    model = UntilDeadline(run.inference, deadline)
     for i in range(todo):
-        if deadline.passed():
-            left = f"{len(s.paths) - i} of {len(s.paths)}"
-            run.cuts.append(f"{NAME}: {left} images not explained, the budget was spent")
-            break
         x = s.x[i : i + 1]
         seg = torch.from_numpy(segs[i])[None]
-        results.append(
-            shap_values.shapley_values(
-                run.inference,
+        try:
+            result = shap_values.shapley_values(
+                model,
                 x,
                 s.target[i : i + 1],
                 seg,
@@ -83,7 +95,11 @@ def stage_shap(run: Run, cfg: RunConfig, deadline: Deadline, bar: tqdm) -> ShapS
                 permutations=None if replayed is None else [replayed[i]],
                 adaptive=cfg.adaptive,
             )
-        )
+        except lime_adapter.OutOfTime:
+            left = f"{len(s.paths) - i} of {len(s.paths)}"
+            run.cuts.append(f"{NAME}: {left} images not explained, the budget was spent")
+            break
+        results.append(result)
         bar.update()
     if not results:
         return ShapStageResult(cap=cfg.shap_evaluations, adaptive=cfg.adaptive)
@@ -168,9 +184,10 @@ STAGE = Stage(
             NAME,
             f"{2 * shap_values.MIN_PAIRS} permutations per image (the rule's floor)",
             {"shap_evaluations": 1},
-            rank=1,
+            rank=4.5,  # the floor already settled the demo's top five (bench/RESULTS.md: SHAP)
         ),
-        Cut(NAME, "SHAP not run", {"skip": True}, rank=4),
+        # a figure beyond the assignment's: gone before the trust checks and DeepDream
+        Cut(NAME, "SHAP not run", {"skip": True}, rank=6.5),
     ),
     options=("shap_evaluations", "adaptive", "seed", "batch_size"),
     methods=(Method(METHOD, sampled=True),),
