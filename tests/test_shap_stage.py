@@ -13,7 +13,7 @@ from hw5lib.config import RunConfig
 from hw5lib.inputs.sample import SampleInfo
 from hw5lib.methods import shap_values
 from hw5lib.run.pipeline import run_report
-from hw5lib.stages.q4_shap import FID
+from hw5lib.stages.q4_shap import FID, permutation_cap
 from hw5lib.stages.shap_result import METHOD
 from tests.test_registry import FAST
 
@@ -75,7 +75,8 @@ def test_shap_figure_caption_replay_and_trust_row(
     # a replay under a cap and rule that alone would draw far more permutations draws the
     # recorded ones and makes the same bytes
     again = replace(cfg, out=tmp_path / "b", replay=cfg.out / "manifest.json",
-                    shap_evaluations=20 * CAP, adaptive=False)  # fmt: skip
+                    shap_evaluations=100 * CAP, adaptive=False)  # fmt: skip
+    assert permutation_cap(again, int(counts.max())) > max(perms)  # what it would draw afresh
     replayed, _ = run_report(again, progress=False)
     assert replayed["convergence"][METHOD]["permutations"] == perms
     assert (tmp_path / "b" / f"{FID}.npz").read_bytes() == (cfg.out / f"{FID}.npz").read_bytes()
