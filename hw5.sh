@@ -29,7 +29,7 @@ if [ -f "$here/submitted/manifest.json" ] && [ "${HW5_REPLAY:-on}" != "off" ]; t
 fi
 
 if [ "$#" -eq 0 ]; then
-  exec "$py" "$here/hw5.py" report --budget "$budget" ${notes[@]+"${notes[@]}"}
+  exec "$py" "$here/hw5.py" report --budget "$budget" --preset all-figures ${notes[@]+"${notes[@]}"}
 fi
 if [ "$#" -lt 2 ]; then
   echo "usage: bash hw5.sh <food_dir> <out_dir> [hw5.py report options]   (or no arguments for the bundled demo)" >&2

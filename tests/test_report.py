@@ -15,7 +15,7 @@ from hw5lib.report.notes import parse_notes
 from hw5lib.report.pdf import CUTS_HEADING, NOTES_HEADING, write_report
 from hw5lib.report.pdf_layout import format_cell, latin1
 from hw5lib.report.pdf_tables import FIGURES_HEADING, FULL_RECORD, TRUST_HEADING, key_parameters
-from hw5lib.report.sections import QUESTIONS, SECTION_HEADINGS
+from hw5lib.report.sections import QUESTIONS, SECTION_HEADINGS, section_heading
 
 # (id, section, width px, height px): wide, square, very tall, and an appendix figure.
 # q4_gradcam has an alpha channel, as matplotlib's PNGs do (fpdf stores it as a soft mask).
@@ -333,3 +333,13 @@ def test_failed_replace_keeps_old_report_and_removes_temp(
         write_report({"figures": []}, tmp_path, path)
     assert path.read_bytes() == b"old report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.pdf"]
+
+
+def test_q4_heading_names_the_methods_the_run_drew() -> None:
+    drawn = {"q4_smoothgrad", "q4_shap", "q4_deepdream"}
+    assert section_heading("Q4", drawn) == (
+        "Q4. Other methods: what do SmoothGrad, SHAP and DeepDream show?"
+    )
+    assert "SHAP" not in section_heading("Q4", {"q4_smoothgrad", "q4_grad_cam"})
+    assert "SHAP" in section_heading("Q4", set())  # no figure: the question as asked
+    assert section_heading("Q1", drawn) == SECTION_HEADINGS["Q1"]

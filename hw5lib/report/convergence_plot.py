@@ -31,7 +31,7 @@ class Panel:
     title: str
     xlabel: str
     ylabel: str
-    level: float
+    level: float | None  # None: no line (a cap the time budget cut to the rule's floor)
     kind: Kind = "estimate"
     bars: Sequence[float] = ()
     lines: Sequence[tuple[np.ndarray, np.ndarray]] = ()
@@ -44,8 +44,9 @@ class Panel:
 def draw_panel(ax: plt.Axes, panel: Panel) -> None:
     if panel.bars:
         ax.bar(range(len(panel.bars)), panel.bars, color="tab:green")
-        ax.axhline(panel.level, color="k", ls="--", lw=1, label=f"cap {panel.level:g}")
-        ax.legend(loc="lower right", fontsize=8)
+        if panel.level is not None:
+            ax.axhline(panel.level, color="k", ls="--", lw=1, label=f"cap {panel.level:g}")
+            ax.legend(loc="lower right", fontsize=8)
     else:
         style = {"marker": "o", "lw": 1, "ms": 3} if panel.markers else {"lw": 1}
         for x, y in panel.lines:
@@ -53,7 +54,8 @@ def draw_panel(ax: plt.Axes, panel: Panel) -> None:
         if panel.log and panel.lines:
             ax.set_yscale("log")
             ax.set_xscale("log", base=2)
-        ax.axhline(panel.level, color="k", ls="--", lw=1)
+        if panel.level is not None:
+            ax.axhline(panel.level, color="k", ls="--", lw=1)
     ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
 
 

@@ -35,7 +35,7 @@ from hw5lib.report.pdf_layout import (
 )
 from hw5lib.report.pdf_tables import add_accuracy, add_figure_table, add_trust_table
 from hw5lib.report.pdf_title import add_title_page, report_title
-from hw5lib.report.sections import QUESTIONS, SECTION_HEADINGS
+from hw5lib.report.sections import QUESTIONS, SECTION_HEADINGS, section_heading
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def build_report(manifest: dict[str, Any], out_dir: Path, notes: Notes | None = 
     number = 0
     for q in QUESTIONS:
         pdf.add_page()
-        add_heading(pdf, SECTION_HEADINGS[q])
+        add_heading(pdf, section_heading(q, {f["id"] for f in groups[q]}))
         if not groups[q]:
             add_paragraph(pdf, "No figures were produced for this question in this run.")
         for fig in groups[q]:

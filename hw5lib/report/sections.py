@@ -7,7 +7,26 @@ SECTION_HEADINGS: dict[str, str] = {
     "Q2": "Q2. Filters: what input excites a filter, and where does it fire on real images?",
     "Q3": "Q3. LIME and the confusion matrix: what drives a prediction, and why do some "
     "classes do well?",
-    "Q4": "Q4. Other methods: what do SmoothGrad, Gradient x Input, Integrated Gradients, "
-    "Grad-CAM, LayerCAM and DeepDream show?",
+    "Q4": "Q4. Other methods: what do {} show?",
     "Appendix": "Appendix",
 }
+# Q4's methods by figure id, in the report's order; the heading names those the run drew.
+Q4_METHODS: tuple[tuple[str, str], ...] = (
+    ("q4_smoothgrad", "SmoothGrad"),
+    ("q4_grad_x_input", "Gradient x Input"),
+    ("q4_integrated_gradients", "Integrated Gradients"),
+    ("q4_shap", "SHAP"),
+    ("q4_grad_cam", "Grad-CAM"),
+    ("q4_layercam", "LayerCAM"),
+    ("q4_deepdream", "DeepDream"),
+)
+
+
+def section_heading(section: str, figure_ids: set[str]) -> str:
+    """The section's heading; Q4's names the methods among ``figure_ids`` (all when none)."""
+    heading = SECTION_HEADINGS[section]
+    if section != "Q4":
+        return heading
+    names = [name for fid, name in Q4_METHODS if fid in figure_ids] or [n for _, n in Q4_METHODS]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return heading.format(listed)

@@ -54,6 +54,9 @@ def parameters(cfg: RunConfig) -> dict:
         params.pop("checkpoint_key")
     if not cfg.smooth_sigmas:  # no sigma sweep: as before the option
         params.pop("smooth_sigmas")
+    if not cfg.shap:  # no SHAP: as before the option
+        params.pop("shap")
+        params.pop("shap_evaluations")
     return params
 
 
