@@ -68,11 +68,11 @@ def kernel_shap(score: Score, m: int, evals: int, seed: int) -> np.ndarray:
 
 
 def ours(score: Score, segments: Tensor, evals: int, seed: int) -> tuple[np.ndarray, int]:
-    values, _, used, _ = shap_values.explain_one(
+    one = shap_values.explain_one(
         score, segments, seed=seed, batch_size=128, max_evaluations=evals, permutations=None,
         adaptive=True,
     )  # fmt: skip
-    return values.numpy(), used
+    return one.values.numpy(), one.evaluations
 
 
 def partition_tabular(score: Score, centres: np.ndarray, evals: int) -> np.ndarray:
@@ -178,10 +178,11 @@ def main() -> None:
         maps["ours (SVS, rule)"] = v[segs[i].numpy()]
         add("ours (SVS, rule)", "efficiency", abs(v.sum() - gap) / abs(gap))
         t0 = time.perf_counter()
-        v, _, used, _ = shap_values.explain_one(
+        one = shap_values.explain_one(
             score, segs[i], seed=0, batch_size=128, max_evaluations=args.evals,
             permutations=2 * (args.evals // (2 * s + 1)), adaptive=False,
         )  # fmt: skip
+        v, used = one.values, one.evaluations
         add("SVS, fixed count", "seconds", time.perf_counter() - t0)
         add("SVS, fixed count", "evals", used)
         maps["SVS, fixed count"] = v.numpy()[segs[i].numpy()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -124,8 +125,9 @@ def test_linear_model_values_are_weight_times_difference() -> None:
         assert_close(got.values[i, :s], want, rtol=1e-4, atol=1e-5)
         assert (got.values[i, s:] == 0).all()
         assert_close(got.maps[i], want[seg[i]], rtol=1e-4, atol=1e-5)
-    # a linear response has no sampling noise: the rule stops at its floor
+    # a linear response has no sampling noise: the rule stops at its floor, the halves agree
     assert got.permutations == (2 * MIN_PAIRS, 2 * MIN_PAIRS)
+    assert got.agreement == pytest.approx((1.0, 1.0), abs=1e-6)
 
 
 def test_efficiency_on_the_sample_model(small_sample: SampleInfo) -> None:
@@ -208,3 +210,20 @@ def test_evaluation_budget_caps_the_permutations(adaptive: bool) -> None:
     assert got.evaluations[0] == 33 * got.permutations[0] // 2 + 2
     if not adaptive:
         assert got.permutations == (12,)
+
+
+def test_split_half_agreement_predicts_the_correlation_with_exact_values() -> None:
+    # Two halves of the pairs stand for two seeds' runs: the agreement they predict is the
+    # values' correlation with the enumerated ones (the trust table's stability column).
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, SIDE, SIDE)
+    seg = grid(SIDE, 3)[None]
+    base = segment_means(x, seg)
+    model = small_net()
+    exact = enumerated_shapley(model, x[0], base[0], seg[0], k=1).numpy()
+    for count in (8, 40):
+        got = shapley_values(model, x, torch.tensor([1]), seg, base, permutations=[count])
+        actual = np.corrcoef(got.values[0].double().numpy(), exact)[0, 1]
+        assert 0 < got.agreement[0] <= 1 and abs(got.agreement[0] - actual) < 0.01
+    one_pair = shapley_values(model, x, torch.tensor([1]), seg, base, permutations=[2])
+    assert math.isnan(one_pair.agreement[0])  # no two halves to compare

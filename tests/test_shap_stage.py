@@ -72,7 +72,11 @@ def test_shap_figure_caption_replay_and_trust_row(
     assert f"cap {CAP}" in record["rule"]
     columns, trust = man["trust"]["columns"], {r[0]: r for r in man["trust"]["rows"]}
     assert METHOD in trust
-    assert trust[METHOD][columns.index("deletion AUC (low=good)")] is not None
+    row = trust[METHOD]
+    assert row[columns.index("deletion AUC (low=good)")] is not None
+    # rerun on the randomized model at the trained counts; stability from its two half-sets
+    assert row[columns.index("randomization rank corr.")] is not None
+    assert 0 < row[columns.index("stability")] <= 1
 
     # a replay under a cap and rule that alone would draw far more permutations draws the
     # recorded ones and makes the same bytes

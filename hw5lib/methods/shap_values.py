@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from captum.attr import ShapleyValueSampling
 from torch import Tensor, nn
 
+from hw5lib.methods.attributions import split_half_agreement
 from hw5lib.methods.lime_stopping import TOP_SEPARATION, top_separation
 from hw5lib.methods.metrics import probabilities
 from hw5lib.model.hooks import eval_mode
@@ -48,6 +50,8 @@ class ShapResult:
     # per image, per round: (permutations so far, top-k separation in standard errors,
     # relative_noise)
     trace: tuple[tuple[tuple[int, float, float], ...], ...]
+    # per image: predicted correlation with the exact values, from two halves of the pairs
+    agreement: tuple[float, ...]
 
 
 def segment_means(x: Tensor, segments: Tensor) -> Tensor:
@@ -118,6 +122,17 @@ def relative_noise(pair_means: Tensor) -> float:
     return float(se / spread) if spread > 0 else 0.0
 
 
+class OneImage(NamedTuple):
+    """One image's values [S], permutations drawn, model evaluations, the rule's trace, and the
+    split-half predicted correlation with the exact values."""
+
+    values: Tensor
+    permutations: int
+    evaluations: int
+    trace: tuple[tuple[int, float, float], ...]
+    agreement: float
+
+
 def explain_one(
     score: Callable[[Tensor], Tensor],
     segments: Tensor,
@@ -127,9 +142,8 @@ def explain_one(
     max_evaluations: int,
     permutations: int | None,
     adaptive: bool,
-) -> tuple[Tensor, int, int, tuple[tuple[int, float, float], ...]]:
-    """One image: ``score`` maps coalitions [B,S] to scores [B]. Returns the [S] values, the
-    permutations drawn, the model evaluations and the stopping rule's trace. Draws at least
+) -> OneImage:
+    """One image: ``score`` maps coalitions [B,S] to scores [B]. Draws at least
     ``MIN_PAIRS`` pairs whatever ``max_evaluations`` (the rule needs their spread)."""
     s = int(segments.max()) + 1
     generator = torch.Generator().manual_seed(seed)
@@ -155,9 +169,12 @@ def explain_one(
         trace.append((2 * len(pair_means), separation, relative_noise(stacked)))
         if adaptive and permutations is None and separation >= TOP_SEPARATION:
             break
-    values = torch.stack(pair_means).mean(0)
+    stacked = torch.stack(pair_means)
     drawn = 2 * len(pair_means)
-    return values, drawn, evaluations(s, drawn), tuple(trace)
+    # the two halves of the pairs as two independent runs: how far another seed would agree
+    halves = stacked[0::2].mean(0)[None], stacked[1::2].mean(0)[None]
+    agreement = float(split_half_agreement(*halves)) if len(stacked) > 1 else float("nan")
+    return OneImage(stacked.mean(0), drawn, evaluations(s, drawn), tuple(trace), agreement)
 
 
 def shapley_values(
@@ -189,7 +206,7 @@ def shapley_values(
     values = torch.zeros(n, widest, dtype=torch.float64)
     used: list[int] = []
     evaluations: list[int] = []
-    traces = []
+    traces, agreement = [], []
     full, empty = [], []
     with eval_mode(model), torch.no_grad():
         for i in range(n):
@@ -198,7 +215,7 @@ def shapley_values(
             def score(on: Tensor, i: int = i, f: Callable = score_images) -> Tensor:
                 return f(coalition_images(x[i], baseline[i], segments[i], on))
 
-            v, p, e, trace = explain_one(
+            one = explain_one(
                 score,
                 segments[i],
                 seed=seed,
@@ -207,10 +224,11 @@ def shapley_values(
                 permutations=None if permutations is None else permutations[i],
                 adaptive=adaptive,
             )
-            values[i, : len(v)] = v.cpu()
-            used.append(p)
-            evaluations.append(e)
-            traces.append(trace)
+            values[i, : len(one.values)] = one.values.cpu()
+            used.append(one.permutations)
+            evaluations.append(one.evaluations)
+            traces.append(one.trace)
+            agreement.append(one.agreement)
             ends = score_images(torch.stack([x[i], baseline[i]]))
             full.append(float(ends[0]))
             empty.append(float(ends[1]))
@@ -223,4 +241,5 @@ def shapley_values(
         tuple(used),
         tuple(evaluations),
         tuple(traces),
+        tuple(agreement),
     )

@@ -13,7 +13,7 @@ from hw5lib.methods import shap_values
 from hw5lib.methods.lime_stopping import TOP_K, TOP_RIVALS, TOP_SEPARATION
 from hw5lib.methods.shap_values import MIN_PAIRS, ROUND_PAIRS
 from hw5lib.report.convergence_plot import Panel
-from hw5lib.stages.protocol import StageResult
+from hw5lib.stages.protocol import Stability, StageResult
 from hw5lib.stages.record import number
 
 METHOD = "SHAP"  # its row in the trust table and its entry in manifest.json's "convergence"
@@ -87,6 +87,13 @@ class ShapStageResult(StageResult):
     separation: list[list[float]] = field(default_factory=list)  # per image, per round
     cap: int = 0
     adaptive: bool = True
+    agreement: list[float] = field(default_factory=list)  # per image, when every image ran
+
+    def stability(self) -> dict[str, Stability]:
+        """Two seeds' values' correlation, predicted from two halves of each image's pairs."""
+        value = float(np.mean(self.agreement) ** 2) if self.agreement else None
+        how = "SHAP, the correlation of two seeds' values predicted from two halves of its "
+        return {METHOD: Stability(value, how + "permutation pairs (Spearman-Brown)")}
 
     def convergence(self) -> dict[str, dict]:
         if not self.permutations:
