@@ -181,6 +181,18 @@ def test_all_zero_and_non_finite_maps_count_as_uniform() -> None:
     assert sum(c.size for c in result.clusters) == 60
     assert result.location.share.centre == pytest.approx(locate(normalise(maps), None).share.centre)
     no_nan_json(result)
+    blank = class_strategies(np.zeros((20, S, S)), correct[:20], None, seed=0)
+    assert [c.size for c in blank.clusters] == [
+        20
+    ] and blank.location.share == blank.location.uniform
+
+
+def test_mismatched_shapes_are_refused_with_the_shapes() -> None:
+    maps, correct = planted()
+    with pytest.raises(ValueError, match=r"\(59,\)"):
+        class_strategies(maps, correct[:59], None, seed=0)
+    with pytest.raises(ValueError, match="masks"):
+        class_strategies(maps, correct, centre_mask(59), seed=0)
 
 
 def test_json_numbers_are_rounded_to_four_decimals() -> None:
