@@ -15,7 +15,7 @@ PACKAGE = ROOT / "hw5lib"
 MODULE_LINES, STAGE_LINES = 350, 200
 # The package's layers, lowest first: a module imports only from its own layer or lower ones.
 # base: settings, errors and tolerances every layer shares; entry: the commands.
-LAYERS = ("base", "report", "model", "methods", "inputs", "stages", "run", "entry")
+LAYERS = ("base", "report", "model", "methods", "inputs", "stages", "run", "audit", "entry")
 TOP_LEVEL = {"config": "base", "errors": "base", "tolerances": "base", "__init__": "base",
              "arguments": "entry", "cli": "entry", "verify": "entry"}  # fmt: skip
 STAGE_ENTRY = "STAGE = Stage("  # what makes a module a stage file (one report figure family)
