@@ -288,3 +288,14 @@ def test_ray_tasks_give_the_bytes_of_local_processes(
     assert records.computed == (0, 1, 2)
     assert_same(records, fresh)
     assert local_ray.is_initialized()  # joined, not shut down: the Ray was the caller's
+
+
+def test_a_ray_task_user_error_comes_back_as_one_line(
+    local_ray: object, job: AuditJob, images: ImageSet, tmp_path: Path
+) -> None:
+    bad = tmp_path / "notes.pt"
+    bad.write_text("these are my notes, not a checkpoint\n")
+    with pytest.raises(UserError) as info:
+        run_shards(replace(job, checkpoint=bad), images, tmp_path / "out", RayBackend())
+    assert type(info.value).__module__.startswith("hw5lib") and "\n" not in str(info.value)
+    assert list((tmp_path / "out" / SHARDS_FOLDER).iterdir()) == []

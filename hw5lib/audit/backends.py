@@ -102,6 +102,18 @@ def _ray_shard(job: AuditJob, shard: Shard) -> ShardRecords:
     return audit_shard(job, shard)
 
 
+def _result(ray: ModuleType, ref: object) -> ShardRecords:
+    """A task's records; a UserError it raised (a checkpoint that does not load) as itself,
+    one line, not wrapped in Ray's remote traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+
+
 @dataclass(frozen=True)
 class RayBackend:
     """Shards as Ray tasks, each loading the checkpoint itself (once per Ray worker process):
@@ -133,7 +145,7 @@ class RayBackend:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 shard = pending.pop(done[0])
-                yield shard, ray.get(done[0])
+                yield shard, _result(ray, done[0])
         finally:
             for ref in pending:  # an interrupt or an error: the rest is not needed
                 ray.cancel(ref, force=True)

@@ -26,7 +26,7 @@ class AuditJob:
     cam_layer: str
     methods: tuple[str, ...] = DEFAULT_METHODS
     side: int = MAP_SIDE
-    seed: int = 0
+    seed: int = 0  # in every shard's key; the default maps draw no random numbers
     device: str = "cpu"  # cpu, cuda or cuda:N; a Ray task takes the GPU Ray gives it
     trust_pickle: bool = False
     model_spec: str | None = None

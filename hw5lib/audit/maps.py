@@ -20,6 +20,7 @@ from hw5lib.audit.job import UNLABELLED, AuditJob, Shard
 from hw5lib.inputs.images import load_usable
 from hw5lib.methods import attributions, cam, metrics
 from hw5lib.model.loading import load_classifier
+from hw5lib.model.preprocess import Preprocess
 from hw5lib.model.probe import probe_output, take_off_head
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,20 @@ class ShardRecords:
 
 @dataclass(frozen=True, eq=False)
 class Classifier:
-    """The job's model as the gradient methods explain it (logits), and its output head."""
+    """The job's model as the gradient methods explain it (logits), its output head, and how
+    its images are read."""
 
     model: nn.Module
     head: str  # probe.OutputHead.kind: how probabilities are taken from the logits
     classes: int
+    reading: Preprocess  # the job's, with its --preprocess function imported (once)
 
 
 @lru_cache(maxsize=1)
 def load_model(job: AuditJob) -> Classifier:
     """The job's model, loaded as the report loads it (load_classifier, a softmax head taken
-    off); cached per process: a worker loads it once for all its shards."""
+    off); cached per process: a worker loads it once for all its shards. No fast path
+    (channels_last, folding): the plain model's maps are the ones to store."""
     loaded = load_classifier(
         job.checkpoint,
         trust_pickle=job.trust_pickle,
@@ -84,7 +88,7 @@ def load_model(job: AuditJob) -> Classifier:
     model = loaded.model.to(device).eval()
     pre = job.preprocess
     head, out = probe_output(model, torch.zeros(1, pre.channels, *pre.size, device=device))
-    return Classifier(take_off_head(model, head), head.kind, int(out.shape[1]))
+    return Classifier(take_off_head(model, head), head.kind, int(out.shape[1]), job.reading())
 
 
 def downsample(maps: Tensor, side: int) -> Tensor:
@@ -96,7 +100,7 @@ def audit_shard(job: AuditJob, shard: Shard) -> ShardRecords:
     """Probabilities and every ``job.methods`` map (for the predicted class) of the shard's
     readable images; unreadable ones are listed in ``skipped``."""
     net = load_model(job)
-    loaded = load_usable([Path(p) for p in shard.paths], job.reading())
+    loaded = load_usable([Path(p) for p in shard.paths], net.reading)
     kept = list(loaded.kept)
     left_out = sorted(set(range(len(shard))) - set(kept))  # in order, as load_usable lists them
     skipped = tuple(
