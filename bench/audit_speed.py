@@ -22,9 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hw5lib.audit.audit_args import SHARD_SIZE  # noqa: E402
 from hw5lib.audit.backends import LocalBackend, RayBackend  # noqa: E402
 from hw5lib.audit.job import AuditJob  # noqa: E402
-from hw5lib.audit.shards import SHARD_SIZE, run_shards  # noqa: E402
+from hw5lib.audit.shards import run_shards  # noqa: E402
 from hw5lib.inputs.datasets import open_dataset  # noqa: E402
 from hw5lib.methods.cam import default_cam_layer  # noqa: E402
 from hw5lib.model.loading import load_classifier, save_checkpoint  # noqa: E402

@@ -135,8 +135,10 @@ def build_parser(preset: dict | None = None) -> argparse.ArgumentParser:
     lay.add_argument("--model-args", help="JSON arguments for --model (object or list)")
     lay.add_argument("--checkpoint-key", help="which state_dict of the checkpoint to list")
 
+    from hw5lib.audit.audit_args import add_parser as add_audit
     from hw5lib.verify import tolerances_help
 
+    add_audit(sub)
     ver = sub.add_parser(
         "verify",
         help="does a rerun reproduce a submitted report? (for graders)",
@@ -292,3 +294,17 @@ def ensure_sample(root: Path) -> None:
         from hw5lib.inputs.sample import generate_sample
 
         generate_sample(root, seed=0)
+
+
+def audit_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig an audit loads its model with: the report's model and input options."""
+    if not args.checkpoint.is_file():
+        raise UserError(f"--checkpoint {args.checkpoint} is not a file")
+    chosen = {name: getattr(args, name) for name, _, _ in options() if hasattr(args, name)}
+    return RunConfig(
+        data=args.data,
+        out=args.out,
+        checkpoint=args.checkpoint,
+        model_args=parse_model_args(args.model_args),
+        **chosen | {"trust": False},
+    )

@@ -109,6 +109,14 @@ def run_command(argv: list[str] | None, started: float) -> int:
                     file=sys.stderr,
                 )
                 return STAGE_FAILED
+        elif args.command == "audit":
+            from hw5lib.arguments import audit_config
+            from hw5lib.audit.audit_args import audit_settings
+            from hw5lib.audit.command import run_audit
+
+            record = run_audit(audit_config(args), audit_settings(args), progress=not args.quiet)
+            for line in audit_lines(record, args.out):
+                print(line)
         elif args.command == "verify":
             from hw5lib.verify import table, verify
 
@@ -170,6 +178,26 @@ def run_command(argv: list[str] | None, started: float) -> int:
         )
         return TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
     return 0
+
+
+def audit_lines(record: dict, out: Path) -> list[str]:
+    data, acc = record["data"], record["accuracy"]
+    lines = [
+        f"audited {data['images']} images of {data['name']}/{data['split']}"
+        + (f", accuracy {acc:.3f}" if acc is not None else "")
+        + f"; wrote {out}/audit.json and shards/"
+    ]
+    if data["skipped"]:
+        lines.append(f"skipped {len(data['skipped'])} unreadable image(s), listed in audit.json")
+    flags = record["flagged"]
+    lines.append(f"{len(flags)} suspected shortcut(s)" + (":" if flags else ""))
+    lines += [
+        f"  {f['class']}"
+        + (f" cluster {f['cluster']}" if f["cluster"] is not None else "")
+        + f": {f['reason']}"
+        for f in flags
+    ]
+    return lines
 
 
 def dataset_lines(dataset: dict, classes: list[str], quiet: bool) -> list[str]:

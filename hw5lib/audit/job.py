@@ -7,11 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hw5lib.audit.audit_args import DEFAULT_METHODS, MAP_SIDE
 from hw5lib.inputs.user_preprocess import import_reader
 from hw5lib.model.preprocess import Preprocess
 
-DEFAULT_METHODS = ("grad_cam", "saliency")  # the cheap exact maps: one backward pass each
-MAP_SIDE = 32  # maps are stored area-averaged to MAP_SIDE x MAP_SIDE
 UNLABELLED = -1
 
 

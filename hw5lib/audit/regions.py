@@ -14,6 +14,7 @@ DECIMALS = 4  # every number in audit.json is rounded to this: reruns give the s
 # corners, 50% on the border and 25% in the centre: a watermark or logo sits in the corners.
 BAND = 4
 REGIONS = ("centre", "border", "corners")
+AWAY = (("corner", "in one corner"), ("corners", "in the corners"), ("border", "on the border"))
 # Without masks, attribution "sits" in a region when the region holds at least this multiple of
 # what a uniform map puts there: 25% more mass than chance (corners: 31% at S = 32) ...
 CONCENTRATION = 1.25
@@ -32,10 +33,13 @@ class Shares:
     border: float
     corners: float
     inside_object: float | None
+    # the largest of the four corners' shares (a logo sits in one), off the object with masks
+    corner: float = 0.0
 
     def to_json(self) -> dict:
         round_ = None if self.inside_object is None else round(self.inside_object, DECIMALS)
-        return {r: round(getattr(self, r), DECIMALS) for r in REGIONS} | {"inside_object": round_}
+        regions = {r: round(getattr(self, r), DECIMALS) for r in (*REGIONS, "corner")}
+        return regions | {"inside_object": round_}
 
 
 @dataclass(frozen=True)
@@ -80,11 +84,17 @@ def locate(probs: np.ndarray, masks: np.ndarray | None) -> Location:
     base = [float(r.mean()) for r in regions]
     mean = probs.mean(axis=0) if len(probs) else np.full((side, side), 1.0 / side**2)
     shares = [float(mean[r].sum()) for r in regions]
+    band = side // BAND
+    ends = (slice(0, band), slice(side - band, side))
+    off = probs if masks is None else probs * ~masks  # with masks: the mass off the object
+    off_mean = off.mean(axis=0) if len(probs) else mean
+    corner = max(float(off_mean[r, c].sum()) for r in ends for c in ends)
+    corner_base = band * band / side**2
     inside = area = None
     if masks is not None:
         area = float(masks.mean()) if masks.size else 1.0
         inside = float((probs * masks).sum(axis=(1, 2)).mean()) if len(probs) else area
-    return Location(Shares(*shares, inside), Shares(*base, area))
+    return Location(Shares(*shares, inside, corner), Shares(*base, area, corner_base))
 
 
 def _phrase(share: float, region: str, uniform: float, reference: float, compared: str) -> str:
@@ -95,8 +105,8 @@ def away_from_object(
     location: Location, reference: Sequence[Location], compared: str = "in the rest of the class"
 ) -> str | None:
     """Does ``location`` concentrate away from the object compared with ``reference`` (their
-    median)? With masks: outside the mask; without: in the corners or on the border. Returns the
-    phrase with the numbers, or None."""
+    median)? With masks: less inside the object, or one corner's mass off the object; without:
+    in one corner, the corners or on the border. Returns the phrase with the numbers, or None."""
     if not reference:
         return None
     share, base = location.share, location.uniform
@@ -108,9 +118,12 @@ def away_from_object(
         inside, ref = share.inside_object, float(np.median(refs))
         if inside <= ref - LOCATION_MARGIN:
             return _phrase(inside, "inside the object", base.inside_object, ref, compared)
-        return None
+    # The regions a watermark or a frame occupies; with masks, one corner's mass off the object
+    # (diffuse maps, saliency, spread a logo's pull: the mass it takes from the object is small
+    # though the corner it sits in stands out).
     found = []
-    for region, name in (("corners", "in the corners"), ("border", "on the border")):
+    masked = share.inside_object is not None
+    for region, name in AWAY[:1] if masked else AWAY:
         s, u = getattr(share, region), getattr(base, region)
         ref = float(np.median([getattr(r.share, region) for r in reference]))
         if s >= CONCENTRATION * u and s >= ref + LOCATION_MARGIN:

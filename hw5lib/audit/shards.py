@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hw5lib.audit.audit_args import SHARD_SIZE
 from hw5lib.audit.backends import Backend
 from hw5lib.audit.job import UNLABELLED, AuditJob, Shard
 from hw5lib.audit.maps import MAP_METHODS, ShardRecords, SkippedImage
@@ -29,7 +30,6 @@ from hw5lib.report.outputs import write_npz
 
 log = logging.getLogger(__name__)
 
-SHARD_SIZE = 64  # images per shard: a task of seconds, a file of a few hundred kB
 SHARD_FORMAT = 1  # part of every key: bump when what a shard file holds changes meaning
 SHARDS_FOLDER = "shards"
 

@@ -1,0 +1,101 @@
+"""``hw5.py audit DATA OUT``: every image of a split through the model and its cheap exact maps
+(stored in shards, resumable), SpRAy per class, and audit.json. The model is
+loaded and its input convention settled as a report run does (``run.subject.prepare``)."""
+
+from __future__ import annotations
+
+from hw5lib.audit.audit_args import AuditSettings
+from hw5lib.audit.backends import LocalBackend, RayBackend
+from hw5lib.audit.job import AuditJob
+from hw5lib.audit.shards import AuditRecords, run_shards
+from hw5lib.audit.summary import AUDIT_VERSION, AuditSummary, audit_masks, summarize
+from hw5lib.config import RunConfig
+from hw5lib.inputs.datasets import ImageSet, open_dataset
+from hw5lib.report.outputs import output_folder, sha256_file, write_json
+from hw5lib.report.portable import model_spec_name
+from hw5lib.run.image_choice import mask_root
+from hw5lib.run.subject import prepare
+from hw5lib.stages.q4_cams import cam_layer_name
+
+AUDIT_JSON = "audit.json"
+
+
+def backend_of(settings: AuditSettings) -> LocalBackend | RayBackend:
+    if settings.backend == "ray":
+        return RayBackend(settings.address)
+    return LocalBackend(settings.processes)
+
+
+def audit_images(cfg: RunConfig, split: str, classes: int) -> ImageSet:
+    """The split's images (DATA itself where it has no such split), labels past the model's
+    classes read as unlabelled."""
+    images = open_dataset(cfg.data, (split,))
+    if images.labels:
+        labels = tuple(lb if lb is not None and lb < classes else None for lb in images.labels)
+        images = ImageSet(images.root, images.paths, labels, images.classes)
+    return images
+
+
+def audit_record(
+    cfg: RunConfig, job: AuditJob, settings: AuditSettings, classes: list[str],
+    images: ImageSet, records: AuditRecords, summary: AuditSummary,
+) -> dict:  # fmt: skip
+    """audit.json: what was audited with what, every image's prediction, the per-class
+    strategies and the flags. Nothing of this machine (paths, backend, workers, time)."""
+    split = images.root.relative_to(cfg.data).as_posix() if images.root != cfg.data else "."
+    return {
+        "audit": AUDIT_VERSION,
+        "data": {
+            "name": cfg.data.name,
+            "split": split,
+            "images": len(records.ids),
+            "skipped": [{"id": s.id, "reason": s.reason} for s in records.skipped],
+        },
+        "model": {
+            "checkpoint": cfg.checkpoint.name,
+            "sha256": sha256_file(cfg.checkpoint),
+            "model": model_spec_name(cfg.model) if cfg.model else None,
+            "classes": classes,
+            "cam_layer": job.cam_layer,
+            "preprocess": job.preprocess.to_dict(),
+        },
+        "settings": {
+            "maps": list(job.methods),
+            "side": job.side,
+            "seed": job.seed,
+            "shard_size": settings.shard_size,
+            "clustered": settings.clustered,
+        },
+        "shards": list(records.keys),
+        "images": [
+            {"id": i, "label": int(lb), "pred": int(p), "p": round(float(pr[p]), 4)}
+            for i, lb, p, pr in zip(
+                records.ids, records.labels, records.pred, records.prob, strict=True
+            )
+        ],
+        **summary.to_json(),
+    }
+
+
+def run_audit(cfg: RunConfig, settings: AuditSettings, *, progress: bool = True) -> dict:
+    """Audit ``cfg.data``'s split into ``cfg.out``; returns audit.json's content."""
+    settings.check()
+    with output_folder(cfg.out):
+        run = prepare(cfg)
+        job = AuditJob(
+            checkpoint=cfg.checkpoint, preprocess=run.pre, cam_layer=cam_layer_name(run),
+            methods=settings.maps, side=settings.side, seed=cfg.seed, device=str(run.device),
+            trust_pickle=cfg.trust_pickle, model_spec=cfg.model, model_args=cfg.model_args,
+            checkpoint_key=cfg.checkpoint_key, reader=cfg.preprocess,
+        )  # fmt: skip
+        images = audit_images(cfg, settings.split, len(run.classes))
+        records = run_shards(
+            job, images, cfg.out, backend_of(settings), shard_size=settings.shard_size,
+            progress=progress,
+        )  # fmt: skip
+        paths = [images.root / i for i in records.ids]
+        masks = audit_masks(mask_root(cfg.data), paths, settings.side)
+        summary = summarize(records, run.classes, settings.clustered, masks, cfg.seed)
+        record = audit_record(cfg, job, settings, run.classes, images, records, summary)
+        write_json(cfg.out / AUDIT_JSON, record)
+        return record

@@ -1,0 +1,55 @@
+"""hw5.py audit end to end on the small sample set: audit.json with every image's prediction and
+each class's strategies, the shards reused by a second run (same bytes), and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hw5lib.cli import main
+from hw5lib.inputs.sample import SampleInfo
+
+
+def audit(small_sample: SampleInfo, checkpoint: Path, out: Path, *extra: str) -> int:
+    argv = ["audit", str(small_sample.root), str(out), "--checkpoint", str(checkpoint)]
+    return main([*argv, "--quiet", "--device", "cpu", *extra])
+
+
+def test_audit_writes_every_image_and_each_class_and_reuses_its_shards(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "audit"
+    assert audit(small_sample, tiny_checkpoint, out, "--shard-size", "8") == 0
+    record = json.loads((out / "audit.json").read_text())
+    validation = sorted(p.name for p in (small_sample.root / "validation").iterdir())
+    assert [i["id"] for i in record["images"]] == validation  # every image, in order
+    assert record["data"]["split"] == "validation" and record["data"]["skipped"] == []
+    assert len(record["shards"]) == -(-len(validation) // 8)
+    assert record["object_masks"] is True  # the sample set's masks/ were found
+    names = [c["name"] for c in record["classes"]]
+    assert names == list(small_sample.classes)  # two labelled images per class
+    for c in record["classes"]:
+        assert sorted(m for k in c["clusters"] for m in k["members"]) == list(range(c["size"]))
+        truth = [i for i in record["images"] if i["id"] in c["ids"]]
+        hits = sum(i["pred"] == i["label"] for i in truth) / len(truth)
+        assert c["accuracy"] == pytest.approx(hits, abs=1e-4)
+    assert "audited" in capsys.readouterr().out
+
+    # a second run computes nothing: the shards' keys match; audit.json is the same bytes
+    first = (out / "audit.json").read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    assert audit(small_sample, tiny_checkpoint, out, "--shard-size", "8") == 0
+    assert (out / "audit.json").read_bytes() == first
+    assert {p: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == stamps
+
+
+def test_audit_mistakes_are_one_line(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert audit(small_sample, tiny_checkpoint, tmp_path / "a", "--cluster", "layer_cam") == 2
+    assert "--cluster layer_cam: not among --maps" in capsys.readouterr().err
+    assert audit(small_sample, tmp_path / "none.pt", tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none.pt is not a file" in err
