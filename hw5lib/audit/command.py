@@ -10,8 +10,8 @@ from hw5lib.audit.job import AuditJob
 from hw5lib.audit.shards import AuditRecords, run_shards
 from hw5lib.audit.summary import AUDIT_VERSION, AuditSummary, audit_masks, summarize
 from hw5lib.config import RunConfig
-from hw5lib.inputs.datasets import ImageSet, open_dataset
-from hw5lib.report.outputs import output_folder, sha256_file, write_json
+from hw5lib.inputs.datasets import ImageSet, open_dataset, within_classes
+from hw5lib.report.outputs import output_folder, write_json
 from hw5lib.report.portable import model_spec_name
 from hw5lib.run.image_choice import mask_root
 from hw5lib.run.subject import prepare
@@ -29,15 +29,11 @@ def backend_of(settings: AuditSettings) -> LocalBackend | RayBackend:
 def audit_images(cfg: RunConfig, split: str, classes: int) -> ImageSet:
     """The split's images (DATA itself where it has no such split), labels past the model's
     classes read as unlabelled."""
-    images = open_dataset(cfg.data, (split,))
-    if images.labels:
-        labels = tuple(lb if lb is not None and lb < classes else None for lb in images.labels)
-        images = ImageSet(images.root, images.paths, labels, images.classes)
-    return images
+    return within_classes(open_dataset(cfg.data, (split,)), classes)
 
 
 def audit_record(
-    cfg: RunConfig, job: AuditJob, settings: AuditSettings, classes: list[str],
+    cfg: RunConfig, job: AuditJob, settings: AuditSettings, model_sha256: str, classes: list[str],
     images: ImageSet, records: AuditRecords, summary: AuditSummary,
 ) -> dict:  # fmt: skip
     """audit.json: what was audited with what, every image's prediction, the per-class
@@ -53,7 +49,7 @@ def audit_record(
         },
         "model": {
             "checkpoint": cfg.checkpoint.name,
-            "sha256": sha256_file(cfg.checkpoint),
+            "sha256": model_sha256,
             "model": model_spec_name(cfg.model) if cfg.model else None,
             "classes": classes,
             "cam_layer": job.cam_layer,
@@ -96,6 +92,8 @@ def run_audit(cfg: RunConfig, settings: AuditSettings, *, progress: bool = True)
         paths = [images.root / i for i in records.ids]
         masks = audit_masks(mask_root(cfg.data), paths, settings.side)
         summary = summarize(records, run.classes, settings.clustered, masks, cfg.seed)
-        record = audit_record(cfg, job, settings, run.classes, images, records, summary)
+        record = audit_record(
+            cfg, job, settings, run.loaded.sha256, run.classes, images, records, summary
+        )
         write_json(cfg.out / AUDIT_JSON, record)
         return record
