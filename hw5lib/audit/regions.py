@@ -14,13 +14,20 @@ DECIMALS = 4  # every number in audit.json is rounded to this: reruns give the s
 # corners, 50% on the border and 25% in the centre: a watermark or logo sits in the corners.
 BAND = 4
 REGIONS = ("centre", "border", "corners")
-AWAY = (("corner", "in one corner"), ("corners", "in the corners"), ("border", "on the border"))
-# Without masks, attribution "sits" in a region when the region holds at least this multiple of
-# what a uniform map puts there: 25% more mass than chance (corners: 31% at S = 32) ...
-CONCENTRATION = 1.25
-# ... and this much more of the map's mass than the images it is compared with (absolute share;
-# with masks, the only test: this much less inside the object, whose area varies too much for a
-# uniform baseline to mean much). 15 points is well beyond the spread of a centred object's maps.
+# Attribution sits away from the object in a region when the region holds at least its
+# multiple of what a uniform map puts there (region, phrase, multiple): one corner is a
+# sixteenth of the image, and a small region's share swings more by chance, so more for it ...
+AWAY = (
+    ("corner", "in one corner", 2.0),
+    ("corners", "in the corners", 1.25),
+    ("border", "on the border", 1.25),
+)
+# ... and more than the images it is compared with by LIFT times its uniform share: 15 points
+# in the four corners (a quarter of the image), 3.75 in one corner, where a logo's pull on
+# diffuse maps is a few points of mass but several times the rest's.
+LIFT = 0.6
+# With masks: this much less of the mass inside the object than the compared images (the
+# object's area varies too much for a uniform baseline to mean much).
 LOCATION_MARGIN = 0.15
 
 
@@ -123,9 +130,9 @@ def away_from_object(
     # though the corner it sits in stands out).
     found = []
     masked = share.inside_object is not None
-    for region, name in AWAY[:1] if masked else AWAY:
+    for region, name, concentration in AWAY[:1] if masked else AWAY:
         s, u = getattr(share, region), getattr(base, region)
         ref = float(np.median([getattr(r.share, region) for r in reference]))
-        if s >= CONCENTRATION * u and s >= ref + LOCATION_MARGIN:
+        if s >= concentration * u and s - ref >= LIFT * u:
             found.append((s - ref, _phrase(s, name, u, ref, compared)))
     return max(found)[1] if found else None

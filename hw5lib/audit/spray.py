@@ -64,9 +64,11 @@ class Eigengap:
 
     eigenvalues: tuple[float, ...]
     k: int
+    found_by: str = "eigengap"  # or "shortcut search": a k whose clustering holds a flag
 
     def to_json(self) -> dict:
-        return {"eigenvalues": [round(v, DECIMALS) for v in self.eigenvalues], "k": self.k}
+        values = [round(v, DECIMALS) for v in self.eigenvalues]
+        return {"eigenvalues": values, "k": self.k, "found_by": self.found_by}
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,9 @@ def _typical(members: np.ndarray, space: np.ndarray) -> tuple[int, ...]:
     return tuple(int(members[i]) for i in order[:TYPICAL])
 
 
-def _accuracy_contrast(correct: np.ndarray, members: np.ndarray) -> tuple[float, float, bool]:
+def _accuracy_contrast(
+    correct: np.ndarray, members: np.ndarray, alpha: float
+) -> tuple[float, float, bool]:
     """(cluster accuracy, rest-of-class accuracy, whether they differ by ACCURACY_MARGIN and
     significantly)."""
     inside = np.zeros(correct.size, bool)
@@ -197,23 +201,56 @@ def _accuracy_contrast(correct: np.ndarray, members: np.ndarray) -> tuple[float,
     a, b = correct[inside], correct[~inside]
     acc, rest = float(a.mean()), float(b.mean())
     table = [[int(a.sum()), int(a.size - a.sum())], [int(b.sum()), int(b.size - b.sum())]]
-    differs = abs(acc - rest) >= ACCURACY_MARGIN and fisher_exact(table)[1] <= SIGNIFICANCE
+    differs = abs(acc - rest) >= ACCURACY_MARGIN and fisher_exact(table)[1] <= alpha
     return acc, rest, differs
 
 
 def _flag_reason(
-    probs: np.ndarray, correct: np.ndarray, masks: np.ndarray | None, members: np.ndarray
-) -> str | None:
+    probs: np.ndarray, correct: np.ndarray, masks: np.ndarray | None, members: np.ndarray,
+    alpha: float,
+) -> str | None:  # fmt: skip
     """One sentence when cluster ``members`` is a suspected shortcut, else None."""
     rest = np.setdiff1d(np.arange(correct.size), members)
     away = away_from_object(
         locate(probs[members], None if masks is None else masks[members]),
         [locate(probs[rest], None if masks is None else masks[rest])],
     )
-    acc, rest_acc, differs = _accuracy_contrast(correct, members)
+    acc, rest_acc, differs = _accuracy_contrast(correct, members, alpha)
     if away is None or not differs:
         return None
     return f"{away} and accuracy {acc:.0%} vs {rest_acc:.0%} in the rest of the class"
+
+
+def _clusters_at(
+    k: int, probs: np.ndarray, correct: np.ndarray, masks: np.ndarray | None,
+    embedding: np.ndarray, seed: int, alpha: float,
+) -> tuple[Cluster, ...]:  # fmt: skip
+    """The class cut into ``k`` clusters by seeded KMeans on the first k spectral coordinates,
+    each with its numbers and, for k > 1, its flag at level ``alpha``."""
+    n = probs.shape[0]
+    if k == 1:
+        labels = np.zeros(n, int)
+    else:
+        kmeans = KMeans(n_clusters=k, n_init=KMEANS_INIT, random_state=seed)
+        labels = kmeans.fit_predict(embedding[:, :k])
+    space = embedding[:, : max(k, 3)]
+    clusters = []
+    for i, members in enumerate(_label_groups(labels)):
+        sub_masks = None if masks is None else masks[members]
+        reason = None if k == 1 else _flag_reason(probs, correct, masks, members, alpha)
+        clusters.append(
+            Cluster(
+                index=i,
+                members=tuple(int(m) for m in members),
+                accuracy=float(correct[members].mean()),
+                mean_map=probs[members].mean(axis=0),
+                typical=_typical(members, space),
+                location=locate(probs[members], sub_masks),
+                flagged=reason is not None,
+                reason=reason,
+            )
+        )
+    return tuple(clusters)
 
 
 def class_strategies(
@@ -250,32 +287,20 @@ def class_strategies(
     count = min(n, max(max_clusters + 1, 3))  # at least 3: the plot's two non-trivial coordinates
     values, embedding = spectrum(flat, count, neighbours)
     k = min(choose_k(values, max_clusters), n)
-    if k == 1:
-        labels = np.zeros(n, int)
-    else:
-        kmeans = KMeans(n_clusters=k, n_init=KMEANS_INIT, random_state=seed)
-        labels = kmeans.fit_predict(embedding[:, :k])
-    space = embedding[:, : max(k, 3)]
-    clusters = []
-    for i, members in enumerate(_label_groups(labels)):
-        sub_masks = None if masks is None else masks[members]
-        reason = None if k == 1 else _flag_reason(probs, correct, masks, members)
-        clusters.append(
-            Cluster(
-                index=i,
-                members=tuple(int(m) for m in members),
-                accuracy=float(correct[members].mean()),
-                mean_map=probs[members].mean(axis=0),
-                typical=_typical(members, space),
-                location=locate(probs[members], sub_masks),
-                flagged=reason is not None,
-                reason=reason,
-            )
-        )
-    gap = Eigengap(tuple(float(v) for v in values), k)
-    return ClassStrategies(
-        n, accuracy, mean_map, whole, tuple(clusters), gap, embedding[:, 1:3].copy()
-    )
+    # The eigengap says how many strategies the spectrum shows; a shortcut used by part of a
+    # class can sit along the first coordinates without a gap (objects at varying places
+    # spread the spectrum). So every k up to max_clusters is searched for a flagged cluster,
+    # the accuracy test's level divided by the clusters examined (Bonferroni).
+    alpha = SIGNIFICANCE / sum(range(2, max_clusters + 1))
+    found_by, clusters = "eigengap", _clusters_at(k, probs, correct, masks, embedding, seed, alpha)
+    if not any(c.flagged for c in clusters):
+        for other in (j for j in range(2, min(max_clusters, n) + 1) if j != k):
+            searched = _clusters_at(other, probs, correct, masks, embedding, seed, alpha)
+            if any(c.flagged for c in searched):
+                found_by, k, clusters = "shortcut search", other, searched
+                break
+    gap = Eigengap(tuple(float(v) for v in values), k, found_by)
+    return ClassStrategies(n, accuracy, mean_map, whole, clusters, gap, embedding[:, 1:3].copy())
 
 
 @dataclass(frozen=True)
