@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hw5lib.cli import main
@@ -53,3 +54,38 @@ def test_audit_mistakes_are_one_line(
     assert audit(small_sample, tmp_path / "none.pt", tmp_path / "b") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "none.pt is not a file" in err
+
+
+def test_sampled_maps_record_their_samples_and_do_not_depend_on_the_shards(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # LIME and SHAP by name: each image draws from its own stream seeded alike, so shards of 3
+    # and of 11 give the same maps and counts; the counts are the rules' (LIME's floor of 400
+    # samples where it stopped early, SHAP's of 8 permutations) and audit.json records them.
+    runs = {}
+    for size in ("3", "11"):
+        out = tmp_path / size
+        extra = ("--split", "testing", "--maps", "saliency,shap,lime", "--shard-size", size)
+        assert audit(small_sample, tiny_checkpoint, out, *extra) == 0
+        runs[size] = json.loads((out / "audit.json").read_text())
+        with np.load(sorted((out / "shards").glob("*.npz"))[0]) as first:
+            assert (first["map_shap"] >= 0).all() and (first["map_lime"] >= 0).all()
+    maps = {
+        size: [np.load(f)[f"map_{m}"] for f in sorted((tmp_path / size / "shards").glob("*.npz"))
+               for m in ("shap", "lime")]
+        for size in runs
+    }  # fmt: skip
+    assert all(len(v) for v in maps.values())
+    shap3 = np.concatenate(maps["3"][0::2])
+    assert np.array_equal(shap3, maps["11"][0]) and np.array_equal(
+        np.concatenate(maps["3"][1::2]), maps["11"][1]
+    )
+    a, b = runs["3"], runs["11"]
+    # (the exact maps' batches differ with the shard size, so only the sampled ones compare)
+    assert [(i["id"], i["samples"]) for i in a["images"]] == [
+        (i["id"], i["samples"]) for i in b["images"]
+    ]
+    assert a["settings"]["caps"] == {"lime": 1000, "shap": 1000}
+    for image in a["images"]:
+        assert 400 <= image["samples"]["lime"] <= 1000
+        assert image["samples"]["shap"] >= 8

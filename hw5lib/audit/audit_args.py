@@ -11,7 +11,8 @@ from hw5lib.config import options
 from hw5lib.errors import UserError
 from hw5lib.options import PREPROCESSING, RUN, names
 
-MAP_NAMES = ("grad_cam", "layer_cam", "saliency")  # maps.MAP_METHODS computes each
+# maps.MAP_METHODS computes the exact ones, sampled_maps.SAMPLED_METHODS LIME and SHAP
+MAP_NAMES = ("grad_cam", "layer_cam", "saliency", "lime", "shap")
 DEFAULT_METHODS = ("grad_cam", "saliency")  # the cheap exact maps: one backward pass each
 # SpRAy clusters pixel-level maps (the paper's LRP): Grad-CAM at the last conv layer is a few
 # cells wide and blurs a corner logo into the object (bench/RESULTS.md: the planted mark).

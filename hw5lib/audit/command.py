@@ -7,6 +7,7 @@ from __future__ import annotations
 from hw5lib.audit.audit_args import AuditSettings
 from hw5lib.audit.backends import LocalBackend, RayBackend
 from hw5lib.audit.job import AuditJob
+from hw5lib.audit.sampled_maps import CAPS
 from hw5lib.audit.shards import AuditRecords, run_shards
 from hw5lib.audit.summary import AUDIT_VERSION, AuditSummary, audit_masks, summarize
 from hw5lib.config import RunConfig
@@ -61,12 +62,18 @@ def audit_record(
             "seed": job.seed,
             "shard_size": settings.shard_size,
             "clustered": settings.clustered,
+            **({"caps": {m: CAPS[m] for m in records.samples}} if records.samples else {}),
         },
         "shards": list(records.keys),
         "images": [
             {"id": i, "label": int(lb), "pred": int(p), "p": round(float(pr[p]), 4)}
-            for i, lb, p, pr in zip(
-                records.ids, records.labels, records.pred, records.prob, strict=True
+            | (
+                {"samples": {m: int(c[n]) for m, c in records.samples.items()}}
+                if records.samples
+                else {}
+            )
+            for n, (i, lb, p, pr) in enumerate(
+                zip(records.ids, records.labels, records.pred, records.prob, strict=True)
             )
         ],
         **summary.to_json(),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hw5lib.audit.job import UNLABELLED, AuditJob, Shard
+from hw5lib.audit.sampled_maps import SAMPLED_METHODS
 from hw5lib.inputs.images import load_usable
 from hw5lib.methods import attributions, cam, metrics
 from hw5lib.model.loading import load_classifier
@@ -55,6 +56,7 @@ class ShardRecords:
     prob: np.ndarray  # float32 [n, C]: the model's probabilities (softmax of the logits)
     maps: Mapping[str, np.ndarray]  # method -> float32 [n, S, S], >= 0, for the prediction
     skipped: tuple[SkippedImage, ...] = ()
+    samples: Mapping[str, np.ndarray] = field(default_factory=dict)  # sampled method -> [n]
 
     @property
     def pred(self) -> np.ndarray:
@@ -111,13 +113,19 @@ def audit_shard(job: AuditJob, shard: Shard) -> ShardRecords:
     x = loaded.x.to(torch.device(job.device))  # [n,C,H,W]
     if len(x):
         prob, pred = metrics.predict(net.model, x, batch_size=BATCH_SIZE, head=net.head)
-        maps = {
-            name: downsample(MAP_METHODS[name](net.model, x, pred, job.cam_layer), job.side)
-            for name in job.methods
-        }
+        maps, samples = {}, {}
+        for name in job.methods:
+            if name in SAMPLED_METHODS:
+                found, samples[name] = SAMPLED_METHODS[name](
+                    net.model, x, pred, net.reading, net.head, job.seed
+                )
+            else:
+                found = MAP_METHODS[name](net.model, x, pred, job.cam_layer)
+            maps[name] = downsample(found, job.side)
     else:  # nothing readable: empty records of the right shapes
         prob = torch.zeros(0, net.classes)
         maps = {name: torch.zeros(0, job.side, job.side) for name in job.methods}
+        samples = {n: np.zeros(0, np.int64) for n in job.methods if n in SAMPLED_METHODS}
     if skipped:
         log.info("shard %d: skipped %d unreadable image(s)", shard.index, len(skipped))
     return ShardRecords(
@@ -127,4 +135,5 @@ def audit_shard(job: AuditJob, shard: Shard) -> ShardRecords:
         prob=prob.float().cpu().numpy(),
         maps={name: m.float().cpu().numpy() for name, m in maps.items()},
         skipped=skipped,
+        samples=samples,
     )

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hw5lib.audit.audit_args import SHARD_SIZE
+from hw5lib.audit.audit_args import MAP_NAMES, SHARD_SIZE
 from hw5lib.audit.backends import Backend
 from hw5lib.audit.job import UNLABELLED, AuditJob, Shard
-from hw5lib.audit.maps import MAP_METHODS, ShardRecords, SkippedImage
+from hw5lib.audit.maps import ShardRecords, SkippedImage
+from hw5lib.audit.sampled_maps import CAPS, SAMPLED_METHODS
 from hw5lib.errors import UserError
 from hw5lib.inputs.datasets import ImageSet
 from hw5lib.model.checkpoints import file_sha256
@@ -89,7 +90,8 @@ def settings(job: AuditJob) -> dict:
     """What, besides the images, decides a shard's bytes: the model (its file's sha256 and how
     it is built), the preprocessing, the maps and how they are computed."""
     reader = _model_spec(job.reader)  # --preprocess file.py:function, recorded alike
-    return {
+    caps = {m: CAPS[m] for m in job.methods if m in SAMPLED_METHODS}
+    return ({"caps": caps} if caps else {}) | {  # only then: earlier keys stay as they were
         "format": SHARD_FORMAT,
         "model": {
             "sha256": file_sha256(job.checkpoint),
@@ -118,11 +120,9 @@ def shard_key(setting: dict, ids: Sequence[str], sha: Sequence[str], labels: Seq
 
 def plan_shards(job: AuditJob, images: ImageSet, size: int = SHARD_SIZE) -> list[Shard]:
     """The images, in their (sorted) order, cut into shards of ``size``, each with its key."""
-    unknown = [m for m in job.methods if m not in MAP_METHODS]
+    unknown = [m for m in job.methods if m not in MAP_NAMES]
     if unknown:
-        raise UserError(
-            f"unknown audit map(s) {', '.join(unknown)}; known: {', '.join(MAP_METHODS)}"
-        )
+        raise UserError(f"unknown audit map(s) {', '.join(unknown)}; known: {', '.join(MAP_NAMES)}")
     setting = settings(job)
     ids = [image_id(p, images.root) for p in images.paths]
     sha = image_digests(images.paths)
@@ -159,6 +159,7 @@ def write_shard(path: Path, shard: Shard, records: ShardRecords) -> None:
         skipped_ids=np.array([s.id for s in records.skipped], dtype=str),
         skipped_reasons=np.array([s.reason for s in records.skipped], dtype=str),
         **{f"map_{name}": m for name, m in records.maps.items()},
+        **{f"samples_{name}": c for name, c in records.samples.items()},
     )
 
 
@@ -181,6 +182,7 @@ def read_shard(path: Path, shard: Shard, methods: Sequence[str]) -> ShardRecords
                     SkippedImage(str(i), str(r))
                     for i, r in zip(f["skipped_ids"], f["skipped_reasons"], strict=True)
                 ),
+                samples={n: f[f"samples_{n}"] for n in methods if n in SAMPLED_METHODS},
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         log.warning("shard file %s is unreadable (%s): computing it again", path.name, err)
@@ -201,6 +203,11 @@ def merge(
         prob=np.concatenate([p.prob for p in parts]) if parts else np.zeros((0, 0), np.float32),
         maps={m: np.concatenate([no_maps, *(p.maps[m] for p in parts)]) for m in job.methods},
         skipped=tuple(s for p in parts for s in p.skipped),
+        samples={
+            m: np.concatenate([np.zeros(0, np.int64), *(p.samples[m] for p in parts)])
+            for m in job.methods
+            if m in SAMPLED_METHODS
+        },
         keys=keys,
         computed=computed,
     )
