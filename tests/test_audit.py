@@ -4,6 +4,10 @@ each class's strategies, the shards reused by a second run (same bytes), and one
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,8 @@ import pytest
 
 from hw5lib.cli import main
 from hw5lib.inputs.sample import SampleInfo
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def audit(small_sample: SampleInfo, checkpoint: Path, out: Path, *extra: str) -> int:
@@ -89,3 +95,29 @@ def test_sampled_maps_record_their_samples_and_do_not_depend_on_the_shards(
     for image in a["images"]:
         assert 400 <= image["samples"]["lime"] <= 1000
         assert image["samples"]["shap"] >= 8
+
+
+def test_an_audit_killed_half_way_resumes_to_the_same_bytes(
+    small_sample: SampleInfo, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    extra = ["--maps", "saliency,shap", "--shard-size", "4"]
+    killed = tmp_path / "killed"
+    argv = [sys.executable, str(ROOT / "hw5.py"), "audit", str(small_sample.root), str(killed),
+            "--checkpoint", str(tiny_checkpoint), "--quiet", "--device", "cpu", *extra]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = killed / "shards"
+    while proc.poll() is None and not list(shards.glob("0000[1-9]-*.npz")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no clean-up: a half-written shard stays a temp file
+    proc.wait()
+    done = sorted(p.name for p in shards.glob("*.npz"))
+    assert 0 < len(done) < 6 and not (killed / "audit.json").exists()  # 22 images: 6 shards
+
+    assert audit(small_sample, tiny_checkpoint, killed, *extra) == 0
+    whole = tmp_path / "whole"
+    assert audit(small_sample, tiny_checkpoint, whole, *extra) == 0
+    for name in ["audit.json", *(f"shards/{p.name}" for p in (whole / "shards").iterdir())]:
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    assert sorted(p.name for p in shards.iterdir()) == sorted(
+        p.name for p in (whole / "shards").iterdir()
+    )  # no temp file left
