@@ -62,25 +62,25 @@ def _picture(pdf: ReportPDF, png: bytes, title: str, caption: str = "", **kw: fl
 def what_was_audited(audit: dict) -> str:
     """The data, the model, the maps and how the images were grouped, in one paragraph."""
     data, model, settings = audit["data"], audit["model"], audit.get("settings") or {}
-    skipped = data.get("skipped") or []
+    skipped = [s["id"] for s in data.get("skipped") or []]
     split = data["split"] if data["split"] != "." else "(the folder itself)"
-    text = (
+    named = f" ({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''})" if skipped else ""
+    spec = f" ({model['model']})" if model.get("model") else ""
+    side = settings.get("side")
+    sentences = [
         f"Data: {data['name']}, split {split}: {data['images']} images audited, "
-        f"{len(skipped)} unreadable image(s) skipped"
-        + (f" ({', '.join(s['id'] for s in skipped[:5])}{', ...' if len(skipped) > 5 else ''})"
-           if skipped else "")
-        + f". Model: {model.get('checkpoint')}"
-        + (f" ({model['model']})" if model.get("model") else "")
-        + f", sha256 {str(model.get('sha256'))[:SHA_PREFIX]}, {len(model.get('classes') or [])} "
-        f"classes, CAM layer {model.get('cam_layer')}. Maps: {', '.join(settings.get('maps') or [])}"
-        f" at {settings.get('side')} x {settings.get('side')} pixels; clustered: "
-        f"{audit['clustered']}. Images grouped by {audit['grouped_by']}"
+        f"{len(skipped)} unreadable image(s) skipped{named}.",
+        f"Model: {model.get('checkpoint')}{spec}, sha256 {str(model.get('sha256'))[:SHA_PREFIX]}, "
+        f"{len(model.get('classes') or [])} classes, CAM layer {model.get('cam_layer')}.",
+        f"Maps: {', '.join(settings.get('maps') or [])} at {side} x {side} pixels; clustered: "
+        f"{audit['clustered']}.",
+        f"Images grouped by {audit['grouped_by']}"
         + ("" if audit["grouped_by"] == "label" else " (no labels: no accuracy)")
-        + f"; object masks: {'yes' if audit.get('object_masks') else 'no'}."
-    )  # fmt: skip
+        + f"; object masks: {'yes' if audit.get('object_masks') else 'no'}.",
+    ]
     if audit.get("accuracy") is not None:
-        text += f" Overall accuracy: {percent(audit['accuracy'])}."
-    return text
+        sentences.append(f"Overall accuracy: {percent(audit['accuracy'])}.")
+    return " ".join(sentences)
 
 
 def classes_shown(audit: dict) -> tuple[list[dict], str]:

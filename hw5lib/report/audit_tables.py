@@ -7,7 +7,7 @@ from typing import Any
 
 from fpdf import FPDF
 
-from hw5lib.report.pdf_layout import add_paragraph, add_table
+from hw5lib.report.pdf_layout import add_heading, add_paragraph, add_table
 
 AUDIT_JSON = "audit.json"  # what ``hw5.py audit DATA OUT`` writes into OUT
 # The shares a row shows, in this order, with their column names; one no class has (an
@@ -65,6 +65,14 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100.0 * value:.0f}%"
 
 
+def _share_cell(c: dict, key: str) -> str:
+    """A share; inside the object, the mask's area (a uniform map's share) in brackets."""
+    cell = percent(c["share"].get(key))
+    if key == "inside_object" and c["share"].get(key) is not None:
+        cell += f" ({percent(c['uniform'].get(key))})"
+    return cell
+
+
 def summary_rows(overview: dict[str, Any]) -> list[list[str]]:
     """The header and one row per class; inside-object shares with the mask's area (what a
     uniform map puts there) in brackets."""
@@ -74,12 +82,10 @@ def summary_rows(overview: dict[str, Any]) -> list[list[str]]:
     ]
     rows = [["class", "images", "accuracy", "strategies", *(n for _, n in shares), "flagged"]]
     for c in classes:
-        cells = [percent(c["share"].get(key)) for key, _ in shares]
-        if "inside_object" in dict(shares) and c["share"].get("inside_object") is not None:
-            cells[-1] += f" ({percent(c['uniform'].get('inside_object'))})"
+        cells = [_share_cell(c, key) for key, _ in shares]
         strategies = str(c["strategies"]) + ("" if c["analysed"] else "*")
-        flagged = "YES" if c["flagged"] else "no"
-        rows.append([c["name"], str(c["images"]), percent(c["accuracy"]), strategies, *cells, flagged])  # fmt: skip
+        head = [c["name"], str(c["images"]), percent(c["accuracy"]), strategies]
+        rows.append([*head, *cells, "YES" if c["flagged"] else "no"])
     return rows
 
 
@@ -133,3 +139,28 @@ def add_audit_summary(pdf: FPDF, overview: dict[str, Any]) -> None:
             "No cluster was flagged: no group of images whose attribution sits away from the "
             "object while its accuracy differs from the rest of its class.",
         )
+
+
+def audit_heading(overview: dict[str, Any]) -> str:
+    """ "Every validation image: ...", the split named as audit.json does ("." : DATA itself)."""
+    split = (overview.get("data") or {}).get("split")
+    images = "image" if split in (None, ".") else f"{split} image"
+    return f"Every {images}: per-class strategies (hw5.py audit)"
+
+
+def add_audit_section(pdf: FPDF, overview: dict[str, Any]) -> None:
+    """report.pdf's Q3 subsection on an audit of this checkpoint in the same output folder."""
+    add_heading(pdf, audit_heading(overview), level=1)
+    data = overview["data"]
+    accuracy = overview.get("accuracy")
+    add_paragraph(
+        pdf,
+        f"hw5.py audit ran this checkpoint over all {data['images']} images of "
+        f"{data['name']}/{data['split']}"
+        + (f" ({data['skipped']} unreadable, skipped)" if data["skipped"] else "")
+        + (f", accuracy {percent(accuracy)}" if accuracy is not None else "")
+        + f", and grouped each class's {overview.get('clustered')} maps into strategies (SpRAy, "
+        "Lapuschkin et al. 2019). audit.pdf, in this folder, shows each flagged class's "
+        "strategies with their typical images.",
+    )
+    add_audit_summary(pdf, overview)
