@@ -160,7 +160,7 @@ def add_audit_section(pdf: FPDF, overview: dict[str, Any]) -> None:
         + (f" ({data['skipped']} unreadable, skipped)" if data["skipped"] else "")
         + (f", accuracy {percent(accuracy)}" if accuracy is not None else "")
         + f", and grouped each class's {overview.get('clustered')} maps into strategies (SpRAy, "
-        "Lapuschkin et al. 2019). audit.pdf, in this folder, shows each flagged class's "
-        "strategies with their typical images.",
+        "Lapuschkin et al. 2019). audit.pdf, in this folder, shows the strategies and typical "
+        "images of each flagged class (of the lowest accuracies when none is).",
     )
     add_audit_summary(pdf, overview)
