@@ -8,12 +8,13 @@ import copy
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
 
-from hw5lib.cli import main
+from hw5lib.cli import audit_lines, main
 from hw5lib.inputs.sample import SampleInfo
 from hw5lib.report.audit_pdf import audit_pdf_bytes
 from hw5lib.report.audit_tables import audit_heading, audit_overview
@@ -57,7 +58,7 @@ def flagged_copy(record: dict, name: str) -> dict:
 
 
 def test_audit_writes_a_pdf_whose_summary_names_every_class(
-    audited: Path, small_sample: SampleInfo, capsys: pytest.CaptureFixture
+    audited: Path, small_sample: SampleInfo
 ) -> None:
     data = (audited / "audit.pdf").read_bytes()
     record = json.loads((audited / "audit.json").read_text())
@@ -70,6 +71,7 @@ def test_audit_writes_a_pdf_whose_summary_names_every_class(
     worst = sorted(record["classes"], key=lambda c: c["accuracy"])[:3]
     assert class_pages(data) == [f"Class {c['name']} (none flagged" for c in worst]
     assert "Lapuschkin" in pdf_pages(data)[-1]
+    assert "audit.json, audit.pdf and shards/" in audit_lines(record, audited)[0]
 
 
 def test_each_flagged_class_gets_a_page_with_its_reason(
@@ -132,3 +134,24 @@ def test_report_into_an_audits_folder_shows_its_table_in_q3(
 
     assert "audit" not in json.loads((alone / "manifest.json").read_text())
     assert heading not in " ".join(pdf_pages((alone / "report.pdf").read_bytes()))
+
+
+def test_a_failure_to_draw_costs_the_pdf_not_audit_json(
+    audited: Path, small_sample: SampleInfo, tiny_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    from hw5lib.audit import command
+
+    def broken(audit: dict, split_root: Path | None) -> bytes:
+        raise ValueError("no figure today")
+
+    out = audited.parent / "broken"
+    shutil.copytree(audited, out)  # a stale audit.pdf there must go: it describes another audit
+    monkeypatch.setattr(command, "audit_pdf_bytes", broken)
+    argv = ["audit", str(small_sample.root), str(out), "--checkpoint", str(tiny_checkpoint)]
+    assert main([*argv, "--quiet", "--device", "cpu"]) == 0
+    assert (out / "audit.json").read_bytes() == (audited / "audit.json").read_bytes()
+    assert not (out / "audit.pdf").exists()
+    assert "audit.pdf not written (ValueError: no figure today)" in caplog.text
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.endswith("audit.json and shards/") and "audit.pdf" not in line
