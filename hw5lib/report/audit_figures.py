@@ -108,7 +108,7 @@ def correct_of(cls: dict, labelled: bool) -> np.ndarray:
 def embedding_figure(cls: dict, labelled: bool = True) -> Figure:
     """The class's 2-D spectral embedding: a point per image, coloured by cluster, a cross
     where the model got it wrong."""
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    fig, ax = plt.subplots(figsize=(4.6, 2.8))
     points = np.asarray(cls.get("embedding") or [], dtype=np.float64).reshape(-1, 2)
     correct = correct_of(cls, labelled)
     cluster = np.zeros(len(points), dtype=int)

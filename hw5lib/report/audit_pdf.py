@@ -15,14 +15,20 @@ from PIL import Image
 
 from hw5lib import __version__
 from hw5lib.report.audit_figures import class_figure, embedding_figure, overview_figure
-from hw5lib.report.audit_tables import add_audit_summary, audit_overview, is_flagged, percent
+from hw5lib.report.audit_tables import (
+    WHOLE_CLASS,
+    add_audit_summary,
+    audit_overview,
+    is_flagged,
+    percent,
+)
 from hw5lib.report.figures import png_bytes
 from hw5lib.report.pdf import FIXED_DATE
 from hw5lib.report.pdf_layout import ReportPDF, add_heading, add_paragraph, add_picture, latin1
 
 WORST = 3  # classes shown when none is flagged: the lowest accuracies
 SHA_PREFIX = 12
-EMBEDDING_MM = 120.0  # the embedding plot's width on the page
+EMBEDDING_MM = 95.0  # the embedding plot's width on the page
 HOW_TO_READ = (
     'SpRAy (spectral relevance analysis; Lapuschkin et al., "Unmasking Clever Hans predictors '
     'and assessing what machines really learn", Nature Communications 2019) groups the '
@@ -103,8 +109,21 @@ def class_reasons(audit: dict, cls: dict) -> list[str]:
     ]
     whole = cls.get("whole_class") or {}
     if whole.get("flagged"):
-        lines.append(f"The whole class: {whole.get('reason') or 'flagged'}")
+        reason = (whole.get("reason") or "flagged").removeprefix(WHOLE_CLASS)
+        lines.append(f"The whole class: {reason}")
     return lines
+
+
+def _found_by(eigengap: dict | None) -> str:
+    """How the number of strategies was chosen, when not by the eigengap."""
+    if eigengap is None:
+        return " (too few images for the spectral analysis)"
+    if eigengap.get("found_by", "eigengap") != "eigengap":
+        return (
+            f", found by the {eigengap['found_by']} (the number the eigengap chose held no "
+            "flagged cluster; this one does)"
+        )
+    return ""
 
 
 def add_class_page(
@@ -116,9 +135,7 @@ def add_class_page(
     add_paragraph(
         pdf,
         f"{cls['size']} images, accuracy {percent(cls.get('accuracy'))}, {k} "
-        f"strateg{'y' if k == 1 else 'ies'}"
-        + ("" if cls.get("eigengap") else " (too few images for the spectral analysis)")
-        + ".",
+        f"strateg{'y' if k == 1 else 'ies'}" + _found_by(cls.get("eigengap")) + ".",
     )
     for line in class_reasons(audit, cls):
         add_paragraph(pdf, line)

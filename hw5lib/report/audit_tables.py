@@ -10,6 +10,7 @@ from fpdf import FPDF
 from hw5lib.report.pdf_layout import add_heading, add_paragraph, add_table
 
 AUDIT_JSON = "audit.json"  # what ``hw5.py audit DATA OUT`` writes into OUT
+WHOLE_CLASS = "whole class: "  # how audit.json starts a whole class's reason (said here already)
 # The shares a row shows, in this order, with their column names; one no class has (an
 # audit without masks has no inside_object) gets no column.
 SHARES = (
@@ -94,7 +95,7 @@ def flag_lines(overview: dict[str, Any]) -> list[str]:
     return [
         f"{f['class']}, "
         + ("the whole class" if f["cluster"] is None else f"cluster {f['cluster']}")
-        + f": {f['reason']}"
+        + f": {f['reason'].removeprefix(WHOLE_CLASS)}"
         for f in overview.get("flags") or []
     ]
 
