@@ -185,7 +185,9 @@ def audit_lines(record: dict, out: Path) -> list[str]:
     lines = [
         f"audited {data['images']} images of {data['name']}/{data['split']}"
         + (f", accuracy {acc:.3f}" if acc is not None else "")
-        + f"; wrote {out}/audit.json and shards/"
+        + f"; wrote {out}/audit.json"
+        + (", audit.pdf" if (out / "audit.pdf").is_file() else "")
+        + " and shards/"
     ]
     if data["skipped"]:
         lines.append(f"skipped {len(data['skipped'])} unreadable image(s), listed in audit.json")

@@ -4,6 +4,9 @@ loaded and its input convention settled as a report run does (``run.subject.prep
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from hw5lib.audit.audit_args import AuditSettings
 from hw5lib.audit.backends import LocalBackend, RayBackend
 from hw5lib.audit.job import AuditJob
@@ -12,13 +15,17 @@ from hw5lib.audit.shards import AuditRecords, run_shards
 from hw5lib.audit.summary import AUDIT_VERSION, AuditSummary, audit_masks, summarize
 from hw5lib.config import RunConfig
 from hw5lib.inputs.datasets import ImageSet, open_dataset, within_classes
-from hw5lib.report.outputs import output_folder, write_json
+from hw5lib.report.audit_pdf import audit_pdf_bytes
+from hw5lib.report.audit_tables import AUDIT_JSON
+from hw5lib.report.outputs import atomic_write_bytes, output_folder, write_json
 from hw5lib.report.portable import model_spec_name
 from hw5lib.run.image_choice import mask_root
 from hw5lib.run.subject import prepare
 from hw5lib.stages.q4_cams import cam_layer_name
 
-AUDIT_JSON = "audit.json"
+logger = logging.getLogger(__name__)
+
+AUDIT_PDF = "audit.pdf"
 
 
 def backend_of(settings: AuditSettings) -> LocalBackend | RayBackend:
@@ -80,6 +87,16 @@ def audit_record(
     }
 
 
+def write_audit_pdf(out: Path, record: dict, split_root: Path) -> None:
+    """audit.pdf next to audit.json; a failure to draw costs the PDF (a stale one is removed:
+    it would describe another audit), never audit.json."""
+    try:
+        atomic_write_bytes(out / AUDIT_PDF, audit_pdf_bytes(record, split_root))
+    except Exception as err:  # the audit itself is done and written
+        logger.warning("audit.pdf not written (%s: %s)", type(err).__name__, err)
+        (out / AUDIT_PDF).unlink(missing_ok=True)
+
+
 def run_audit(cfg: RunConfig, settings: AuditSettings, *, progress: bool = True) -> dict:
     """Audit ``cfg.data``'s split into ``cfg.out``; returns audit.json's content."""
     settings.check()
@@ -103,4 +120,5 @@ def run_audit(cfg: RunConfig, settings: AuditSettings, *, progress: bool = True)
             cfg, job, settings, run.loaded.sha256, run.classes, images, records, summary
         )
         write_json(cfg.out / AUDIT_JSON, record)
+        write_audit_pdf(cfg.out, record, images.root)
         return record

@@ -24,6 +24,7 @@ from typing import Any
 
 from fpdf import FPDF
 
+from hw5lib.report.audit_tables import add_audit_section
 from hw5lib.report.notes import Notes
 from hw5lib.report.pdf_layout import (
     ReportPDF,
@@ -97,6 +98,8 @@ def build_report(manifest: dict[str, Any], out_dir: Path, notes: Notes | None = 
             add_figure(pdf, out_dir, fig, number)
         if q == "Q3":
             add_accuracy(pdf, manifest)
+            if manifest.get("audit"):  # hw5.py audit of this checkpoint, into the same folder
+                add_audit_section(pdf, manifest["audit"])
         if q == "Q4" and manifest.get("trust"):
             add_trust_table(pdf, manifest["trust"])
         if notes and notes.sections.get(q):

@@ -198,49 +198,68 @@ def jpeg_copy(im: Image.Image, quality: int = 90) -> io.BytesIO:
     return buf
 
 
-def add_figure(pdf: FPDF, out_dir: Path, fig: dict[str, Any], number: int) -> None:
-    """The PNG at page width (shrunk to fit one page), then "Figure k. title" and its caption.
-
-    The image never overflows: it is at most one page tall less room for its caption; if it
-    does not fit in what is left of the page, it shrinks (to no less than 75%) or moves to a
-    new page. A missing PNG leaves a note and the caption, not a crash.
-    """
-    title = latin1(f"Figure {number}. {fig.get('title', fig.get('id', ''))}")
-    caption = latin1(fig.get("caption", ""))
+def _text_room(pdf: FPDF, title: str, caption: str) -> float:
+    """The height a figure's title and caption take, at most a share of the page."""
     pdf.set_font(FONT, style="B", size=BODY_PT)
     text_h = pdf.multi_cell(0, LINE_MM, title, align=Align.L, dry_run=True, output="HEIGHT")
     pdf.set_font(FONT, size=BODY_PT)
     if caption:
         text_h += pdf.multi_cell(0, LINE_MM, caption, align=Align.L, dry_run=True, output="HEIGHT")
-    body_h = pdf.h - pdf.t_margin - pdf.b_margin
-    text_room = min(text_h, _CAPTION_SHARE * body_h)
+    return min(text_h, _CAPTION_SHARE * (pdf.h - pdf.t_margin - pdf.b_margin))
 
-    png = out_dir / str(fig["png"]) if fig.get("png") else None
-    if png is not None and png.is_file():
-        with Image.open(png) as im:
-            px_w, px_h = im.size
-            embedded = jpeg_copy(im)
-        w, h = _fit_image(px_w, px_h, pdf.epw, body_h - text_room - 2 * GAP_MM)
-        left = pdf.page_break_trigger - pdf.y - GAP_MM - text_room
-        if h > left >= _SHRINK_TO_FIT * h:  # shrinking a little beats a half-empty page
-            w, h = _fit_image(px_w, px_h, pdf.epw, left)
-        elif h > left:
-            pdf.add_page()
-        pdf.image(embedded, x=pdf.l_margin + (pdf.epw - w) / 2, y=pdf.y, w=w, h=h)
-        pdf.set_y(pdf.y + h + GAP_MM)
-    else:
-        logger.warning("figure %s: PNG %s not found; caption only", fig.get("id"), png)
-        if pdf.will_page_break(LINE_MM + text_room):
-            pdf.add_page()
-        pdf.set_font(FONT, style="I", size=BODY_PT)
-        missing = latin1(f"[image missing: {fig.get('png')}]")
-        pdf.multi_cell(0, LINE_MM, missing, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+def _title_and_caption(pdf: FPDF, title: str, caption: str) -> None:
     pdf.set_font(FONT, style="B", size=BODY_PT)
     pdf.multi_cell(0, LINE_MM, title, align=Align.L, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     if caption:
         pdf.set_font(FONT, size=BODY_PT)
         pdf.multi_cell(0, LINE_MM, caption, align=Align.L, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(2 * GAP_MM)
+
+
+def add_picture(
+    pdf: FPDF, im: Image.Image, title: str, caption: str = "", *, width: float | None = None
+) -> None:
+    """``im`` centred at ``width`` mm (page width by default), then its title and caption.
+
+    The image never overflows: it is at most one page tall less room for its caption; if it
+    does not fit in what is left of the page, it shrinks (to no less than 75%) or moves to a
+    new page.
+    """
+    title, caption = latin1(title), latin1(caption)
+    text_room = _text_room(pdf, title, caption)
+    body_h = pdf.h - pdf.t_margin - pdf.b_margin
+    px_w, px_h = im.size
+    embedded = jpeg_copy(im)
+    max_w = min(width or pdf.epw, pdf.epw)
+    w, h = _fit_image(px_w, px_h, max_w, body_h - text_room - 2 * GAP_MM)
+    left = pdf.page_break_trigger - pdf.y - GAP_MM - text_room
+    if h > left >= _SHRINK_TO_FIT * h:  # shrinking a little beats a half-empty page
+        w, h = _fit_image(px_w, px_h, max_w, left)
+    elif h > left:
+        pdf.add_page()
+    pdf.image(embedded, x=pdf.l_margin + (pdf.epw - w) / 2, y=pdf.y, w=w, h=h)
+    pdf.set_y(pdf.y + h + GAP_MM)
+    _title_and_caption(pdf, title, caption)
+
+
+def add_figure(pdf: FPDF, out_dir: Path, fig: dict[str, Any], number: int) -> None:
+    """The PNG at page width (``add_picture``), then "Figure k. title" and its caption. A
+    missing PNG leaves a note and the caption, not a crash."""
+    title = latin1(f"Figure {number}. {fig.get('title', fig.get('id', ''))}")
+    caption = latin1(fig.get("caption", ""))
+    png = out_dir / str(fig["png"]) if fig.get("png") else None
+    if png is not None and png.is_file():
+        with Image.open(png) as im:
+            add_picture(pdf, im, title, caption)
+        return
+    logger.warning("figure %s: PNG %s not found; caption only", fig.get("id"), png)
+    if pdf.will_page_break(LINE_MM + _text_room(pdf, title, caption)):
+        pdf.add_page()
+    pdf.set_font(FONT, style="I", size=BODY_PT)
+    missing = latin1(f"[image missing: {fig.get('png')}]")
+    pdf.multi_cell(0, LINE_MM, missing, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    _title_and_caption(pdf, title, caption)
 
 
 def add_bullets(pdf: FPDF, heading: str, items: Sequence[str]) -> None:

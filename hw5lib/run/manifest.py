@@ -5,6 +5,7 @@ stage's ``absent`` entries where it did not run. No stage is named here."""
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,11 +17,14 @@ from hw5lib import __version__
 from hw5lib.config import RunConfig
 from hw5lib.inputs.datasets import OUT_OF_RANGE_FATE, csv_images, open_dataset
 from hw5lib.inputs.replay import Decisions
+from hw5lib.report.audit_tables import AUDIT_JSON, audit_overview
 from hw5lib.report.portable import folder_name, model_spec_name, relative_name
 from hw5lib.stages.appendix_convergence import convergence_records, write_convergence
 from hw5lib.stages.context import Failure, Run
 from hw5lib.stages.protocol import FigureRecord
 from hw5lib.stages.stage import Stage
+
+logger = logging.getLogger(__name__)
 
 # RunConfig fields that hold paths of this machine: the manifest records them on their own.
 PATH_FIELDS = ("data", "out", "checkpoint", "notes", "command", "replay")
@@ -137,7 +141,29 @@ def manifest(run: Run, figures: Sequence[FigureRecord], stages: Sequence[Stage])
         "decisions": decisions(run, stages).to_dict(),
         "replayed": ({"sha256": run.replay.sha256, "cut": run.replay_cut} if run.replay else None),
         "outputs": dict(sorted(run.outputs.items())),
+        # only with an audit: a manifest without one stays as before
+        **({"audit": a} if (a := audit_summary(cfg.out, run.loaded.sha256)) else {}),
     }
+
+
+def audit_summary(out: Path, sha256: str) -> dict | None:
+    """The per-class summary of the audit ``hw5.py audit DATA OUT`` wrote into this run's OUT,
+    when it audited this very checkpoint (same sha256); None when there is none to show."""
+    try:
+        audit = json.loads((Path(out) / AUDIT_JSON).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        logger.warning("%s not shown in report.pdf: %s", AUDIT_JSON, err)
+        return None
+    if not isinstance(audit, dict) or (audit.get("model") or {}).get("sha256") != sha256:
+        logger.info("%s audited another checkpoint: not shown in report.pdf", AUDIT_JSON)
+        return None
+    try:
+        return audit_overview(audit)
+    except (KeyError, TypeError, AttributeError) as err:
+        logger.warning("%s not shown in report.pdf: unexpected shape (%r)", AUDIT_JSON, err)
+        return None
 
 
 def labels_out_of_range(run: Run) -> dict | None:
